@@ -1,0 +1,458 @@
+//! A checkpoint: the tensors of one or more safetensors shards.
+
+use std::collections::hash_map::Entry;
+use std::collections::{BTreeSet, HashMap};
+use std::ops::Range;
+use std::path::{Component, Path, PathBuf};
+
+use crate::fs::{Fs, StdFs, read_full_at};
+use crate::header::{FIRST_READ_LEN, Metadata};
+use crate::index::{INDEX_SUFFIX, IndexFile};
+use crate::{ByteRange, Dtype, Error, FileId, Header, HeaderError, Parsed, TensorId};
+
+/// One shard (file) of a checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Shard {
+    path: PathBuf,
+    size: u64,
+    data_start: u64,
+    metadata: Option<Metadata>,
+    tensors: Range<usize>,
+}
+
+impl Shard {
+    /// The file's path, as given or as resolved against an index's directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The file's size in bytes when its header was read.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Absolute offset of the data section (the length prefix plus the header).
+    pub fn data_start(&self) -> u64 {
+        self.data_start
+    }
+
+    /// This shard's own `__metadata__`.
+    pub fn metadata(&self) -> Option<&Metadata> {
+        self.metadata.as_ref()
+    }
+
+    /// The ids of this shard's tensors, in offset order.
+    pub fn tensor_ids(&self) -> impl ExactSizeIterator<Item = TensorId> + use<> {
+        // Checkpoint construction bounds tensor counts by u32::MAX.
+        self.tensors.clone().map(|i| TensorId(i as u32))
+    }
+}
+
+/// A tensor of a checkpoint, located in its shard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tensor {
+    /// The tensor's name.
+    pub name: String,
+    /// Element type.
+    pub dtype: Dtype,
+    /// Dimensions, outermost first. Empty for a scalar.
+    pub shape: Vec<u64>,
+    /// The shard that holds it.
+    pub file: FileId,
+    /// Its bytes, as absolute offsets in the shard's file.
+    pub range: ByteRange,
+}
+
+impl Tensor {
+    /// Size in bytes.
+    pub fn len(&self) -> u64 {
+        self.range.len()
+    }
+
+    /// Whether the tensor holds no bytes (a dimension is 0).
+    pub fn is_empty(&self) -> bool {
+        self.range.is_empty()
+    }
+}
+
+/// Where a checkpoint comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// One path: a `.safetensors` file, a directory, or an index file
+    /// (a name ending in `.json`, such as `model.safetensors.index.json`).
+    ///
+    /// A directory holding exactly one `*.safetensors.index.json` is opened
+    /// through that index (so a `consolidated.safetensors` beside the shards
+    /// is left alone); otherwise it is every `*.safetensors` file in it, in
+    /// name order. Several index files in one directory are an error.
+    Path(PathBuf),
+    /// These `.safetensors` files, in this order.
+    Files(Vec<PathBuf>),
+}
+
+/// The tensors of one or more safetensors shards, validated and indexed.
+///
+/// Every shard's header was checked with [`Header::parse`]; no tensor name is
+/// in two shards; when an index was used, its `weight_map` agrees with the
+/// headers. Tensors are numbered by [`TensorId`] in file order: shard by
+/// shard, then by offset.
+///
+/// ```no_run
+/// use weightlift_format::Checkpoint;
+///
+/// let ckpt = Checkpoint::open("model.safetensors.index.json")?;
+/// let embed = ckpt.find("model.embed_tokens.weight").expect("present");
+/// println!("{} bytes in {} shards; embedding {:?} {}", ckpt.total_bytes(),
+///          ckpt.shards().len(), embed.shape, embed.dtype);
+/// # Ok::<(), weightlift_format::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct Checkpoint {
+    shards: Vec<Shard>,
+    tensors: Vec<Tensor>,
+    by_name: HashMap<String, TensorId>,
+    metadata: Option<Metadata>,
+    index: Option<PathBuf>,
+}
+
+/// A shard's path, size and parsed header: the input of [`Checkpoint::from_headers`].
+pub type ShardHeader = (PathBuf, u64, Header);
+
+impl Checkpoint {
+    /// Open a `.safetensors` file, a directory of them, or an index file.
+    /// See [`Source::Path`] for how a directory is read.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, Error> {
+        Self::open_in(&StdFs, &Source::Path(path.as_ref().to_path_buf()))
+    }
+
+    /// Open these `.safetensors` files as one checkpoint.
+    pub fn open_files<P: AsRef<Path>>(paths: &[P]) -> Result<Self, Error> {
+        let paths = paths.iter().map(|p| p.as_ref().to_path_buf()).collect();
+        Self::open_in(&StdFs, &Source::Files(paths))
+    }
+
+    /// Open a checkpoint through any [`Fs`]. Shards' headers are read in parallel.
+    pub fn open_in(fs: &dyn Fs, source: &Source) -> Result<Self, Error> {
+        match source {
+            Source::Files(paths) => Self::from_headers(read_headers(fs, paths)?),
+            Source::Path(path) => {
+                let io = |source| Error::Io {
+                    file: path.clone(),
+                    source,
+                };
+                if fs.is_dir(path).map_err(io)? {
+                    open_dir(fs, path)
+                } else if path.extension().is_some_and(|e| e == "json") {
+                    open_index(fs, path)
+                } else {
+                    Self::from_headers(read_headers(fs, std::slice::from_ref(path))?)
+                }
+            }
+        }
+    }
+
+    /// Assemble a checkpoint from headers already read. Pure: does no I/O.
+    ///
+    /// Fails when a file is given twice, when a tensor name is in two shards,
+    /// or when a header does not fit its file's size.
+    pub fn from_headers(shards: Vec<ShardHeader>) -> Result<Self, Error> {
+        let mut out = Checkpoint {
+            shards: Vec::with_capacity(shards.len()),
+            tensors: Vec::with_capacity(shards.iter().map(|s| s.2.tensors().len()).sum()),
+            by_name: HashMap::new(),
+            metadata: None,
+            index: None,
+        };
+        out.by_name.reserve(out.tensors.capacity());
+        let mut paths = std::collections::HashSet::new();
+        for (path, size, header) in shards {
+            if !paths.insert(path.clone()) {
+                return Err(Error::DuplicateFile { file: path });
+            }
+            let file = FileId(u32::try_from(out.shards.len()).map_err(|_| Error::TooMany {
+                file: path.clone(),
+                what: "shards",
+            })?);
+            let data_start = header.data_start();
+            let expected_size = data_start.checked_add(header.data_len());
+            if expected_size != Some(size) {
+                return Err(Error::Header {
+                    file: path,
+                    source: HeaderError::DataSizeMismatch {
+                        expected_size: expected_size.unwrap_or(u64::MAX),
+                        file_size: size,
+                    },
+                });
+            }
+            let first = out.tensors.len();
+            let (infos, metadata) = header.into_parts();
+            for info in infos {
+                let id =
+                    TensorId(
+                        u32::try_from(out.tensors.len()).map_err(|_| Error::TooMany {
+                            file: path.clone(),
+                            what: "tensors",
+                        })?,
+                    );
+                match out.by_name.entry(info.name.clone()) {
+                    Entry::Occupied(prev) => {
+                        let prev_file = out.tensors[prev.get().index()].file;
+                        return Err(Error::DuplicateTensor {
+                            tensor: info.name,
+                            first: out.shards[prev_file.index()].path.clone(),
+                            second: path,
+                        });
+                    }
+                    Entry::Vacant(slot) => {
+                        slot.insert(id);
+                    }
+                }
+                // In range: data_start + data.end <= size, checked above.
+                let range =
+                    ByteRange::new(data_start + info.data.start, data_start + info.data.end);
+                out.tensors.push(Tensor {
+                    name: info.name,
+                    dtype: info.dtype,
+                    shape: info.shape,
+                    file,
+                    range,
+                });
+            }
+            if let Some(m) = &metadata {
+                let merged = out.metadata.get_or_insert_with(Metadata::new);
+                for (k, v) in m {
+                    merged.entry(k.clone()).or_insert_with(|| v.clone());
+                }
+            }
+            out.shards.push(Shard {
+                path,
+                size,
+                data_start,
+                metadata,
+                tensors: first..out.tensors.len(),
+            });
+        }
+        Ok(out)
+    }
+
+    /// The shards, in the order given (by name for a directory or an index).
+    pub fn shards(&self) -> &[Shard] {
+        &self.shards
+    }
+
+    /// One shard.
+    pub fn shard(&self, id: FileId) -> &Shard {
+        &self.shards[id.index()]
+    }
+
+    /// Every tensor in file order (shard by shard, by offset); the position
+    /// of a tensor in this slice is its [`TensorId`].
+    pub fn tensors(&self) -> &[Tensor] {
+        &self.tensors
+    }
+
+    /// One tensor by id.
+    pub fn tensor(&self, id: TensorId) -> &Tensor {
+        &self.tensors[id.index()]
+    }
+
+    /// The id of the tensor called `name`.
+    pub fn id(&self, name: &str) -> Option<TensorId> {
+        self.by_name.get(name).copied()
+    }
+
+    /// The tensor called `name`.
+    pub fn find(&self, name: &str) -> Option<&Tensor> {
+        self.id(name).map(|id| self.tensor(id))
+    }
+
+    /// Number of tensors.
+    pub fn len(&self) -> usize {
+        self.tensors.len()
+    }
+
+    /// Whether the checkpoint holds no tensor.
+    pub fn is_empty(&self) -> bool {
+        self.tensors.is_empty()
+    }
+
+    /// Total bytes of all tensors.
+    pub fn total_bytes(&self) -> u64 {
+        self.tensors.iter().map(Tensor::len).sum()
+    }
+
+    /// The shards' `__metadata__` merged: every key of every shard, with the
+    /// value of the first shard (in order) that has the key. `None` when no
+    /// shard has metadata. Each shard's own is in [`Shard::metadata`].
+    pub fn metadata(&self) -> Option<&Metadata> {
+        self.metadata.as_ref()
+    }
+
+    /// The index file the checkpoint was opened through, if any.
+    pub fn index_path(&self) -> Option<&Path> {
+        self.index.as_deref()
+    }
+}
+
+/// Read and parse the headers of `paths`, in parallel when there are several.
+fn read_headers(fs: &dyn Fs, paths: &[PathBuf]) -> Result<Vec<ShardHeader>, Error> {
+    const MAX_THREADS: usize = 16;
+    let threads = paths.len().min(MAX_THREADS);
+    if threads <= 1 {
+        return paths.iter().map(|p| read_header(fs, p)).collect();
+    }
+    let mut results: Vec<Option<Result<ShardHeader, Error>>> = Vec::new();
+    results.resize_with(paths.len(), || None);
+    std::thread::scope(|s| {
+        let chunk = paths.len().div_ceil(threads);
+        for (paths, out) in paths.chunks(chunk).zip(results.chunks_mut(chunk)) {
+            s.spawn(move || {
+                for (p, slot) in paths.iter().zip(out) {
+                    *slot = Some(read_header(fs, p));
+                }
+            });
+        }
+    });
+    // Every slot was filled (a panicking thread would have propagated out of
+    // the scope); the first error in shard order is reported.
+    results.into_iter().flatten().collect()
+}
+
+/// Read one file's header: one read of the first [`FIRST_READ_LEN`] bytes,
+/// and a second only when the header is longer.
+fn read_header(fs: &dyn Fs, path: &Path) -> Result<ShardHeader, Error> {
+    let io = |source| Error::Io {
+        file: path.to_path_buf(),
+        source,
+    };
+    let bad = |source| Error::Header {
+        file: path.to_path_buf(),
+        source,
+    };
+    let changed = || Error::Changed {
+        file: path.to_path_buf(),
+    };
+    let file = fs.open(path).map_err(io)?;
+    let size = file.size().map_err(io)?;
+    let first = (size.min(FIRST_READ_LEN as u64)) as usize;
+    let mut buf = vec![0u8; first];
+    if !read_full_at(&*file, &mut buf, 0).map_err(io)? {
+        return Err(changed());
+    }
+    let header = match Header::parse(&buf, size).map_err(bad)? {
+        Parsed::Complete(h) => h,
+        Parsed::NeedMore { total } => {
+            // `total` is bounded by the format's header limit and the file size.
+            let have = buf.len();
+            buf.resize(total, 0);
+            if !read_full_at(&*file, &mut buf[have..], have as u64).map_err(io)? {
+                return Err(changed());
+            }
+            match Header::parse(&buf, size).map_err(bad)? {
+                Parsed::Complete(h) => h,
+                Parsed::NeedMore { .. } => return Err(changed()),
+            }
+        }
+    };
+    if file.size().map_err(io)? != size {
+        return Err(changed());
+    }
+    Ok((path.to_path_buf(), size, header))
+}
+
+fn open_dir(fs: &dyn Fs, dir: &Path) -> Result<Checkpoint, Error> {
+    let entries = fs.list_dir(dir).map_err(|source| Error::Io {
+        file: dir.to_path_buf(),
+        source,
+    })?;
+    let name_ends = |p: &Path, suffix: &str| {
+        p.file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.ends_with(suffix) && n.len() > suffix.len())
+    };
+    let mut indexes: Vec<PathBuf> = entries
+        .iter()
+        .filter(|p| name_ends(p, INDEX_SUFFIX))
+        .cloned()
+        .collect();
+    indexes.sort();
+    match indexes.len() {
+        0 => {}
+        1 => return open_index(fs, &indexes[0]),
+        _ => {
+            return Err(Error::AmbiguousIndex {
+                dir: dir.to_path_buf(),
+                found: indexes,
+            });
+        }
+    }
+    let mut files: Vec<PathBuf> = entries
+        .into_iter()
+        .filter(|p| name_ends(p, ".safetensors") && !fs.is_dir(p).unwrap_or(true))
+        .collect();
+    if files.is_empty() {
+        return Err(Error::NoShards {
+            dir: dir.to_path_buf(),
+        });
+    }
+    files.sort();
+    Checkpoint::from_headers(read_headers(fs, &files)?)
+}
+
+fn open_index(fs: &dyn Fs, index_path: &Path) -> Result<Checkpoint, Error> {
+    let index = IndexFile::read(fs, index_path)?;
+    let dir = index_path.parent().unwrap_or(Path::new(""));
+    // Shard names, each resolved once, in name order.
+    let mut shard_names = BTreeSet::new();
+    for (tensor, shard) in &index.weight_map {
+        let rel = Path::new(shard);
+        let inside = !shard.is_empty()
+            && rel
+                .components()
+                .all(|c| matches!(c, Component::Normal(_) | Component::CurDir));
+        if !inside {
+            return Err(Error::IndexPath {
+                file: index_path.to_path_buf(),
+                tensor: tensor.clone(),
+                shard: shard.clone(),
+            });
+        }
+        shard_names.insert(shard.as_str());
+    }
+    let files: Vec<PathBuf> = shard_names.iter().map(|s| dir.join(s)).collect();
+    let mut ckpt = Checkpoint::from_headers(read_headers(fs, &files)?)?;
+    let shard_of: HashMap<&str, FileId> = shard_names
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (*s, FileId(i as u32)))
+        .collect();
+    let mismatch =
+        |tensor: &str, listed: Option<FileId>, found: Option<FileId>| Error::IndexMismatch {
+            file: index_path.to_path_buf(),
+            tensor: tensor.to_owned(),
+            listed: listed.map(|f| files[f.index()].clone()),
+            found: found.map(|f| files[f.index()].clone()),
+        };
+    for (tensor, shard) in &index.weight_map {
+        let listed = shard_of[shard.as_str()];
+        match ckpt.find(tensor) {
+            Some(t) if t.file == listed => {}
+            Some(t) => return Err(mismatch(tensor, Some(listed), Some(t.file))),
+            None => return Err(mismatch(tensor, Some(listed), None)),
+        }
+    }
+    if ckpt.len() != index.weight_map.len() {
+        // Every listed tensor was found, so some header tensor is unlisted.
+        let listed: std::collections::HashSet<&str> =
+            index.weight_map.iter().map(|(t, _)| t.as_str()).collect();
+        if let Some(t) = ckpt
+            .tensors
+            .iter()
+            .find(|t| !listed.contains(t.name.as_str()))
+        {
+            return Err(mismatch(&t.name, None, Some(t.file)));
+        }
+    }
+    ckpt.index = Some(index_path.to_path_buf());
+    Ok(ckpt)
+}

@@ -1,0 +1,536 @@
+//! Errors of header parsing and checkpoint assembly.
+
+use std::fmt;
+use std::io;
+use std::path::PathBuf;
+
+use crate::Dtype;
+
+/// Why the bytes of one safetensors header were rejected.
+///
+/// Offsets in `data_offsets`-related variants are relative to the start of
+/// the data section, as written in the header; other offsets are absolute
+/// positions in the file.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum HeaderError {
+    /// The file is shorter than the 8-byte length prefix.
+    TooShort {
+        /// Size of the file in bytes.
+        file_size: u64,
+    },
+    /// The length prefix announces a header above the format's limit.
+    TooLarge {
+        /// The announced header length.
+        header_len: u64,
+        /// The largest header accepted.
+        max: u64,
+    },
+    /// The length prefix announces a header that runs past the end of the file.
+    BeyondFile {
+        /// The announced header length.
+        header_len: u64,
+        /// Size of the file in bytes.
+        file_size: u64,
+    },
+    /// The header is not valid UTF-8.
+    NotUtf8 {
+        /// Absolute file offset of the first invalid byte.
+        offset: u64,
+    },
+    /// The header does not begin with `{`.
+    NotAnObject {
+        /// The first byte of the header, if there is one.
+        found: Option<u8>,
+    },
+    /// The header is not well-formed JSON, or not a JSON object.
+    Json {
+        /// The parser's error, with line and column inside the header.
+        source: serde_json::Error,
+    },
+    /// Two entries of the header have the same name. (The reference library
+    /// silently keeps the last one.)
+    DuplicateTensor {
+        /// The repeated name.
+        tensor: String,
+    },
+    /// A tensor's entry lacks `dtype`, `shape` or `data_offsets`, or one of
+    /// them has the wrong JSON type (a negative or fractional dimension, say).
+    InvalidEntry {
+        /// The tensor.
+        tensor: String,
+        /// What the entry parser found.
+        source: serde_json::Error,
+    },
+    /// A tensor's dtype is not one the format defines.
+    UnknownDtype {
+        /// The tensor.
+        tensor: String,
+        /// The dtype as written.
+        dtype: String,
+    },
+    /// `__metadata__` is neither a JSON object nor `null`.
+    MetadataNotMap {
+        /// The JSON type found instead.
+        found: &'static str,
+    },
+    /// A `__metadata__` value is not a string.
+    MetadataNotString {
+        /// The key whose value is not a string.
+        key: String,
+        /// The JSON type found instead.
+        found: &'static str,
+    },
+    /// The product of a tensor's shape, or its size in bits, overflows 64 bits.
+    ShapeOverflow {
+        /// The tensor.
+        tensor: String,
+        /// Its shape.
+        shape: Vec<u64>,
+        /// Its dtype.
+        dtype: Dtype,
+    },
+    /// A sub-byte tensor whose elements do not fill a whole number of bytes.
+    PartialByte {
+        /// The tensor.
+        tensor: String,
+        /// Number of elements.
+        elements: u64,
+        /// Its dtype.
+        dtype: Dtype,
+    },
+    /// A tensor's `data_offsets` end before they start.
+    OffsetsReversed {
+        /// The tensor.
+        tensor: String,
+        /// `data_offsets[0]`.
+        start: u64,
+        /// `data_offsets[1]`.
+        end: u64,
+    },
+    /// A tensor's byte length differs from shape × dtype width.
+    SizeMismatch {
+        /// The tensor.
+        tensor: String,
+        /// Bytes that its shape and dtype need.
+        expected: u64,
+        /// Bytes that its `data_offsets` span.
+        found: u64,
+    },
+    /// Tensors sorted by offset leave unused bytes between them (or before the first).
+    Gap {
+        /// The tensor after the gap.
+        tensor: String,
+        /// Where it should start (the previous tensor's end).
+        expected: u64,
+        /// Where it starts.
+        found: u64,
+    },
+    /// A tensor starts before the previous one (in offset order) ends.
+    Overlap {
+        /// The later tensor.
+        tensor: String,
+        /// The tensor it overlaps.
+        previous: String,
+        /// Where it should start (the previous tensor's end).
+        expected: u64,
+        /// Where it starts.
+        found: u64,
+    },
+    /// The data section, as the header lays it out, does not end exactly at
+    /// the end of the file: the file is truncated, or has trailing bytes.
+    DataSizeMismatch {
+        /// Where the header says the file ends.
+        expected_size: u64,
+        /// Its size.
+        file_size: u64,
+    },
+    /// A tensor name (when writing a header) is the reserved `__metadata__`.
+    ReservedName,
+}
+
+fn json_type(v: &serde_json::Value) -> &'static str {
+    match v {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
+    }
+}
+
+impl HeaderError {
+    pub(crate) fn metadata_not_map(v: &serde_json::Value) -> Self {
+        HeaderError::MetadataNotMap {
+            found: json_type(v),
+        }
+    }
+
+    pub(crate) fn metadata_not_string(key: &str, v: &serde_json::Value) -> Self {
+        HeaderError::MetadataNotString {
+            key: key.to_owned(),
+            found: json_type(v),
+        }
+    }
+
+    /// The tensor this error is about, if it is about one.
+    pub fn tensor(&self) -> Option<&str> {
+        use HeaderError::*;
+        match self {
+            DuplicateTensor { tensor }
+            | InvalidEntry { tensor, .. }
+            | UnknownDtype { tensor, .. }
+            | ShapeOverflow { tensor, .. }
+            | PartialByte { tensor, .. }
+            | OffsetsReversed { tensor, .. }
+            | SizeMismatch { tensor, .. }
+            | Gap { tensor, .. }
+            | Overlap { tensor, .. } => Some(tensor),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for HeaderError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use HeaderError::*;
+        match self {
+            TooShort { file_size } => write!(
+                f,
+                "file of {file_size} bytes is too short for the 8-byte header length"
+            ),
+            TooLarge { header_len, max } => {
+                write!(
+                    f,
+                    "header length {header_len} exceeds the limit of {max} bytes"
+                )
+            }
+            BeyondFile {
+                header_len,
+                file_size,
+            } => write!(
+                f,
+                "header length {header_len} runs past the end of the file ({file_size} bytes)"
+            ),
+            NotUtf8 { offset } => {
+                write!(f, "header is not UTF-8 (invalid byte at offset {offset})")
+            }
+            NotAnObject { found: Some(b) } => {
+                write!(f, "header does not start with '{{' (found byte 0x{b:02x})")
+            }
+            NotAnObject { found: None } => write!(f, "header is empty"),
+            Json { source } => write!(f, "header is not a valid JSON object: {source}"),
+            DuplicateTensor { tensor } => {
+                write!(f, "tensor {tensor:?} appears twice in the header")
+            }
+            InvalidEntry { tensor, source } => {
+                write!(f, "tensor {tensor:?}: invalid entry: {source}")
+            }
+            UnknownDtype { tensor, dtype } => {
+                write!(f, "tensor {tensor:?}: unknown dtype {dtype:?}")
+            }
+            MetadataNotMap { found } => {
+                write!(
+                    f,
+                    "__metadata__ must be an object of strings, found {found}"
+                )
+            }
+            MetadataNotString { key, found } => {
+                write!(f, "__metadata__[{key:?}] must be a string, found {found}")
+            }
+            ShapeOverflow {
+                tensor,
+                shape,
+                dtype,
+            } => write!(
+                f,
+                "tensor {tensor:?}: shape {shape:?} of {dtype} overflows 64 bits"
+            ),
+            PartialByte {
+                tensor,
+                elements,
+                dtype,
+            } => write!(
+                f,
+                "tensor {tensor:?}: {elements} elements of {dtype} do not fill a whole number of bytes"
+            ),
+            OffsetsReversed { tensor, start, end } => {
+                write!(
+                    f,
+                    "tensor {tensor:?}: data_offsets [{start}, {end}] end before they start"
+                )
+            }
+            SizeMismatch {
+                tensor,
+                expected,
+                found,
+            } => write!(
+                f,
+                "tensor {tensor:?}: data_offsets span {found} bytes but shape and dtype need {expected}"
+            ),
+            Gap {
+                tensor,
+                expected,
+                found,
+            } => write!(
+                f,
+                "tensor {tensor:?}: data starts at {found}, leaving a gap after offset {expected}"
+            ),
+            Overlap {
+                tensor,
+                previous,
+                expected,
+                found,
+            } => write!(
+                f,
+                "tensor {tensor:?}: data starts at {found}, overlapping {previous:?} which ends at {expected}"
+            ),
+            DataSizeMismatch {
+                expected_size,
+                file_size,
+            } if file_size < expected_size => write!(
+                f,
+                "file is truncated: the header describes {expected_size} bytes, the file has {file_size}"
+            ),
+            DataSizeMismatch {
+                expected_size,
+                file_size,
+            } => write!(
+                f,
+                "file has {} trailing bytes: the header describes {expected_size} bytes, the file has {file_size}",
+                file_size - expected_size
+            ),
+            ReservedName => write!(f, "\"__metadata__\" cannot name a tensor"),
+        }
+    }
+}
+
+impl std::error::Error for HeaderError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            HeaderError::Json { source } | HeaderError::InvalidEntry { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+/// An error opening a checkpoint: a bad header, an unreadable file, or
+/// shards and an index that do not agree. Every variant names the file.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Error {
+    /// A shard's header was rejected.
+    Header {
+        /// The shard.
+        file: PathBuf,
+        /// Why.
+        source: HeaderError,
+    },
+    /// A file could not be opened, read or listed.
+    Io {
+        /// The file or directory.
+        file: PathBuf,
+        /// The operating system's error.
+        source: io::Error,
+    },
+    /// The file changed size while its header was being read.
+    Changed {
+        /// The file.
+        file: PathBuf,
+    },
+    /// A directory holds no `.safetensors` file.
+    NoShards {
+        /// The directory.
+        dir: PathBuf,
+    },
+    /// A directory holds several `*.safetensors.index.json` files, so which
+    /// shards form the checkpoint is ambiguous.
+    AmbiguousIndex {
+        /// The directory.
+        dir: PathBuf,
+        /// The index files found.
+        found: Vec<PathBuf>,
+    },
+    /// The same file was given twice.
+    DuplicateFile {
+        /// The file.
+        file: PathBuf,
+    },
+    /// Two shards both contain a tensor of this name.
+    DuplicateTensor {
+        /// The tensor.
+        tensor: String,
+        /// The shard where it appeared first.
+        first: PathBuf,
+        /// The shard where it appeared again.
+        second: PathBuf,
+    },
+    /// An index file is not valid `model.safetensors.index.json` JSON.
+    Index {
+        /// The index file.
+        file: PathBuf,
+        /// The JSON error.
+        source: serde_json::Error,
+    },
+    /// An index file is larger than any plausible index.
+    IndexTooLarge {
+        /// The index file.
+        file: PathBuf,
+        /// Its size.
+        size: u64,
+        /// The largest accepted.
+        max: u64,
+    },
+    /// An index's `weight_map` names a shard outside the index's directory
+    /// (an absolute path, or one with `..`).
+    IndexPath {
+        /// The index file.
+        file: PathBuf,
+        /// The tensor whose entry is bad.
+        tensor: String,
+        /// The shard path as written.
+        shard: String,
+    },
+    /// An index's `weight_map` and the shards' headers disagree about a tensor.
+    IndexMismatch {
+        /// The index file.
+        file: PathBuf,
+        /// The tensor.
+        tensor: String,
+        /// The shard the index names, if it names one.
+        listed: Option<PathBuf>,
+        /// The shard whose header holds the tensor, if any does.
+        found: Option<PathBuf>,
+    },
+    /// More shards or tensors than a 32-bit id can number.
+    TooMany {
+        /// The file where the limit was reached.
+        file: PathBuf,
+        /// `"shards"` or `"tensors"`.
+        what: &'static str,
+    },
+}
+
+impl Error {
+    /// The file or directory this error is about.
+    pub fn file(&self) -> &std::path::Path {
+        use Error::*;
+        match self {
+            Header { file, .. }
+            | Io { file, .. }
+            | Changed { file }
+            | DuplicateFile { file }
+            | Index { file, .. }
+            | IndexTooLarge { file, .. }
+            | IndexPath { file, .. }
+            | IndexMismatch { file, .. }
+            | TooMany { file, .. } => file,
+            NoShards { dir } | AmbiguousIndex { dir, .. } => dir,
+            DuplicateTensor { second, .. } => second,
+        }
+    }
+
+    /// The tensor this error is about, if it is about one.
+    pub fn tensor(&self) -> Option<&str> {
+        match self {
+            Error::Header { source, .. } => source.tensor(),
+            Error::DuplicateTensor { tensor, .. }
+            | Error::IndexPath { tensor, .. }
+            | Error::IndexMismatch { tensor, .. } => Some(tensor),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use Error::*;
+        match self {
+            Header { file, source } => write!(f, "{}: {source}", file.display()),
+            Io { file, source } => write!(f, "{}: {source}", file.display()),
+            Changed { file } => write!(
+                f,
+                "{}: file changed while its header was read",
+                file.display()
+            ),
+            NoShards { dir } => write!(f, "{}: no .safetensors files in directory", dir.display()),
+            AmbiguousIndex { dir, found } => write!(
+                f,
+                "{}: {} index files ({}); name the one to load",
+                dir.display(),
+                found.len(),
+                found
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            DuplicateFile { file } => write!(f, "{}: file given twice", file.display()),
+            DuplicateTensor {
+                tensor,
+                first,
+                second,
+            } => write!(
+                f,
+                "{}: tensor {tensor:?} is also in {}",
+                second.display(),
+                first.display()
+            ),
+            Index { file, source } => write!(f, "{}: invalid index: {source}", file.display()),
+            IndexTooLarge { file, size, max } => write!(
+                f,
+                "{}: index of {size} bytes exceeds the limit of {max}",
+                file.display()
+            ),
+            IndexPath {
+                file,
+                tensor,
+                shard,
+            } => write!(
+                f,
+                "{}: tensor {tensor:?} maps to {shard:?}, which is outside the index's directory",
+                file.display()
+            ),
+            IndexMismatch {
+                file,
+                tensor,
+                listed,
+                found,
+            } => {
+                write!(f, "{}: tensor {tensor:?} ", file.display())?;
+                match (listed, found) {
+                    (Some(l), Some(s)) => write!(
+                        f,
+                        "is listed in {} but found in {}",
+                        l.display(),
+                        s.display()
+                    ),
+                    (Some(l), None) => {
+                        write!(f, "is listed in {} but no shard has it", l.display())
+                    }
+                    (None, Some(s)) => write!(f, "is in {} but not in the weight_map", s.display()),
+                    (None, None) => write!(f, "is inconsistent"),
+                }
+            }
+            TooMany { file, what } => {
+                write!(
+                    f,
+                    "{}: more {what} than a checkpoint can number",
+                    file.display()
+                )
+            }
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Header { source, .. } => Some(source),
+            Error::Io { source, .. } => Some(source),
+            Error::Index { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}

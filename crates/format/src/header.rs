@@ -1,0 +1,471 @@
+//! Parsing and validating one safetensors header from bytes.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+
+use serde::Deserialize;
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, Visitor};
+use serde_json::value::RawValue;
+
+use crate::{ByteRange, Dtype, HeaderError, UnknownDtype};
+
+/// Bytes of the little-endian `u64` header length that starts every file.
+pub const PREFIX_LEN: usize = 8;
+
+/// The largest header accepted, in bytes (the reference library's limit).
+pub const MAX_HEADER_LEN: u64 = 100_000_000;
+
+/// How many bytes to read first when the header length is not yet known:
+/// enough for the headers of all but the largest checkpoints, so that one
+/// read usually suffices.
+pub const FIRST_READ_LEN: usize = 64 * 1024;
+
+/// The key under which a header keeps its free-form string metadata.
+pub const METADATA_KEY: &str = "__metadata__";
+
+/// A header's `__metadata__`: string keys to string values.
+pub type Metadata = BTreeMap<String, String>;
+
+/// One tensor as a header describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TensorInfo {
+    /// The tensor's name.
+    pub name: String,
+    /// Element type.
+    pub dtype: Dtype,
+    /// Dimensions, outermost first (row-major). Empty for a scalar.
+    pub shape: Vec<u64>,
+    /// The tensor's bytes, relative to the start of the data section.
+    pub data: ByteRange,
+}
+
+impl TensorInfo {
+    /// Number of elements (the product of the shape; 1 for a scalar).
+    pub fn elements(&self) -> u64 {
+        // Validated headers guarantee this does not overflow.
+        self.shape.iter().product()
+    }
+}
+
+/// A parsed, validated safetensors header.
+///
+/// Holds every rule of the reference library: a header of at most
+/// [`MAX_HEADER_LEN`] bytes, UTF-8 JSON beginning with `{`, tensors whose
+/// offsets are sorted, contiguous from 0, without gaps or overlaps, byte
+/// lengths equal to shape × dtype width (checked arithmetic; sub-byte totals
+/// whole bytes), a data section ending exactly at the end of the file, and
+/// `__metadata__` a map of strings. Unlike the reference it also rejects a
+/// tensor name given twice.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Header {
+    tensors: Vec<TensorInfo>,
+    metadata: Option<Metadata>,
+    header_len: u64,
+}
+
+/// The outcome of [`Header::parse`] on a prefix of a file.
+#[derive(Debug)]
+pub enum Parsed {
+    /// The header is complete and valid.
+    Complete(Header),
+    /// The header is longer than the bytes given: call again with at least
+    /// `total` bytes from the start of the file.
+    NeedMore {
+        /// The number of bytes from the start of the file that the header spans.
+        total: usize,
+    },
+}
+
+impl Header {
+    /// Parse and validate the header at the start of a file of `file_size`
+    /// bytes, from `bytes`, a prefix of that file.
+    ///
+    /// When `bytes` is shorter than the header, returns
+    /// [`Parsed::NeedMore`] with the length to read; no more is ever asked
+    /// for than `PREFIX_LEN + MAX_HEADER_LEN`, nor more than the file holds.
+    ///
+    /// ```
+    /// use weightlift_format::{Header, Parsed, Dtype};
+    ///
+    /// let json = br#"{"w":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}"#;
+    /// let mut file = (json.len() as u64).to_le_bytes().to_vec();
+    /// file.extend_from_slice(json);
+    /// file.extend_from_slice(&[0; 8]);
+    ///
+    /// // Too few bytes: the parser says how many it needs.
+    /// let Parsed::NeedMore { total } = Header::parse(&file[..8], file.len() as u64)? else { panic!() };
+    /// assert_eq!(total, 8 + json.len());
+    ///
+    /// let Parsed::Complete(header) = Header::parse(&file, file.len() as u64)? else { panic!() };
+    /// assert_eq!(header.tensors()[0].dtype, Dtype::F32);
+    /// # Ok::<(), weightlift_format::HeaderError>(())
+    /// ```
+    pub fn parse(bytes: &[u8], file_size: u64) -> Result<Parsed, HeaderError> {
+        let Some(total) = header_span(bytes, file_size)? else {
+            return Ok(Parsed::NeedMore { total: PREFIX_LEN });
+        };
+        let Some(json) = bytes.get(PREFIX_LEN..total) else {
+            return Ok(Parsed::NeedMore { total });
+        };
+        let header = parse_json(json)?;
+        let expected_size =
+            (total as u64)
+                .checked_add(header.data_len())
+                .ok_or(HeaderError::DataSizeMismatch {
+                    expected_size: u64::MAX,
+                    file_size,
+                })?;
+        if expected_size != file_size {
+            return Err(HeaderError::DataSizeMismatch {
+                expected_size,
+                file_size,
+            });
+        }
+        Ok(Parsed::Complete(header))
+    }
+
+    /// Parse the header of a file held entirely in memory.
+    pub fn parse_file(file: &[u8]) -> Result<Header, HeaderError> {
+        match Header::parse(file, file.len() as u64)? {
+            Parsed::Complete(h) => Ok(h),
+            // `header_span` checked the header fits in the file, so all of
+            // it is in `file`.
+            Parsed::NeedMore { .. } => unreachable!("a whole file holds its header"),
+        }
+    }
+
+    /// The tensors, sorted by their offset in the data section.
+    pub fn tensors(&self) -> &[TensorInfo] {
+        &self.tensors
+    }
+
+    /// The header's `__metadata__`, if it has one.
+    pub fn metadata(&self) -> Option<&Metadata> {
+        self.metadata.as_ref()
+    }
+
+    /// Length of the JSON header in bytes (the value of the length prefix).
+    pub fn header_len(&self) -> u64 {
+        self.header_len
+    }
+
+    /// Absolute file offset where the data section starts.
+    pub fn data_start(&self) -> u64 {
+        PREFIX_LEN as u64 + self.header_len
+    }
+
+    /// Length of the data section in bytes.
+    pub fn data_len(&self) -> u64 {
+        self.tensors.last().map_or(0, |t| t.data.end)
+    }
+
+    /// Take the tensors and metadata out of the header.
+    pub fn into_parts(self) -> (Vec<TensorInfo>, Option<Metadata>) {
+        (self.tensors, self.metadata)
+    }
+}
+
+/// From the first bytes of a file, the number of bytes its header spans
+/// (prefix included), or `None` when fewer than [`PREFIX_LEN`] bytes were given.
+///
+/// Checks the announced length against [`MAX_HEADER_LEN`] and the file's size.
+pub fn header_span(bytes: &[u8], file_size: u64) -> Result<Option<usize>, HeaderError> {
+    if file_size < PREFIX_LEN as u64 {
+        return Err(HeaderError::TooShort { file_size });
+    }
+    let Some(prefix) = bytes.first_chunk::<PREFIX_LEN>() else {
+        return Ok(None);
+    };
+    let header_len = u64::from_le_bytes(*prefix);
+    if header_len > MAX_HEADER_LEN {
+        return Err(HeaderError::TooLarge {
+            header_len,
+            max: MAX_HEADER_LEN,
+        });
+    }
+    // At most MAX_HEADER_LEN + 8, so neither the sum nor the cast can overflow.
+    let total = PREFIX_LEN as u64 + header_len;
+    if total > file_size {
+        return Err(HeaderError::BeyondFile {
+            header_len,
+            file_size,
+        });
+    }
+    Ok(Some(total as usize))
+}
+
+/// Parse and validate the JSON text of a header (the bytes after the prefix).
+fn parse_json(json: &[u8]) -> Result<Header, HeaderError> {
+    let text = std::str::from_utf8(json).map_err(|e| HeaderError::NotUtf8 {
+        offset: (PREFIX_LEN + e.valid_up_to()) as u64,
+    })?;
+    match json.first() {
+        Some(b'{') => {}
+        found => {
+            return Err(HeaderError::NotAnObject {
+                found: found.copied(),
+            });
+        }
+    }
+    // One pass over the JSON; when an entry fails, `failed` names it.
+    let mut failed = None;
+    let mut de = serde_json::Deserializer::from_str(text);
+    let entries = EntriesSeed {
+        failed: &mut failed,
+    }
+    .deserialize(&mut de)
+    .and_then(|e| de.end().map(|()| e));
+    if entries.is_err() && failed.is_some() {
+        // An entry failed before the parser reached the end. If the text
+        // is not JSON at all, that is the more basic fault: report it. (Only
+        // on this error path; skipping values is iterative, so deep
+        // nesting cannot exhaust the stack.)
+        if let Err(source) = serde_json::from_str::<de::IgnoredAny>(text) {
+            return Err(HeaderError::Json { source });
+        }
+    }
+    let Entries {
+        mut tensors,
+        metadata,
+    } = match (entries, failed) {
+        (Ok(e), _) => e,
+        (Err(_), Some(Failed::Duplicate(tensor))) => {
+            return Err(HeaderError::DuplicateTensor { tensor });
+        }
+        (Err(_), Some(Failed::Dtype { tensor, dtype })) => {
+            return Err(HeaderError::UnknownDtype { tensor, dtype });
+        }
+        // The text is JSON (checked above): the entry has the wrong shape.
+        (Err(source), Some(Failed::Entry(tensor))) => {
+            return Err(HeaderError::InvalidEntry { tensor, source });
+        }
+        (Err(source), _) => return Err(HeaderError::Json { source }),
+    };
+    let metadata = metadata.map(parse_metadata).transpose()?.flatten();
+    let mut seen = HashSet::with_capacity(tensors.len());
+    for t in &tensors {
+        if !seen.insert(t.name.as_str()) {
+            return Err(HeaderError::DuplicateTensor {
+                tensor: t.name.clone(),
+            });
+        }
+    }
+    drop(seen);
+    for t in &tensors {
+        if t.data.end < t.data.start {
+            return Err(HeaderError::OffsetsReversed {
+                tensor: t.name.clone(),
+                start: t.data.start,
+                end: t.data.end,
+            });
+        }
+    }
+    // Files written by other tools may list tensors in any order; the
+    // reference sorts by offsets before checking them, and so do we. The sort
+    // is stable, so equal offsets (empty tensors) keep the header's order.
+    tensors.sort_by_key(|t| (t.data.start, t.data.end));
+    validate_layout(&tensors)?;
+    Ok(Header {
+        tensors,
+        metadata,
+        header_len: json.len() as u64,
+    })
+}
+
+/// Bytes that a tensor of `dtype` and `shape` occupies, with checked
+/// arithmetic: its element count and bit count must fit in 64 bits and the
+/// bits must fill whole bytes.
+pub(crate) fn tensor_bytes(name: &str, dtype: Dtype, shape: &[u64]) -> Result<u64, HeaderError> {
+    let overflow = || HeaderError::ShapeOverflow {
+        tensor: name.to_owned(),
+        shape: shape.to_vec(),
+        dtype,
+    };
+    let elements = shape
+        .iter()
+        .try_fold(1u64, |acc, &d| acc.checked_mul(d))
+        .ok_or_else(overflow)?;
+    if elements.checked_mul(u64::from(dtype.bits())).is_none() {
+        return Err(overflow());
+    }
+    dtype
+        .bytes_for(elements)
+        .ok_or_else(|| HeaderError::PartialByte {
+            tensor: name.to_owned(),
+            elements,
+            dtype,
+        })
+}
+
+/// Check that tensors sorted by offset tile the data section exactly and
+/// that each one's byte length is what its shape and dtype need.
+fn validate_layout(tensors: &[TensorInfo]) -> Result<(), HeaderError> {
+    let mut expected = 0u64;
+    let mut previous: Option<&TensorInfo> = None;
+    for t in tensors {
+        if t.data.start > expected {
+            return Err(HeaderError::Gap {
+                tensor: t.name.clone(),
+                expected,
+                found: t.data.start,
+            });
+        }
+        if t.data.start < expected {
+            return Err(HeaderError::Overlap {
+                tensor: t.name.clone(),
+                // `expected` > 0 only after a tensor was seen.
+                previous: previous.map(|p| p.name.clone()).unwrap_or_default(),
+                expected,
+                found: t.data.start,
+            });
+        }
+        let bytes = tensor_bytes(&t.name, t.dtype, &t.shape)?;
+        if bytes != t.data.len() {
+            return Err(HeaderError::SizeMismatch {
+                tensor: t.name.clone(),
+                expected: bytes,
+                found: t.data.len(),
+            });
+        }
+        expected = t.data.end;
+        previous = Some(t);
+    }
+    Ok(())
+}
+
+fn parse_metadata(raw: &RawValue) -> Result<Option<Metadata>, HeaderError> {
+    let value: serde_json::Value =
+        serde_json::from_str(raw.get()).map_err(|source| HeaderError::Json { source })?;
+    let map = match value {
+        serde_json::Value::Null => return Ok(None),
+        serde_json::Value::Object(map) => map,
+        other => return Err(HeaderError::metadata_not_map(&other)),
+    };
+    let mut out = Metadata::new();
+    for (k, v) in map {
+        match v {
+            serde_json::Value::String(s) => {
+                out.insert(k, s);
+            }
+            other => return Err(HeaderError::metadata_not_string(&k, &other)),
+        }
+    }
+    Ok(Some(out))
+}
+
+/// Which entry made the single-pass parse fail.
+enum Failed {
+    /// This tensor's entry is malformed.
+    Entry(String),
+    /// This tensor's dtype is not one the format defines.
+    Dtype { tensor: String, dtype: String },
+    /// `__metadata__` appears twice.
+    Duplicate(String),
+}
+
+/// The header's entries: tensors in the order written (not yet validated,
+/// so that a name given twice is seen) and the raw `__metadata__`.
+struct Entries<'a> {
+    tensors: Vec<TensorInfo>,
+    metadata: Option<&'a RawValue>,
+}
+
+struct EntriesSeed<'s> {
+    failed: &'s mut Option<Failed>,
+}
+
+impl<'de> DeserializeSeed<'de> for EntriesSeed<'_> {
+    type Value = Entries<'de>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for EntriesSeed<'_> {
+    type Value = Entries<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        // The size hint comes from the input; cap it so a lying one cannot
+        // reserve much.
+        let mut out = Entries {
+            tensors: Vec::with_capacity(map.size_hint().unwrap_or(0).min(4096)),
+            metadata: None,
+        };
+        while let Some(name) = map.next_key::<String>()? {
+            if name == METADATA_KEY {
+                // Its value is checked after the parse, with precise errors.
+                let raw: &'de RawValue = map.next_value()?;
+                if out.metadata.replace(raw).is_some() {
+                    *self.failed = Some(Failed::Duplicate(name));
+                    return Err(de::Error::custom("__metadata__ appears twice"));
+                }
+                continue;
+            }
+            let entry: RawTensor = match map.next_value() {
+                Ok(e) => e,
+                Err(e) => {
+                    *self.failed = Some(Failed::Entry(name));
+                    return Err(e);
+                }
+            };
+            let dtype = match entry.dtype {
+                DtypeName::Known(d) => d,
+                DtypeName::Unknown(dtype) => {
+                    *self.failed = Some(Failed::Dtype {
+                        tensor: name,
+                        dtype,
+                    });
+                    return Err(de::Error::custom("unknown dtype"));
+                }
+            };
+            let [start, end] = entry.data_offsets;
+            out.tensors.push(TensorInfo {
+                name,
+                dtype,
+                shape: entry.shape,
+                // Reversed offsets are reported after the parse, by tensor.
+                data: ByteRange { start, end },
+            });
+        }
+        Ok(out)
+    }
+}
+
+/// One tensor entry before validation. Unknown fields are ignored, as the
+/// reference library ignores them.
+#[derive(Deserialize)]
+struct RawTensor {
+    dtype: DtypeName,
+    shape: Vec<u64>,
+    data_offsets: [u64; 2],
+}
+
+/// A dtype as written: known, or kept verbatim for the error.
+enum DtypeName {
+    Known(Dtype),
+    Unknown(String),
+}
+
+impl<'de> Deserialize<'de> for DtypeName {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = DtypeName;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a dtype name")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<DtypeName, E> {
+                Ok(match s.parse() {
+                    Ok(d) => DtypeName::Known(d),
+                    Err(UnknownDtype(s)) => DtypeName::Unknown(s),
+                })
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
