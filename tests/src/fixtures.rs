@@ -1,0 +1,269 @@
+//! Checkpoints for tests and benchmarks, written to disk as a real model's
+//! would be: shards named `model-0000k-of-0000n.safetensors` and a
+//! `model.safetensors.index.json`.
+
+use std::fs::File;
+use std::io::{self, BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use weightlift_format::{Dtype, Metadata, TensorSpec, encode_header};
+
+/// The shape of a Llama-style decoder: embedding, per-layer attention and
+/// MLP matrices with their norms, final norm and output head, all in bf16.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LlamaConfig {
+    /// Decoder layers.
+    pub layers: u64,
+    /// Hidden size.
+    pub hidden: u64,
+    /// MLP inner size.
+    pub intermediate: u64,
+    /// Vocabulary size.
+    pub vocab: u64,
+    /// Attention heads.
+    pub heads: u64,
+    /// Key/value heads (grouped-query attention).
+    pub kv_heads: u64,
+}
+
+impl LlamaConfig {
+    /// Widths of real models, largest first: (hidden, intermediate, vocab, heads, kv heads).
+    const PRESETS: [(u64, u64, u64, u64, u64); 4] = [
+        (4096, 11008, 32000, 32, 8),
+        (2048, 5632, 32000, 32, 4),
+        (1024, 2816, 16000, 16, 4),
+        (256, 704, 4000, 8, 2),
+    ];
+
+    /// The widest preset whose embedding, head and one layer fit in
+    /// `bytes`, with as many layers as fit (at least one).
+    pub fn for_size(bytes: u64) -> Self {
+        let mut cfg = Self::preset(Self::PRESETS[Self::PRESETS.len() - 1], 1);
+        for p in Self::PRESETS {
+            let one = Self::preset(p, 1);
+            if one.total_bytes() <= bytes {
+                cfg = one;
+                break;
+            }
+        }
+        let fixed = cfg.total_bytes() - cfg.layer_bytes();
+        cfg.layers = (bytes.saturating_sub(fixed) / cfg.layer_bytes()).max(1);
+        cfg
+    }
+
+    fn preset(
+        (hidden, intermediate, vocab, heads, kv_heads): (u64, u64, u64, u64, u64),
+        layers: u64,
+    ) -> Self {
+        Self {
+            layers,
+            hidden,
+            intermediate,
+            vocab,
+            heads,
+            kv_heads,
+        }
+    }
+
+    fn layer_bytes(&self) -> u64 {
+        let per_layer: u64 = self.layer_specs(0).iter().map(spec_bytes).sum();
+        per_layer
+    }
+
+    /// Total bytes of all tensors.
+    pub fn total_bytes(&self) -> u64 {
+        self.specs().iter().map(spec_bytes).sum()
+    }
+
+    fn layer_specs(&self, i: u64) -> Vec<TensorSpec> {
+        let (h, m) = (self.hidden, self.intermediate);
+        let kv = self.kv_heads * (h / self.heads);
+        let p = format!("model.layers.{i}.");
+        let t = |n: &str, shape: &[u64]| TensorSpec::new(format!("{p}{n}"), Dtype::BF16, shape);
+        vec![
+            t("input_layernorm.weight", &[h]),
+            t("self_attn.q_proj.weight", &[h, h]),
+            t("self_attn.k_proj.weight", &[kv, h]),
+            t("self_attn.v_proj.weight", &[kv, h]),
+            t("self_attn.o_proj.weight", &[h, h]),
+            t("post_attention_layernorm.weight", &[h]),
+            t("mlp.gate_proj.weight", &[m, h]),
+            t("mlp.up_proj.weight", &[m, h]),
+            t("mlp.down_proj.weight", &[h, m]),
+        ]
+    }
+
+    /// Every tensor, in the order a Hugging Face export writes them.
+    pub fn specs(&self) -> Vec<TensorSpec> {
+        let mut out = vec![TensorSpec::new(
+            "model.embed_tokens.weight",
+            Dtype::BF16,
+            [self.vocab, self.hidden],
+        )];
+        for i in 0..self.layers {
+            out.extend(self.layer_specs(i));
+        }
+        out.push(TensorSpec::new(
+            "model.norm.weight",
+            Dtype::BF16,
+            [self.hidden],
+        ));
+        out.push(TensorSpec::new(
+            "lm_head.weight",
+            Dtype::BF16,
+            [self.vocab, self.hidden],
+        ));
+        out
+    }
+}
+
+/// `n` tensors shaped like a large mixture-of-experts checkpoint: per layer
+/// many small expert matrices with norms and scales, in mixed dtypes.
+pub fn moe_specs(n: usize) -> Vec<TensorSpec> {
+    let kinds: [(&str, Dtype, &[u64]); 5] = [
+        ("gate_proj.weight", Dtype::F8E4M3, &[64, 128]),
+        ("up_proj.weight", Dtype::F8E4M3, &[64, 128]),
+        ("down_proj.weight", Dtype::F8E4M3, &[128, 64]),
+        ("gate_proj.weight_scale_inv", Dtype::F32, &[1, 1]),
+        ("norm.weight", Dtype::BF16, &[128]),
+    ];
+    (0..n)
+        .map(|i| {
+            let (kind, dtype, shape) = kinds[i % kinds.len()];
+            let expert = i / kinds.len();
+            TensorSpec::new(
+                format!(
+                    "model.layers.{}.mlp.experts.{}.{kind}",
+                    expert / 256,
+                    expert % 256
+                ),
+                dtype,
+                shape,
+            )
+        })
+        .collect()
+}
+
+/// Bytes of one tensor spec. Panics on a spec whose size does not fit
+/// (fixtures are made by code, not read from files).
+pub fn spec_bytes(s: &TensorSpec) -> u64 {
+    s.dtype
+        .bytes_for(s.shape.iter().product())
+        .expect("fixture specs have whole-byte sizes")
+}
+
+/// Split `specs` in order into `shards` runs of about equal bytes.
+pub fn shard_specs(specs: &[TensorSpec], shards: usize) -> Vec<Vec<TensorSpec>> {
+    let total: u64 = specs.iter().map(spec_bytes).sum();
+    let shards = shards.max(1);
+    let mut out = vec![Vec::new(); shards];
+    let mut done = 0u64;
+    for s in specs {
+        // The shard whose share of the bytes this tensor's start falls in.
+        let k = if total == 0 {
+            0
+        } else {
+            ((u128::from(done) * shards as u128 / u128::from(total)) as usize).min(shards - 1)
+        };
+        out[k].push(s.clone());
+        done += spec_bytes(s);
+    }
+    out
+}
+
+/// Write `specs` as a checkpoint of `shards` files plus an index into `dir`
+/// (created if needed), the tensors' bytes pseudo-random from `seed`.
+/// Returns the index's path.
+pub fn write_checkpoint(
+    dir: &Path,
+    specs: &[TensorSpec],
+    shards: usize,
+    seed: u64,
+) -> io::Result<PathBuf> {
+    std::fs::create_dir_all(dir)?;
+    let parts = shard_specs(specs, shards);
+    let n = parts.len();
+    let mut weight_map: Vec<(String, String)> = Vec::new();
+    let mut total = 0u64;
+    for (k, part) in parts.iter().enumerate() {
+        let name = format!("model-{:05}-of-{:05}.safetensors", k + 1, n);
+        let meta = Metadata::from([("format".to_owned(), "pt".to_owned())]);
+        let enc = encode_header(part, Some(&meta)).map_err(io::Error::other)?;
+        let mut w = BufWriter::with_capacity(8 << 20, File::create(dir.join(&name))?);
+        w.write_all(&enc.bytes)?;
+        write_noise(&mut w, enc.data_len, seed.wrapping_add(k as u64))?;
+        w.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+        total += enc.data_len;
+        for s in part {
+            weight_map.push((s.name.clone(), name.clone()));
+        }
+    }
+    let index = dir.join("model.safetensors.index.json");
+    let mut json = format!("{{\"metadata\":{{\"total_size\":{total}}},\"weight_map\":{{");
+    for (i, (t, f)) in weight_map.iter().enumerate() {
+        if i > 0 {
+            json.push(',');
+        }
+        json.push_str(&format!("{}:{}", quote(t), quote(f)));
+    }
+    json.push_str("}}");
+    std::fs::write(&index, json)?;
+    Ok(index)
+}
+
+fn quote(s: &str) -> String {
+    serde_json::to_string(s).expect("strings serialize")
+}
+
+/// Write `len` pseudo-random bytes (xorshift64*), fast enough for
+/// multi-GiB fixtures.
+pub fn write_noise(w: &mut impl Write, len: u64, seed: u64) -> io::Result<()> {
+    let mut x = seed | 1;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut left = len;
+    while left > 0 {
+        for chunk in buf.chunks_exact_mut(8) {
+            x ^= x >> 12;
+            x ^= x << 25;
+            x ^= x >> 27;
+            chunk.copy_from_slice(&x.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
+        }
+        let n = left.min(buf.len() as u64) as usize;
+        w.write_all(&buf[..n])?;
+        left -= n as u64;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_are_close_to_what_was_asked() {
+        for target in [8u64 << 20, 256 << 20, 2 << 30, 8 << 30] {
+            let cfg = LlamaConfig::for_size(target);
+            let got = cfg.total_bytes();
+            assert!(
+                got <= target && got * 10 >= target * 8,
+                "{target}: {got} ({cfg:?})"
+            );
+        }
+    }
+
+    #[test]
+    fn shards_keep_order_and_balance() {
+        let specs = LlamaConfig::for_size(64 << 20).specs();
+        let parts = shard_specs(&specs, 3);
+        let flat: Vec<_> = parts.iter().flatten().cloned().collect();
+        assert_eq!(flat, specs);
+        assert!(parts.iter().all(|p| !p.is_empty()));
+    }
+
+    #[test]
+    fn moe_names_are_unique() {
+        let specs = moe_specs(100_000);
+        let names: std::collections::HashSet<_> = specs.iter().map(|s| &s.name).collect();
+        assert_eq!(names.len(), 100_000);
+    }
+}
