@@ -1,0 +1,185 @@
+//! `cargo xtask bench`: the main job.
+//!
+//! Until the I/O engine exists, it measures what there is: opening a
+//! checkpoint (reading and validating every shard's header) and planning its
+//! reads, then prints the plan and its statistics. A Llama-shaped checkpoint
+//! is generated (and kept for the next run) when none is given.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, ensure};
+use weightlift_format::Checkpoint;
+use weightlift_plan::{Geometry, Selection, plan};
+use weightlift_tests::fixtures::{LlamaConfig, write_checkpoint};
+
+use crate::args::Args;
+
+/// Size of the checkpoint generated when none is given.
+pub(crate) const DEFAULT_SIZE: u64 = 512 << 20;
+
+pub(crate) fn run(args: &mut Args) -> Result<()> {
+    let model = args.value("--model")?.map(PathBuf::from);
+    let size = args.size("--size")?.unwrap_or(DEFAULT_SIZE);
+    let reps = args.number("--reps")?.unwrap_or(5).max(1);
+    let alignment = args.size("--alignment")?.unwrap_or(4096);
+    let max_extent = args
+        .size("--max-extent")?
+        .unwrap_or(Geometry::DEFAULT_MAX_EXTENT);
+    let shares = args.number("--shares")?.unwrap_or(8).max(1) as u32;
+    args.finish()?;
+
+    let path = match model {
+        Some(p) => p,
+        None => cached_fixture(size)?,
+    };
+    let geometry = Geometry::new(alignment, max_extent).context("invalid read geometry")?;
+
+    println!("weightlift bench: open and plan {}", path.display());
+    println!(
+        "(loading arrives with the I/O engine; this run measures header reading, validation and planning)\n"
+    );
+
+    let mut open_times = Vec::new();
+    let mut plan_times = Vec::new();
+    let mut last = None;
+    for _ in 0..reps {
+        let t = Instant::now();
+        let ckpt =
+            Checkpoint::open(&path).with_context(|| format!("opening {}", path.display()))?;
+        open_times.push(t.elapsed());
+        let t = Instant::now();
+        let p = plan(&ckpt, &Selection::All, &geometry)?;
+        plan_times.push(t.elapsed());
+        last = Some((ckpt, p));
+    }
+    let (ckpt, p) = last.expect("at least one repetition");
+
+    println!(
+        "checkpoint: {} tensors in {} shards, {} ({} bytes)",
+        ckpt.len(),
+        ckpt.shards().len(),
+        human(ckpt.total_bytes()),
+        ckpt.total_bytes()
+    );
+    if let Some(index) = ckpt.index_path() {
+        println!("index:      {}", index.display());
+    }
+    if let Some(m) = ckpt.metadata() {
+        println!("metadata:   {m:?}");
+    }
+    println!(
+        "geometry:   alignment {alignment}, max extent {}, merge gap {}",
+        human(geometry.max_extent()),
+        human(geometry.merge_gap())
+    );
+    println!("plan:       {}\n", p.stats());
+
+    println!(
+        "{:<32} {:>12} {:>12} {:>12}",
+        "step (n = {reps})".replace("{reps}", &reps.to_string()),
+        "median",
+        "min",
+        "max"
+    );
+    for (name, times) in [
+        ("open (read + validate headers)", &mut open_times),
+        ("plan (all tensors)", &mut plan_times),
+    ] {
+        times.sort();
+        println!(
+            "{name:<32} {:>12} {:>12} {:>12}",
+            ms(times[times.len() / 2]),
+            ms(times[0]),
+            ms(times[times.len() - 1])
+        );
+    }
+
+    println!("\nfirst extents of the plan:");
+    for e in p.extents().iter().take(4) {
+        let pieces = p.pieces(e);
+        println!(
+            "  {} @ {} + {}: {} piece(s), first {:?}",
+            ckpt.shard(e.file)
+                .path()
+                .file_name()
+                .map(|n| n.to_string_lossy())
+                .unwrap_or_default(),
+            e.offset,
+            human(e.len),
+            pieces.len(),
+            ckpt.tensor(pieces[0].tensor).name
+        );
+    }
+
+    let split = p.split(shares)?;
+    let target = p.read_bytes() as f64 / f64::from(shares);
+    println!(
+        "\nsplit into {shares} shares (bound: each within one extent, {}, of {}):",
+        human(p.stats().largest_extent),
+        human(target as u64)
+    );
+    for (k, s) in split.iter().enumerate() {
+        println!(
+            "  share {k}: {:>4} extents, {:>10} ({:+.2}% of an even share)",
+            s.extents().len(),
+            human(s.read_bytes()),
+            (s.read_bytes() as f64 / target - 1.0) * 100.0
+        );
+    }
+    Ok(())
+}
+
+/// Write a Llama-shaped checkpoint of about `size` bytes into `dir`.
+pub(crate) fn generate(dir: &Path, size: u64, shards: usize, seed: u64) -> Result<PathBuf> {
+    let cfg = LlamaConfig::for_size(size);
+    eprintln!(
+        "generating a {} Llama-shaped checkpoint ({} layers, hidden {}) in {}",
+        human(cfg.total_bytes()),
+        cfg.layers,
+        cfg.hidden,
+        dir.display()
+    );
+    write_checkpoint(dir, &cfg.specs(), shards, seed)
+        .with_context(|| format!("writing {}", dir.display()))
+}
+
+/// The generated checkpoint for `size`, written on first use.
+fn cached_fixture(size: u64) -> Result<PathBuf> {
+    let dir = crate::root()
+        .join("target/weightlift-bench")
+        .join(format!("llama-{size}"));
+    let index = dir.join("model.safetensors.index.json");
+    let want = LlamaConfig::for_size(size).total_bytes();
+    if let Ok(c) = Checkpoint::open(&index)
+        && c.total_bytes() == want
+    {
+        return Ok(index);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    let index = generate(&dir, size, 2, 1)?;
+    ensure!(
+        Checkpoint::open(&index)?.total_bytes() == want,
+        "generated checkpoint has the wrong size"
+    );
+    Ok(index)
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.3} ms", d.as_secs_f64() * 1e3)
+}
+
+pub(crate) fn human(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = bytes as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.2} {}", UNITS[u])
+    }
+}

@@ -1,0 +1,185 @@
+//! Project automation, run as `cargo xtask <command>`:
+//!
+//! - `test`: every check and test of the workspace (the README's test command);
+//! - `bench`: the main job (today: open and plan a checkpoint, generating one when none is given);
+//! - `gen`: write a Llama-shaped checkpoint;
+//! - `corpus`: regenerate the hostile-header corpus in `tests/corpus`;
+//! - `fuzz`: run a fuzz target (needs nightly and cargo-fuzz).
+
+mod args;
+mod bench;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+
+use args::Args;
+
+const USAGE: &str = "\
+usage: cargo xtask <command> [options]
+
+commands:
+  test                    run every check and test (fmt, clippy, tests, doctests, fuzz build)
+  bench [options]         open and plan a checkpoint, timing each step
+      --model PATH        a .safetensors file, a directory, or an index.json
+                          (default: a generated Llama-shaped checkpoint)
+      --size SIZE         size of the generated checkpoint (default 512MiB)
+      --reps N            repetitions (default 5)
+      --alignment N       read alignment in bytes (default 4096)
+      --max-extent SIZE   largest read (default 16MiB)
+      --shares N          also split the plan into N shares (default 8)
+  gen --out DIR [--size SIZE] [--shards N] [--seed N]
+                          write a Llama-shaped checkpoint with an index
+  corpus                  regenerate tests/corpus from tests/src/corpus.rs
+  fuzz [TARGET] [--seconds N]
+                          run a fuzz target (header or checkpoint; default header, 600 s)
+";
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> Result<()> {
+    let mut args = Args::from_env();
+    let Some(cmd) = args.command() else {
+        print!("{USAGE}");
+        return Ok(());
+    };
+    match cmd.as_str() {
+        "test" => {
+            args.finish()?;
+            test()
+        }
+        "bench" => bench::run(&mut args),
+        "gen" => {
+            let out = PathBuf::from(args.value("--out")?.context("gen needs --out DIR")?);
+            let size = args.size("--size")?.unwrap_or(bench::DEFAULT_SIZE);
+            let shards = args.number("--shards")?.unwrap_or(2) as usize;
+            let seed = args.number("--seed")?.unwrap_or(1);
+            args.finish()?;
+            let index = bench::generate(&out, size, shards, seed)?;
+            println!("{}", index.display());
+            Ok(())
+        }
+        "corpus" => {
+            args.finish()?;
+            let dir = root().join("tests/corpus");
+            weightlift_tests::corpus::write_all(&dir)
+                .with_context(|| format!("writing {}", dir.display()))?;
+            println!("wrote {}", dir.display());
+            Ok(())
+        }
+        "fuzz" => fuzz(&mut args),
+        "help" | "--help" | "-h" => {
+            print!("{USAGE}");
+            Ok(())
+        }
+        other => bail!("unknown command {other:?}\n\n{USAGE}"),
+    }
+}
+
+/// The workspace root (xtask lives one level below it).
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask is inside the workspace")
+        .to_path_buf()
+}
+
+fn cargo() -> Command {
+    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.current_dir(root());
+    c
+}
+
+/// Run a command, failing with its description if it fails.
+fn step(what: &str, cmd: &mut Command) -> Result<()> {
+    eprintln!("\n==> {what}");
+    let status = cmd.status().with_context(|| format!("starting {what}"))?;
+    if !status.success() {
+        bail!("{what} failed ({status})");
+    }
+    Ok(())
+}
+
+fn test() -> Result<()> {
+    // Property tests run 256 cases each unless told otherwise.
+    let cases = std::env::var("PROPTEST_CASES").unwrap_or_else(|_| "256".into());
+    step(
+        "cargo fmt --check",
+        cargo().args(["fmt", "--all", "--check"]),
+    )?;
+    step(
+        "cargo clippy (workspace, all targets, warnings denied)",
+        cargo().args([
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ]),
+    )?;
+    step(
+        "cargo test (workspace: unit, integration, property and corpus tests; benchmarks run once)",
+        cargo()
+            .args(["test", "--workspace", "--all-targets"])
+            .env("PROPTEST_CASES", &cases),
+    )?;
+    step(
+        "cargo test --doc (workspace)",
+        cargo().args(["test", "--workspace", "--doc"]),
+    )?;
+    step(
+        "cargo check of the fuzz targets",
+        cargo().args([
+            "check",
+            "--quiet",
+            "--manifest-path",
+            "fuzz/Cargo.toml",
+            "--bins",
+        ]),
+    )?;
+    eprintln!("\nxtask test: all checks passed");
+    Ok(())
+}
+
+fn fuzz(args: &mut Args) -> Result<()> {
+    let target = args.positional().unwrap_or_else(|| "header".into());
+    let seconds = args.number("--seconds")?.unwrap_or(600);
+    args.finish()?;
+    let have = Command::new("cargo")
+        .args(["+nightly", "fuzz", "--version"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if !have {
+        bail!(
+            "fuzzing needs a nightly toolchain and cargo-fuzz: `rustup toolchain install nightly && cargo install cargo-fuzz`"
+        );
+    }
+    let seeds = root().join("fuzz/corpus").join(&target);
+    std::fs::create_dir_all(&seeds)?;
+    for e in std::fs::read_dir(root().join("tests/corpus"))? {
+        let p = e?.path();
+        if p.extension().is_some_and(|x| x == "safetensors") {
+            std::fs::copy(&p, seeds.join(p.file_name().expect("a file")))?;
+        }
+    }
+    step(
+        &format!("cargo +nightly fuzz run {target} for {seconds} s"),
+        Command::new("cargo").current_dir(root()).args([
+            "+nightly",
+            "fuzz",
+            "run",
+            &target,
+            "--",
+            &format!("-max_total_time={seconds}"),
+            "-rss_limit_mb=4096",
+        ]),
+    )
+}
