@@ -152,20 +152,28 @@ pub fn spec_bytes(s: &TensorSpec) -> u64 {
         .expect("fixture specs have whole-byte sizes")
 }
 
-/// Split `specs` in order into `shards` runs of about equal bytes.
+/// Split `specs` in order into `shards` runs of about equal bytes, none
+/// empty (fewer runs when there are fewer tensors than shards).
 pub fn shard_specs(specs: &[TensorSpec], shards: usize) -> Vec<Vec<TensorSpec>> {
     let total: u64 = specs.iter().map(spec_bytes).sum();
-    let shards = shards.max(1);
-    let mut out = vec![Vec::new(); shards];
+    let shards = shards.clamp(1, specs.len().max(1));
+    let mut out: Vec<Vec<TensorSpec>> = vec![Vec::new(); shards];
     let mut done = 0u64;
-    for s in specs {
-        // The shard whose share of the bytes this tensor's start falls in.
-        let k = if total == 0 {
+    let mut prev = 0;
+    for (i, s) in specs.iter().enumerate() {
+        // The shard whose share of the bytes this tensor's start falls in...
+        let by_bytes = if total == 0 {
             0
         } else {
-            ((u128::from(done) * shards as u128 / u128::from(total)) as usize).min(shards - 1)
+            (u128::from(done) * shards as u128 / u128::from(total)) as usize
         };
+        // ...moving on by at most one shard per tensor, and early enough
+        // that the tensors left can fill the shards left.
+        let lo = (shards + i).saturating_sub(specs.len()).max(prev);
+        let hi = if i == 0 { 0 } else { prev + 1 };
+        let k = by_bytes.clamp(lo, hi.max(lo));
         out[k].push(s.clone());
+        prev = k;
         done += spec_bytes(s);
     }
     out
@@ -254,10 +262,21 @@ mod tests {
     #[test]
     fn shards_keep_order_and_balance() {
         let specs = LlamaConfig::for_size(64 << 20).specs();
-        let parts = shard_specs(&specs, 3);
-        let flat: Vec<_> = parts.iter().flatten().cloned().collect();
-        assert_eq!(flat, specs);
-        assert!(parts.iter().all(|p| !p.is_empty()));
+        for (specs, n) in [
+            (specs.clone(), 3),
+            (LlamaConfig::for_size(4 << 20).specs(), 7),
+            (moe_specs(5), 9),
+        ] {
+            let parts = shard_specs(&specs, n);
+            let flat: Vec<_> = parts.iter().flatten().cloned().collect();
+            assert_eq!(flat, specs);
+            assert_eq!(parts.len(), n.min(specs.len()));
+            assert!(
+                parts.iter().all(|p| !p.is_empty()),
+                "{n} shards of {}",
+                specs.len()
+            );
+        }
     }
 
     #[test]
