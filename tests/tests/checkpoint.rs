@@ -238,6 +238,39 @@ fn an_index_must_agree_with_the_headers() {
         );
     }
 
+    // A tensor listed twice (JSON allows repeated keys; a map would keep one).
+    let (d, _, r) = index_case(
+        "idx-twice",
+        r#"{"a":"s1.safetensors","b":"s2.safetensors","a":"s1.safetensors"}"#,
+    );
+    let err = r.unwrap_err();
+    assert!(
+        matches!(&err, Error::IndexDuplicate { file, tensor } if tensor == "a" && file == &d.0.join("model.safetensors.index.json")),
+        "{err}"
+    );
+    assert_eq!(err.file(), d.0.join("model.safetensors.index.json"));
+
+    // One shard spelled two ways is one shard.
+    let (_d, _, r) = index_case(
+        "idx-spelling",
+        r#"{"a":"./s1.safetensors","b":"s2.safetensors"}"#,
+    );
+    let c = r.unwrap();
+    assert_eq!(c.shards().len(), 2);
+    assert!(c.shards()[0].path().ends_with("s1.safetensors"));
+
+    let (_d, index, r) = index_case("idx-empty", "{}");
+    assert!(matches!(r.unwrap_err(), Error::IndexEmpty { file } if file == index));
+    let (_d, _, r) = index_case(
+        "idx-twice-elsewhere",
+        r#"{"a":"s1.safetensors","b":"s2.safetensors","a":"s2.safetensors"}"#,
+    );
+    let err = r.unwrap_err();
+    assert!(
+        matches!(&err, Error::IndexMismatch { tensor, .. } if tensor == "a"),
+        "{err}"
+    );
+
     let (_d, index, r) = index_case("idx-bad-json", r#"{"a":"s1.safetensors""#);
     assert!(matches!(r.unwrap_err(), Error::Index { file, .. } if file == index));
 }
@@ -335,6 +368,22 @@ fn a_directory_is_not_a_shard() {
     let err = Checkpoint::open_in(&StdFs, &Source::Files(vec![dir.0.clone()])).unwrap_err();
     assert!(
         matches!(&err, Error::Io { file, .. } if file == &dir.0),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_dangling_link_in_a_directory_is_an_error_not_a_missing_shard() {
+    let dir = TempDir::new("dangling");
+    write_file(
+        &dir.0.join("a.safetensors"),
+        &[TensorSpec::new("x", Dtype::F32, [2])],
+    );
+    let link = dir.0.join("b.safetensors");
+    std::os::unix::fs::symlink(dir.0.join("gone.safetensors"), &link).unwrap();
+    let err = Checkpoint::open(&dir.0).unwrap_err();
+    assert!(
+        matches!(&err, Error::Io { file, .. } if file == &link),
         "{err}"
     );
 }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, ensure};
 use weightlift_format::Checkpoint;
 use weightlift_plan::{Geometry, Selection, plan};
-use weightlift_tests::fixtures::{LlamaConfig, write_checkpoint};
+use weightlift_tests::fixtures::{LlamaConfig, moe_specs, spec_bytes, write_checkpoint};
 
 use crate::args::Args;
 
@@ -21,6 +21,7 @@ pub(crate) const DEFAULT_SIZE: u64 = 512 << 20;
 pub(crate) fn run(args: &mut Args) -> Result<()> {
     let model = args.value("--model")?.map(PathBuf::from);
     let size = args.size("--size")?.unwrap_or(DEFAULT_SIZE);
+    let tensors = args.number("--tensors")?;
     let reps = args.number("--reps")?.unwrap_or(5).max(1);
     let alignment = args.size("--alignment")?.unwrap_or(4096);
     let max_extent = args
@@ -31,7 +32,7 @@ pub(crate) fn run(args: &mut Args) -> Result<()> {
 
     let path = match model {
         Some(p) => p,
-        None => cached_fixture(size)?,
+        None => cached_fixture(Fixture::new(size, tensors))?,
     };
     let geometry = Geometry::new(alignment, max_extent).context("invalid read geometry")?;
 
@@ -130,34 +131,79 @@ pub(crate) fn run(args: &mut Args) -> Result<()> {
     Ok(())
 }
 
-/// Write a Llama-shaped checkpoint of about `size` bytes into `dir`.
-pub(crate) fn generate(dir: &Path, size: u64, shards: usize, seed: u64) -> Result<PathBuf> {
-    let cfg = LlamaConfig::for_size(size);
+/// A generated checkpoint: Llama-shaped of about `size` bytes, or
+/// mixture-of-experts-shaped with `tensors` tensors.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Fixture {
+    Llama { size: u64 },
+    Moe { tensors: u64 },
+}
+
+impl Fixture {
+    pub(crate) fn new(size: u64, tensors: Option<u64>) -> Self {
+        match tensors {
+            Some(tensors) => Fixture::Moe { tensors },
+            None => Fixture::Llama { size },
+        }
+    }
+
+    fn specs(self) -> Vec<weightlift_format::TensorSpec> {
+        match self {
+            Fixture::Llama { size } => LlamaConfig::for_size(size).specs(),
+            Fixture::Moe { tensors } => moe_specs(tensors as usize),
+        }
+    }
+
+    fn dir_name(self) -> String {
+        match self {
+            Fixture::Llama { size } => format!("llama-{size}"),
+            Fixture::Moe { tensors } => format!("moe-{tensors}"),
+        }
+    }
+
+    /// Shards as real exports have them: 2 for a Llama, one per ~2,500
+    /// tensors for a mixture of experts.
+    fn shards(self) -> usize {
+        match self {
+            Fixture::Llama { .. } => 2,
+            Fixture::Moe { tensors } => (tensors as usize).div_ceil(2500).max(1),
+        }
+    }
+}
+
+/// Write `fixture` into `dir`.
+pub(crate) fn generate(
+    dir: &Path,
+    fixture: Fixture,
+    shards: Option<usize>,
+    seed: u64,
+) -> Result<PathBuf> {
+    let specs = fixture.specs();
+    let bytes: u64 = specs.iter().map(spec_bytes).sum();
     eprintln!(
-        "generating a {} Llama-shaped checkpoint ({} layers, hidden {}) in {}",
-        human(cfg.total_bytes()),
-        cfg.layers,
-        cfg.hidden,
+        "generating {fixture:?}: {} tensors, {} in {}",
+        specs.len(),
+        human(bytes),
         dir.display()
     );
-    write_checkpoint(dir, &cfg.specs(), shards, seed)
+    write_checkpoint(dir, &specs, shards.unwrap_or(fixture.shards()), seed)
         .with_context(|| format!("writing {}", dir.display()))
 }
 
-/// The generated checkpoint for `size`, written on first use.
-fn cached_fixture(size: u64) -> Result<PathBuf> {
+/// The generated checkpoint for `fixture`, written on first use.
+fn cached_fixture(fixture: Fixture) -> Result<PathBuf> {
     let dir = crate::root()
         .join("target/weightlift-bench")
-        .join(format!("llama-{size}"));
+        .join(fixture.dir_name());
     let index = dir.join("model.safetensors.index.json");
-    let want = LlamaConfig::for_size(size).total_bytes();
+    let want: u64 = fixture.specs().iter().map(spec_bytes).sum();
     if let Ok(c) = Checkpoint::open(&index)
         && c.total_bytes() == want
     {
         return Ok(index);
     }
     let _ = std::fs::remove_dir_all(&dir);
-    let index = generate(&dir, size, 2, 1)?;
+    let index = generate(&dir, fixture, None, 1)?;
     ensure!(
         Checkpoint::open(&index)?.total_bytes() == want,
         "generated checkpoint has the wrong size"

@@ -20,17 +20,20 @@ const USAGE: &str = "\
 usage: cargo xtask <command> [options]
 
 commands:
-  test                    run every check and test (fmt, clippy, tests, doctests, fuzz build)
+  test                    run every check and test (fmt, clippy, tests, doctests, docs, fuzz build)
   bench [options]         open and plan a checkpoint, timing each step
       --model PATH        a .safetensors file, a directory, or an index.json
                           (default: a generated Llama-shaped checkpoint)
       --size SIZE         size of the generated checkpoint (default 512MiB)
+      --tensors N         generate a mixture-of-experts-shaped checkpoint of N
+                          tiny tensors instead (one shard per 2,500 tensors)
       --reps N            repetitions (default 5)
       --alignment N       read alignment in bytes (default 4096)
       --max-extent SIZE   largest read (default 16MiB)
       --shares N          also split the plan into N shares (default 8)
-  gen --out DIR [--size SIZE] [--shards N] [--seed N]
-                          write a Llama-shaped checkpoint with an index
+  gen --out DIR [--size SIZE | --tensors N] [--shards N] [--seed N]
+                          write a Llama-shaped (or, with --tensors, a
+                          mixture-of-experts-shaped) checkpoint with an index
   corpus                  regenerate tests/corpus from tests/src/corpus.rs
   fuzz [TARGET] [--seconds N]
                           run a fuzz target (header or checkpoint; default header, 600 s)
@@ -58,10 +61,11 @@ fn run() -> Result<()> {
         "gen" => {
             let out = PathBuf::from(args.value("--out")?.context("gen needs --out DIR")?);
             let size = args.size("--size")?.unwrap_or(bench::DEFAULT_SIZE);
-            let shards = args.number("--shards")?.unwrap_or(2) as usize;
+            let tensors = args.number("--tensors")?;
+            let shards = args.number("--shards")?.map(|n| n as usize);
             let seed = args.number("--seed")?.unwrap_or(1);
             args.finish()?;
-            let index = bench::generate(&out, size, shards, seed)?;
+            let index = bench::generate(&out, bench::Fixture::new(size, tensors), shards, seed)?;
             println!("{}", index.display());
             Ok(())
         }
@@ -106,7 +110,25 @@ fn step(what: &str, cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
+/// Make sure rustfmt and clippy are installed (a minimal rustup profile lacks them).
+fn ensure_components() -> Result<()> {
+    let have = |tool: &str| {
+        cargo()
+            .args([tool, "--version"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if !(have("fmt") && have("clippy")) {
+        step(
+            "rustup component add rustfmt clippy",
+            Command::new("rustup").args(["component", "add", "rustfmt", "clippy"]),
+        )?;
+    }
+    Ok(())
+}
+
 fn test() -> Result<()> {
+    ensure_components()?;
     // Property tests run 256 cases each unless told otherwise.
     let cases = std::env::var("PROPTEST_CASES").unwrap_or_else(|_| "256".into());
     step(
@@ -133,6 +155,12 @@ fn test() -> Result<()> {
     step(
         "cargo test --doc (workspace)",
         cargo().args(["test", "--workspace", "--doc"]),
+    )?;
+    step(
+        "cargo doc (workspace, warnings denied)",
+        cargo()
+            .args(["doc", "--workspace", "--no-deps", "--quiet"])
+            .env("RUSTDOCFLAGS", "-D warnings"),
     )?;
     step(
         "cargo check of the fuzz targets",

@@ -1,13 +1,14 @@
 //! A checkpoint: the tensors of one or more safetensors shards.
 
 use std::collections::hash_map::Entry;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
 use std::path::{Component, Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::fs::{Fs, StdFs, read_full_at};
 use crate::header::{FIRST_READ_LEN, Metadata};
-use crate::index::{INDEX_SUFFIX, IndexFile};
+use crate::index::{INDEX_SUFFIX, IndexFile, read_index};
 use crate::{ByteRange, Dtype, Error, FileId, Header, HeaderError, Parsed, TensorId};
 
 /// One shard (file) of a checkpoint.
@@ -240,7 +241,7 @@ impl Checkpoint {
         &self.shards
     }
 
-    /// One shard.
+    /// One shard. Panics if `id` is not one of this checkpoint's.
     pub fn shard(&self, id: FileId) -> &Shard {
         &self.shards[id.index()]
     }
@@ -251,7 +252,8 @@ impl Checkpoint {
         &self.tensors
     }
 
-    /// One tensor by id.
+    /// One tensor by id. Panics if `id` is not one of this checkpoint's
+    /// (ids come from [`Checkpoint::id`] or a plan of this checkpoint).
     pub fn tensor(&self, id: TensorId) -> &Tensor {
         &self.tensors[id.index()]
     }
@@ -276,9 +278,12 @@ impl Checkpoint {
         self.tensors.is_empty()
     }
 
-    /// Total bytes of all tensors.
+    /// Total bytes of all tensors (saturating: shards on a custom [`Fs`]
+    /// may describe more than 2^64 bytes together).
     pub fn total_bytes(&self) -> u64 {
-        self.tensors.iter().map(Tensor::len).sum()
+        self.tensors
+            .iter()
+            .fold(0u64, |acc, t| acc.saturating_add(t.len()))
     }
 
     /// The shards' `__metadata__` merged: every key of every shard, with the
@@ -303,19 +308,43 @@ fn read_headers(fs: &dyn Fs, paths: &[PathBuf]) -> Result<Vec<ShardHeader>, Erro
     }
     let mut results: Vec<Option<Result<ShardHeader, Error>>> = Vec::new();
     results.resize_with(paths.len(), || None);
+    // After a failure the other threads stop early. A slot is left empty
+    // only then, so no error means every shard was read; with errors, the
+    // first one in shard order among those read is reported.
+    let failed = AtomicBool::new(false);
     std::thread::scope(|s| {
         let chunk = paths.len().div_ceil(threads);
         for (paths, out) in paths.chunks(chunk).zip(results.chunks_mut(chunk)) {
+            let failed = &failed;
             s.spawn(move || {
                 for (p, slot) in paths.iter().zip(out) {
-                    *slot = Some(read_header(fs, p));
+                    if failed.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    let r = read_header(fs, p);
+                    if r.is_err() {
+                        failed.store(true, Ordering::Relaxed);
+                    }
+                    *slot = Some(r);
                 }
             });
         }
     });
-    // Every slot was filled (a panicking thread would have propagated out of
-    // the scope); the first error in shard order is reported.
-    results.into_iter().flatten().collect()
+    let mut out = Vec::with_capacity(paths.len());
+    let mut first_error = None;
+    for r in results {
+        match r {
+            Some(Ok(h)) => out.push(h),
+            Some(Err(e)) => {
+                first_error.get_or_insert(e);
+            }
+            None => {}
+        }
+    }
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(out),
+    }
 }
 
 /// Read one file's header: one read of the first [`FIRST_READ_LEN`] bytes,
@@ -386,10 +415,19 @@ fn open_dir(fs: &dyn Fs, dir: &Path) -> Result<Checkpoint, Error> {
             });
         }
     }
-    let mut files: Vec<PathBuf> = entries
-        .into_iter()
-        .filter(|p| name_ends(p, ".safetensors") && !fs.is_dir(p).unwrap_or(true))
-        .collect();
+    let mut files = Vec::new();
+    for p in entries {
+        if !name_ends(&p, ".safetensors") {
+            continue;
+        }
+        // A dangling link or an unreadable entry is an error, not a shard
+        // silently left out.
+        match fs.is_dir(&p) {
+            Ok(true) => {}
+            Ok(false) => files.push(p),
+            Err(source) => return Err(Error::Io { file: p, source }),
+        }
+    }
     if files.is_empty() {
         return Err(Error::NoShards {
             dir: dir.to_path_buf(),
@@ -400,32 +438,51 @@ fn open_dir(fs: &dyn Fs, dir: &Path) -> Result<Checkpoint, Error> {
 }
 
 fn open_index(fs: &dyn Fs, index_path: &Path) -> Result<Checkpoint, Error> {
-    let index = IndexFile::read(fs, index_path)?;
+    let bytes = read_index(fs, index_path)?;
+    let index = IndexFile::parse(index_path, &bytes)?;
     let dir = index_path.parent().unwrap_or(Path::new(""));
-    // Shard names, each resolved once, in name order.
-    let mut shard_names = BTreeSet::new();
+    // Each entry's shard, numbered in name order. Entries naming the same
+    // shard are usually consecutive, so remember the last one.
+    if index.weight_map.is_empty() {
+        return Err(Error::IndexEmpty {
+            file: index_path.to_path_buf(),
+        });
+    }
+    // Each entry's shard, numbered in name order; "./a" and "a" are one
+    // shard. Entries naming the same shard are usually consecutive, so
+    // remember the last one.
+    let mut names: BTreeMap<PathBuf, u32> = BTreeMap::new();
+    let mut spelled: HashMap<&str, PathBuf> = HashMap::new();
+    let mut last: Option<&str> = None;
     for (tensor, shard) in &index.weight_map {
-        let rel = Path::new(shard);
-        let inside = !shard.is_empty()
-            && rel
-                .components()
-                .all(|c| matches!(c, Component::Normal(_) | Component::CurDir));
-        if !inside {
+        if last == Some(shard.as_ref()) || spelled.contains_key(shard.as_ref()) {
+            last = Some(shard);
+            continue;
+        }
+        let rel = Path::new(shard.as_ref());
+        let inside = rel
+            .components()
+            .all(|c| matches!(c, Component::Normal(_) | Component::CurDir));
+        let normal: PathBuf = rel
+            .components()
+            .filter(|c| matches!(c, Component::Normal(_)))
+            .collect();
+        if !inside || normal.as_os_str().is_empty() {
             return Err(Error::IndexPath {
                 file: index_path.to_path_buf(),
-                tensor: tensor.clone(),
-                shard: shard.clone(),
+                tensor: tensor.to_string(),
+                shard: shard.to_string(),
             });
         }
-        shard_names.insert(shard.as_str());
+        names.insert(normal.clone(), 0);
+        spelled.insert(shard, normal);
+        last = Some(shard);
     }
-    let files: Vec<PathBuf> = shard_names.iter().map(|s| dir.join(s)).collect();
+    for (i, id) in names.values_mut().enumerate() {
+        *id = i as u32;
+    }
+    let files: Vec<PathBuf> = names.keys().map(|s| dir.join(s)).collect();
     let mut ckpt = Checkpoint::from_headers(read_headers(fs, &files)?)?;
-    let shard_of: HashMap<&str, FileId> = shard_names
-        .iter()
-        .enumerate()
-        .map(|(i, s)| (*s, FileId(i as u32)))
-        .collect();
     let mismatch =
         |tensor: &str, listed: Option<FileId>, found: Option<FileId>| Error::IndexMismatch {
             file: index_path.to_path_buf(),
@@ -433,25 +490,37 @@ fn open_index(fs: &dyn Fs, index_path: &Path) -> Result<Checkpoint, Error> {
             listed: listed.map(|f| files[f.index()].clone()),
             found: found.map(|f| files[f.index()].clone()),
         };
+    // One pass: each listed tensor is in the shard the index names, and
+    // listed once.
+    let mut listed_once = vec![false; ckpt.len()];
+    let mut last: Option<(&str, FileId)> = None;
     for (tensor, shard) in &index.weight_map {
-        let listed = shard_of[shard.as_str()];
-        match ckpt.find(tensor) {
-            Some(t) if t.file == listed => {}
-            Some(t) => return Err(mismatch(tensor, Some(listed), Some(t.file))),
-            None => return Err(mismatch(tensor, Some(listed), None)),
+        let listed = match last {
+            Some((s, f)) if s == shard.as_ref() => f,
+            _ => {
+                let f = FileId(names[&spelled[shard.as_ref()]]);
+                last = Some((shard, f));
+                f
+            }
+        };
+        let Some(id) = ckpt.id(tensor) else {
+            return Err(mismatch(tensor, Some(listed), None));
+        };
+        let found = ckpt.tensor(id).file;
+        if found != listed {
+            return Err(mismatch(tensor, Some(listed), Some(found)));
+        }
+        if std::mem::replace(&mut listed_once[id.index()], true) {
+            return Err(Error::IndexDuplicate {
+                file: index_path.to_path_buf(),
+                tensor: tensor.to_string(),
+            });
         }
     }
-    if ckpt.len() != index.weight_map.len() {
-        // Every listed tensor was found, so some header tensor is unlisted.
-        let listed: std::collections::HashSet<&str> =
-            index.weight_map.iter().map(|(t, _)| t.as_str()).collect();
-        if let Some(t) = ckpt
-            .tensors
-            .iter()
-            .find(|t| !listed.contains(t.name.as_str()))
-        {
-            return Err(mismatch(&t.name, None, Some(t.file)));
-        }
+    // Every listed tensor was found once; any left are in a shard but unlisted.
+    if let Some(i) = listed_once.iter().position(|&seen| !seen) {
+        let t = &ckpt.tensors[i];
+        return Err(mismatch(&t.name, None, Some(t.file)));
     }
     ckpt.index = Some(index_path.to_path_buf());
     Ok(ckpt)

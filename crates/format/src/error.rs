@@ -149,31 +149,7 @@ pub enum HeaderError {
     ReservedName,
 }
 
-fn json_type(v: &serde_json::Value) -> &'static str {
-    match v {
-        serde_json::Value::Null => "null",
-        serde_json::Value::Bool(_) => "a boolean",
-        serde_json::Value::Number(_) => "a number",
-        serde_json::Value::String(_) => "a string",
-        serde_json::Value::Array(_) => "an array",
-        serde_json::Value::Object(_) => "an object",
-    }
-}
-
 impl HeaderError {
-    pub(crate) fn metadata_not_map(v: &serde_json::Value) -> Self {
-        HeaderError::MetadataNotMap {
-            found: json_type(v),
-        }
-    }
-
-    pub(crate) fn metadata_not_string(key: &str, v: &serde_json::Value) -> Self {
-        HeaderError::MetadataNotString {
-            key: key.to_owned(),
-            found: json_type(v),
-        }
-    }
-
     /// The tensor this error is about, if it is about one.
     pub fn tensor(&self) -> Option<&str> {
         use HeaderError::*;
@@ -392,6 +368,18 @@ pub enum Error {
         /// The shard path as written.
         shard: String,
     },
+    /// An index's `weight_map` lists a tensor twice.
+    IndexDuplicate {
+        /// The index file.
+        file: PathBuf,
+        /// The tensor.
+        tensor: String,
+    },
+    /// An index's `weight_map` lists no tensor.
+    IndexEmpty {
+        /// The index file.
+        file: PathBuf,
+    },
     /// An index's `weight_map` and the shards' headers disagree about a tensor.
     IndexMismatch {
         /// The index file.
@@ -424,6 +412,8 @@ impl Error {
             | Index { file, .. }
             | IndexTooLarge { file, .. }
             | IndexPath { file, .. }
+            | IndexDuplicate { file, .. }
+            | IndexEmpty { file }
             | IndexMismatch { file, .. }
             | TooMany { file, .. } => file,
             NoShards { dir } | AmbiguousIndex { dir, .. } => dir,
@@ -436,6 +426,7 @@ impl Error {
         match self {
             Error::Header { source, .. } => source.tensor(),
             Error::DuplicateTensor { tensor, .. }
+            | Error::IndexDuplicate { tensor, .. }
             | Error::IndexPath { tensor, .. }
             | Error::IndexMismatch { tensor, .. } => Some(tensor),
             _ => None,
@@ -492,6 +483,14 @@ impl fmt::Display for Error {
                 "{}: tensor {tensor:?} maps to {shard:?}, which is outside the index's directory",
                 file.display()
             ),
+            IndexDuplicate { file, tensor } => {
+                write!(
+                    f,
+                    "{}: tensor {tensor:?} is listed twice in the weight_map",
+                    file.display()
+                )
+            }
+            IndexEmpty { file } => write!(f, "{}: the weight_map lists no tensor", file.display()),
             IndexMismatch {
                 file,
                 tensor,

@@ -79,7 +79,13 @@ pub(crate) fn read_full_at(
         match file.read_at(buf, offset) {
             Ok(0) => return Ok(false),
             Ok(n) => {
-                buf = &mut buf[n..];
+                let Some(rest) = buf.get_mut(n..) else {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "read returned more bytes than asked for",
+                    ));
+                };
+                buf = rest;
                 offset += n as u64;
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}

@@ -41,9 +41,11 @@ pub struct TensorInfo {
 
 impl TensorInfo {
     /// Number of elements (the product of the shape; 1 for a scalar).
+    /// Validated headers guarantee it fits; it saturates otherwise.
     pub fn elements(&self) -> u64 {
-        // Validated headers guarantee this does not overflow.
-        self.shape.iter().product()
+        self.shape
+            .iter()
+            .fold(1u64, |acc, &d| acc.saturating_mul(d))
     }
 }
 
@@ -334,23 +336,113 @@ fn validate_layout(tensors: &[TensorInfo]) -> Result<(), HeaderError> {
 }
 
 fn parse_metadata(raw: &RawValue) -> Result<Option<Metadata>, HeaderError> {
-    let value: serde_json::Value =
-        serde_json::from_str(raw.get()).map_err(|source| HeaderError::Json { source })?;
-    let map = match value {
-        serde_json::Value::Null => return Ok(None),
-        serde_json::Value::Object(map) => map,
-        other => return Err(HeaderError::metadata_not_map(&other)),
+    // Straight into the map, skipping non-string values without building
+    // them, so memory stays proportional to the strings kept.
+    let entries: Option<Vec<(String, MetaValue)>> = match serde_json::from_str(raw.get()) {
+        Ok(MetaObject(entries)) => entries,
+        Err(_) => {
+            let found = match raw.get().trim_start().as_bytes().first() {
+                Some(b'[') => "an array",
+                Some(b'"') => "a string",
+                Some(b't' | b'f') => "a boolean",
+                _ => "a number",
+            };
+            return Err(HeaderError::MetadataNotMap { found });
+        }
+    };
+    let Some(entries) = entries else {
+        return Ok(None);
     };
     let mut out = Metadata::new();
-    for (k, v) in map {
+    for (k, v) in entries {
         match v {
-            serde_json::Value::String(s) => {
+            MetaValue::Str(s) => {
                 out.insert(k, s);
             }
-            other => return Err(HeaderError::metadata_not_string(&k, &other)),
+            MetaValue::Other(found) => {
+                return Err(HeaderError::MetadataNotString { key: k, found });
+            }
         }
     }
     Ok(Some(out))
+}
+
+/// `__metadata__`: `null`, or an object's entries in order.
+struct MetaObject(Option<Vec<(String, MetaValue)>>);
+
+impl<'de> Deserialize<'de> for MetaObject {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = MetaObject;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an object of strings, or null")
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<MetaObject, E> {
+                Ok(MetaObject(None))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<MetaObject, A::Error> {
+                let mut out = Vec::with_capacity(map.size_hint().unwrap_or(0).min(4096));
+                while let Some(entry) = map.next_entry::<String, MetaValue>()? {
+                    out.push(entry);
+                }
+                Ok(MetaObject(Some(out)))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A metadata value: a string, or the JSON type found instead (its
+/// contents skipped, iteratively, without being built).
+enum MetaValue {
+    Str(String),
+    Other(&'static str),
+}
+
+impl<'de> Deserialize<'de> for MetaValue {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = MetaValue;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<MetaValue, E> {
+                Ok(MetaValue::Str(s.to_owned()))
+            }
+            fn visit_string<E: de::Error>(self, s: String) -> Result<MetaValue, E> {
+                Ok(MetaValue::Str(s))
+            }
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<MetaValue, E> {
+                Ok(MetaValue::Other("a boolean"))
+            }
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<MetaValue, E> {
+                Ok(MetaValue::Other("a number"))
+            }
+            fn visit_u64<E: de::Error>(self, _: u64) -> Result<MetaValue, E> {
+                Ok(MetaValue::Other("a number"))
+            }
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<MetaValue, E> {
+                Ok(MetaValue::Other("a number"))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<MetaValue, E> {
+                Ok(MetaValue::Other("null"))
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<MetaValue, A::Error> {
+                while seq.next_element::<de::IgnoredAny>()?.is_some() {}
+                Ok(MetaValue::Other("an array"))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<MetaValue, A::Error> {
+                while map
+                    .next_entry::<de::IgnoredAny, de::IgnoredAny>()?
+                    .is_some()
+                {}
+                Ok(MetaValue::Other("an object"))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 /// Which entry made the single-pass parse fail.

@@ -1,11 +1,11 @@
 //! `model.safetensors.index.json`: which shard holds each tensor.
 
-use std::collections::HashMap;
+use std::borrow::Cow;
 use std::fmt;
 use std::path::Path;
 
 use serde::Deserialize;
-use serde::de::{Deserializer, MapAccess, Visitor};
+use serde::de::{self, Deserializer, MapAccess, Visitor};
 
 use crate::Error;
 use crate::fs::{Fs, read_full_at};
@@ -20,79 +20,96 @@ pub const MAX_INDEX_LEN: u64 = 256 << 20;
 /// The parts of an index file that locate tensors. Its `metadata` (such as
 /// `total_size`) is informative and not used.
 #[derive(Debug)]
-pub(crate) struct IndexFile {
-    /// Tensor name to shard file name, in the order written, without duplicates.
-    pub(crate) weight_map: Vec<(String, String)>,
+pub(crate) struct IndexFile<'a> {
+    /// Tensor name to shard file name, in the order written. Strings borrow
+    /// from the file's bytes unless they hold escapes. A name may repeat;
+    /// the checkpoint's check against the headers reports it.
+    pub(crate) weight_map: Vec<(Cow<'a, str>, Cow<'a, str>)>,
 }
 
-impl IndexFile {
-    pub(crate) fn read(fs: &dyn Fs, path: &Path) -> Result<Self, Error> {
-        let io = |source| Error::Io {
+/// Read an index file's bytes, bounded by [`MAX_INDEX_LEN`].
+pub(crate) fn read_index(fs: &dyn Fs, path: &Path) -> Result<Vec<u8>, Error> {
+    let io = |source| Error::Io {
+        file: path.to_path_buf(),
+        source,
+    };
+    let file = fs.open(path).map_err(io)?;
+    let size = file.size().map_err(io)?;
+    if size > MAX_INDEX_LEN {
+        return Err(Error::IndexTooLarge {
             file: path.to_path_buf(),
-            source,
-        };
-        let file = fs.open(path).map_err(io)?;
-        let size = file.size().map_err(io)?;
-        if size > MAX_INDEX_LEN {
-            return Err(Error::IndexTooLarge {
-                file: path.to_path_buf(),
-                size,
-                max: MAX_INDEX_LEN,
-            });
-        }
-        let mut buf = vec![0u8; size as usize];
-        if !read_full_at(&*file, &mut buf, 0).map_err(io)? {
-            return Err(Error::Changed {
-                file: path.to_path_buf(),
-            });
-        }
-        Self::parse(path, &buf)
+            size,
+            max: MAX_INDEX_LEN,
+        });
     }
+    let mut buf = vec![0u8; size as usize];
+    if !read_full_at(&*file, &mut buf, 0).map_err(io)? {
+        return Err(Error::Changed {
+            file: path.to_path_buf(),
+        });
+    }
+    Ok(buf)
+}
 
-    pub(crate) fn parse(path: &Path, bytes: &[u8]) -> Result<Self, Error> {
+impl<'a> IndexFile<'a> {
+    pub(crate) fn parse(path: &Path, bytes: &'a [u8]) -> Result<Self, Error> {
         #[derive(Deserialize)]
-        struct Raw {
-            weight_map: OrderedMap,
+        struct Raw<'a> {
+            #[serde(borrow)]
+            weight_map: OrderedMap<'a>,
         }
-        let raw: Raw = serde_json::from_slice(bytes).map_err(|source| Error::Index {
+        let raw: Raw<'a> = serde_json::from_slice(bytes).map_err(|source| Error::Index {
             file: path.to_path_buf(),
             source,
         })?;
-        let weight_map = raw.weight_map.0;
-        let mut seen: HashMap<&str, &str> = HashMap::with_capacity(weight_map.len());
-        for (tensor, shard) in &weight_map {
-            if let Some(first) = seen.insert(tensor, shard) {
-                return Err(Error::DuplicateTensor {
-                    tensor: tensor.clone(),
-                    first: path.with_file_name(first),
-                    second: path.with_file_name(shard),
-                });
-            }
-        }
-        Ok(IndexFile { weight_map })
+        Ok(IndexFile {
+            weight_map: raw.weight_map.0,
+        })
     }
 }
 
 /// A JSON object of strings, in the order written, keeping repeated keys.
-struct OrderedMap(Vec<(String, String)>);
+struct OrderedMap<'a>(Vec<(Cow<'a, str>, Cow<'a, str>)>);
 
-impl<'de> Deserialize<'de> for OrderedMap {
+/// A JSON string, borrowed from the input when it has no escapes.
+struct Str<'a>(Cow<'a, str>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Str<'a> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = OrderedMap;
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
+            type Value = Str<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, s: &'de str) -> Result<Str<'a>, E> {
+                Ok(Str(Cow::Borrowed(s)))
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Str<'a>, E> {
+                Ok(Str(Cow::Owned(s.to_owned())))
+            }
+        }
+        d.deserialize_str(V(std::marker::PhantomData))
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for OrderedMap<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
+            type Value = OrderedMap<'a>;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("an object mapping tensor names to shard file names")
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
                 let mut out = Vec::with_capacity(map.size_hint().unwrap_or(0).min(4096));
-                while let Some(entry) = map.next_entry::<String, String>()? {
-                    out.push(entry);
+                while let Some((Str(k), Str(v))) = map.next_entry::<Str<'a>, Str<'a>>()? {
+                    out.push((k, v));
                 }
                 Ok(OrderedMap(out))
             }
         }
-        d.deserialize_map(V)
+        d.deserialize_map(V(std::marker::PhantomData))
     }
 }
 
@@ -101,14 +118,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn repeated_tensor_in_weight_map_is_an_error() {
-        let json = br#"{"metadata":{"total_size":8},"weight_map":{"a":"x.safetensors","a":"y.safetensors"}}"#;
-        let err = IndexFile::parse(Path::new("/m/i.json"), json).unwrap_err();
-        assert!(
-            matches!(&err, Error::DuplicateTensor { tensor, first, second }
-                if tensor == "a" && first.ends_with("x.safetensors") && second.ends_with("y.safetensors")),
-            "{err}"
-        );
+    fn strings_borrow_unless_escaped() {
+        let json = br#"{"weight_map":{"a":"x.safetensors","b\u0041":"y.safetensors"}}"#;
+        let index = IndexFile::parse(Path::new("i.json"), json).unwrap();
+        assert!(matches!(index.weight_map[0].0, Cow::Borrowed("a")));
+        assert_eq!(index.weight_map[1].0, "bA");
+        assert!(matches!(
+            index.weight_map[1].1,
+            Cow::Borrowed("y.safetensors")
+        ));
     }
 
     #[test]

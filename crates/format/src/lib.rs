@@ -7,8 +7,11 @@
 //! header or says how many bytes it needs. Validation is at least as strict
 //! as the reference `safetensors` library (see [`Header`]); every rejection
 //! is a [`HeaderError`] naming the tensor and offsets involved, wrapped in an
-//! [`Error`] naming the file. Nothing a file says can make the parser
-//! allocate more than the header's length (at most [`MAX_HEADER_LEN`]).
+//! [`Error`] naming the file. Nothing a file says is allocated before its
+//! length was checked against the file and against [`MAX_HEADER_LEN`], and
+//! the memory a parse uses grows only with the header's length (a small
+//! multiple of it: names, shapes and metadata strings with their
+//! bookkeeping), never with numbers the header states.
 //!
 //! The only file access is through the [`Fs`] trait, used by
 //! [`Checkpoint::open`] to read headers; [`StdFs`] implements it with `std::fs`.

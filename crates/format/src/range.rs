@@ -22,14 +22,14 @@ impl ByteRange {
         Self { start, end }
     }
 
-    /// Number of bytes in the range.
+    /// Number of bytes in the range (0 if `end` is below `start`).
     pub const fn len(&self) -> u64 {
-        self.end - self.start
+        self.end.saturating_sub(self.start)
     }
 
     /// Whether the range holds no bytes.
     pub const fn is_empty(&self) -> bool {
-        self.start == self.end
+        self.len() == 0
     }
 
     /// The same range moved `by` bytes towards the end, or `None` on overflow.

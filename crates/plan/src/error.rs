@@ -29,6 +29,13 @@ pub enum Error {
         /// What it must be.
         reason: &'static str,
     },
+    /// A file too close to 2^64 bytes for its aligned extents to be numbered.
+    FileTooLarge {
+        /// The file.
+        file: std::path::PathBuf,
+        /// Its size.
+        size: u64,
+    },
     /// A share index not below the share count, or a count of 0.
     Share {
         /// The index asked for.
@@ -56,6 +63,14 @@ impl fmt::Display for Error {
                 value,
                 reason,
             } => write!(f, "invalid {field} {value}: {reason}"),
+            Error::FileTooLarge { file, size } => {
+                write!(
+                    f,
+                    "{}: size {size} is too large to plan reads for",
+                    file.display()
+                )
+            }
+            Error::Share { count: 0, .. } => write!(f, "cannot split a plan into 0 shares"),
             Error::Share { index, count } => write!(f, "no share {index} of {count}"),
         }
     }

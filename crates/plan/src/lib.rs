@@ -115,8 +115,8 @@ impl Geometry {
     }
 
     fn align_up(&self, x: u64) -> u64 {
-        // Offsets come from validated files, far below u64::MAX - alignment.
-        self.align_down(x.saturating_add(self.alignment - 1))
+        // `plan` rejects files within an extent of u64::MAX, so no overflow.
+        self.align_down(x + (self.alignment - 1))
     }
 }
 
@@ -253,6 +253,15 @@ pub fn plan(
     let mut rest = &out.tensors[..];
     while let Some(&first) = rest.first() {
         let file = ckpt.tensor(first).file;
+        // Aligned ends and extent ends must fit in 64 bits. Real files are far
+        // smaller; a custom file system could claim otherwise.
+        let shard = ckpt.shard(file);
+        if shard.size() > u64::MAX - geometry.max_extent - geometry.alignment {
+            return Err(Error::FileTooLarge {
+                file: shard.path().to_path_buf(),
+                size: shard.size(),
+            });
+        }
         let n = rest
             .iter()
             .position(|&id| ckpt.tensor(id).file != file)
@@ -272,7 +281,8 @@ pub fn plan(
 }
 
 fn select(ckpt: &Checkpoint, selection: &Selection) -> Result<Vec<TensorId>, Error> {
-    let count = u32::try_from(ckpt.len()).expect("checkpoints number tensors with u32");
+    // Checkpoints number their tensors with u32.
+    let count = u32::try_from(ckpt.len()).unwrap_or(u32::MAX);
     match selection {
         Selection::All => Ok((0..count).map(TensorId).collect()),
         Selection::Names(names) => {
@@ -404,8 +414,26 @@ impl ReadPlan {
     }
 
     /// The pieces an extent of this plan carries, in offset order.
+    ///
+    /// Panics if `extent` is not an element of this plan's
+    /// [`extents`](ReadPlan::extents) (an extent of a share, say, indexes
+    /// that share's pieces). [`iter`](ReadPlan::iter) pairs them without
+    /// that hazard.
     pub fn pieces(&self, extent: &Extent) -> &[Piece] {
+        assert!(
+            self.extents
+                .as_ptr_range()
+                .contains(&std::ptr::from_ref(extent)),
+            "ReadPlan::pieces: the extent belongs to another plan"
+        );
         &self.pieces[extent.pieces.clone()]
+    }
+
+    /// Each extent with the pieces it carries, by file and then by offset.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = (&Extent, &[Piece])> {
+        self.extents
+            .iter()
+            .map(|e| (e, &self.pieces[e.pieces.clone()]))
     }
 
     /// Every piece of the plan, extent by extent.
@@ -442,14 +470,19 @@ impl ReadPlan {
             files,
             extents: self.extents.len(),
             pieces: self.pieces.len(),
-            payload_bytes: self.pieces.iter().map(|p| p.len).sum(),
+            payload_bytes: self
+                .pieces
+                .iter()
+                .fold(0u64, |acc, p| acc.saturating_add(p.len)),
             read_bytes: self.read_bytes(),
             largest_extent: self.extents.iter().map(|e| e.len).max().unwrap_or(0),
         }
     }
 
-    /// Total bytes read by the plan's extents.
+    /// Total bytes read by the plan's extents (saturating).
     pub fn read_bytes(&self) -> u64 {
-        self.extents.iter().map(|e| e.len).sum()
+        self.extents
+            .iter()
+            .fold(0u64, |acc, e| acc.saturating_add(e.len))
     }
 }

@@ -209,8 +209,8 @@ proptest! {
         // Every tensor is delivered by some share, empty ones by share 0.
         let delivered: BTreeSet<_> = shares.iter().flat_map(|s| s.tensors().iter().copied()).collect();
         prop_assert_eq!(delivered, p.tensors().iter().copied().collect::<BTreeSet<_>>());
-        // The documented cut rule: share k starts at the first extent i whose
-        // preceding extents hold at least k·T/n bytes.
+        // The documented cut rule: share k starts at the extent boundary
+        // nearest to k·T/n, the earlier one on a tie (checked as an argmin).
         let prefix: Vec<u128> = std::iter::once(0)
             .chain(p.extents().iter().scan(0u128, |acc, e| {
                 *acc += u128::from(e.len);
@@ -220,7 +220,8 @@ proptest! {
         let mut start = 0;
         for (k, s) in shares.iter().enumerate() {
             let ideal = k as u128 * u128::from(p.read_bytes());
-            let want = prefix.iter().position(|&b| b * u128::from(n) >= ideal).unwrap();
+            let distance = |i: usize| (prefix[i] * u128::from(n)).abs_diff(ideal);
+            let want = (0..prefix.len()).min_by_key(|&i| (distance(i), i)).unwrap();
             prop_assert_eq!(start, want, "share {} starts at the wrong extent", k);
             start += s.extents().len();
         }
@@ -297,4 +298,79 @@ fn bad_selections_and_settings_are_errors() {
     assert!(empty.split(0).is_err());
     assert!(empty.share(Share { index: 3, count: 2 }).is_err());
     assert_eq!(empty.split(3).unwrap().len(), 3);
+}
+
+#[test]
+fn files_too_large_to_align_are_an_error_naming_them() {
+    // A file system may claim any size: a file of 2^64 − 100 bytes holding
+    // one U8 tensor cannot have its aligned extents numbered.
+    let size = u64::MAX - 100;
+    // Fifteen tensors of 2^60 bytes and a tail filling the file exactly.
+    let header_for = |tail: u64| {
+        let mut json = String::from("{");
+        let mut at = 0u64;
+        for (i, len) in std::iter::repeat_n(1u64 << 60, 15)
+            .chain([tail])
+            .enumerate()
+        {
+            let sep = if i == 0 { "" } else { "," };
+            json.push_str(&format!(
+                r#"{sep}"t{i}":{{"dtype":"U8","shape":[{len}],"data_offsets":[{at},{}]}}"#,
+                at + len
+            ));
+            at += len;
+        }
+        json + "}"
+    };
+    // The tail's digits change the header's length: iterate to a fixed point.
+    let mut tail = 0;
+    let json = loop {
+        let json = header_for(tail);
+        let next = size - 8 - json.len() as u64 - 15 * (1u64 << 60);
+        if next == tail {
+            break json;
+        }
+        tail = next;
+    };
+    let json_len = json.len() as u64;
+    let mut bytes = json_len.to_le_bytes().to_vec();
+    bytes.extend_from_slice(json.as_bytes());
+    let header = match Header::parse(&bytes, size).unwrap() {
+        weightlift_format::Parsed::Complete(h) => h,
+        other => panic!("{other:?}"),
+    };
+    let c =
+        Checkpoint::from_headers(vec![(PathBuf::from("huge.safetensors"), size, header)]).unwrap();
+    let err = plan(&c, &Selection::All, &Geometry::default()).unwrap_err();
+    assert!(
+        matches!(&err, weightlift_plan::Error::FileTooLarge { file, .. } if file.ends_with("huge.safetensors")),
+        "{err}"
+    );
+    assert!(err.to_string().contains("huge.safetensors"), "{err}");
+}
+
+#[test]
+fn pieces_come_from_the_plan_the_extent_belongs_to() {
+    let specs: Vec<_> = (0..50)
+        .map(|i| TensorSpec::new(format!("t{i}"), Dtype::F32, [300]))
+        .collect();
+    let enc = encode_header(&specs, None).unwrap();
+    let size = enc.bytes.len() as u64 + enc.data_len;
+    let mut file = enc.bytes;
+    file.resize(size as usize, 0);
+    let c = Checkpoint::from_headers(vec![("m".into(), size, Header::parse_file(&file).unwrap())])
+        .unwrap();
+    let p = plan(&c, &Selection::All, &Geometry::new(512, 4096).unwrap()).unwrap();
+    let pairs: Vec<_> = p.iter().collect();
+    assert_eq!(pairs.len(), p.extents().len());
+    for (e, pieces) in pairs {
+        assert_eq!(pieces, p.pieces(e));
+    }
+    let shares = p.split(3).unwrap();
+    let foreign = &shares[2].extents()[0];
+    let caught = std::panic::catch_unwind(|| p.pieces(foreign).len());
+    assert!(
+        caught.is_err(),
+        "an extent of another plan must not index this one"
+    );
 }
