@@ -242,6 +242,15 @@ proptest! {
     }
 }
 
+/// A one-shard checkpoint of `specs`, held in memory.
+fn one_shard(specs: &[TensorSpec]) -> Checkpoint {
+    let enc = encode_header(specs, None).unwrap();
+    let size = enc.bytes.len() as u64 + enc.data_len;
+    let mut file = enc.bytes;
+    file.resize(size as usize, 0);
+    Checkpoint::from_headers(vec![("m".into(), size, Header::parse_file(&file).unwrap())]).unwrap()
+}
+
 #[test]
 fn small_neighbours_share_an_extent_and_large_tensors_split() {
     let specs = [
@@ -249,12 +258,7 @@ fn small_neighbours_share_an_extent_and_large_tensors_split() {
         TensorSpec::new("tiny1", Dtype::U8, [5]),
         TensorSpec::new("big", Dtype::F32, [10_000]),
     ];
-    let enc = encode_header(&specs, None).unwrap();
-    let size = enc.bytes.len() as u64 + enc.data_len;
-    let mut file = enc.bytes;
-    file.resize(size as usize, 0);
-    let c = Checkpoint::from_headers(vec![("m".into(), size, Header::parse_file(&file).unwrap())])
-        .unwrap();
+    let c = one_shard(&specs);
     let p = plan(&c, &Selection::All, &Geometry::new(4096, 8192).unwrap()).unwrap();
     let first = &p.extents()[0];
     let names: Vec<_> = p
@@ -354,12 +358,7 @@ fn pieces_come_from_the_plan_the_extent_belongs_to() {
     let specs: Vec<_> = (0..50)
         .map(|i| TensorSpec::new(format!("t{i}"), Dtype::F32, [300]))
         .collect();
-    let enc = encode_header(&specs, None).unwrap();
-    let size = enc.bytes.len() as u64 + enc.data_len;
-    let mut file = enc.bytes;
-    file.resize(size as usize, 0);
-    let c = Checkpoint::from_headers(vec![("m".into(), size, Header::parse_file(&file).unwrap())])
-        .unwrap();
+    let c = one_shard(&specs);
     let p = plan(&c, &Selection::All, &Geometry::new(512, 4096).unwrap()).unwrap();
     let pairs: Vec<_> = p.iter().collect();
     assert_eq!(pairs.len(), p.extents().len());
