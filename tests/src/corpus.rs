@@ -85,6 +85,13 @@ pub enum Expect {
     },
     /// [`HeaderError::Json`].
     Json,
+    /// [`HeaderError::DuplicateMetadata`].
+    DuplicateMetadata,
+    /// [`HeaderError::DataTooLarge`].
+    DataTooLarge {
+        /// The data section's length as laid out.
+        data_len: u64,
+    },
     /// [`HeaderError::DuplicateTensor`].
     DuplicateTensor {
         /// The repeated name.
@@ -229,6 +236,8 @@ impl Expect {
             (Expect::NotUtf8 { offset: a }, H::NotUtf8 { offset: b }) => a == b,
             (Expect::NotAnObject { found: a }, H::NotAnObject { found: b }) => a == b,
             (Expect::Json, H::Json { .. }) => true,
+            (Expect::DuplicateMetadata, H::DuplicateMetadata) => true,
+            (Expect::DataTooLarge { data_len: a }, H::DataTooLarge { data_len: b }) => a == b,
             (Expect::DuplicateTensor { tensor: a }, H::DuplicateTensor { tensor: b })
             | (Expect::InvalidEntry { tensor: a }, H::InvalidEntry { tensor: b, .. }) => a == b,
             (
@@ -657,6 +666,29 @@ pub fn entries() -> Vec<Entry> {
         },
         "2 F32 elements need 8 bytes, data_offsets span 4",
     );
+    // Sixteen valid tensors whose data ends at byte 2^64 - 1 of the data
+    // section: each is fine, but no file can hold them after a header.
+    let big = 1u64 << 60;
+    let mut parts: Vec<String> = (0..15u64)
+        .map(|i| {
+            tensor(
+                &format!("t{i}"),
+                "U8",
+                &big.to_string(),
+                i * big,
+                (i + 1) * big,
+            )
+        })
+        .collect();
+    let last = u64::MAX - 15 * big;
+    parts.push(tensor("t15", "U8", &last.to_string(), 15 * big, u64::MAX));
+    let j = format!("{{{}}}", parts.join(","));
+    add(
+        "data-beyond-u64",
+        file(j.as_bytes(), 0),
+        Expect::DataTooLarge { data_len: u64::MAX },
+        "valid tensors laying out 2^64 - 1 bytes of data: the file's end overflows 64 bits",
+    );
     let j = format!("{{{}}}", tensor("a", "U8", "1", 0, u64::MAX));
     add(
         "offset-end-u64-max",
@@ -842,9 +874,7 @@ pub fn entries() -> Vec<Entry> {
     add(
         "duplicate-metadata",
         file(j.as_bytes(), 0),
-        Expect::DuplicateTensor {
-            tensor: "__metadata__",
-        },
+        Expect::DuplicateMetadata,
         "__metadata__ is given twice",
     );
 

@@ -175,15 +175,18 @@ impl Checkpoint {
                 what: "shards",
             })?);
             let data_start = header.data_start();
-            let expected_size = data_start.checked_add(header.data_len());
-            if expected_size != Some(size) {
-                return Err(Error::Header {
-                    file: path,
-                    source: HeaderError::DataSizeMismatch {
-                        expected_size: expected_size.unwrap_or(u64::MAX),
-                        file_size: size,
-                    },
-                });
+            let mismatch = match data_start.checked_add(header.data_len()) {
+                Some(expected_size) if expected_size == size => None,
+                Some(expected_size) => Some(HeaderError::DataSizeMismatch {
+                    expected_size,
+                    file_size: size,
+                }),
+                None => Some(HeaderError::DataTooLarge {
+                    data_len: header.data_len(),
+                }),
+            };
+            if let Some(source) = mismatch {
+                return Err(Error::Header { file: path, source });
             }
             let first = out.tensors.len();
             let (infos, metadata) = header.into_parts();

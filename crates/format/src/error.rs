@@ -54,6 +54,8 @@ pub enum HeaderError {
         /// The repeated name.
         tensor: String,
     },
+    /// `__metadata__` appears twice in the header.
+    DuplicateMetadata,
     /// A tensor's entry lacks `dtype`, `shape` or `data_offsets`, or one of
     /// them has the wrong JSON type (a negative or fractional dimension, say).
     InvalidEntry {
@@ -145,6 +147,12 @@ pub enum HeaderError {
         /// Its size.
         file_size: u64,
     },
+    /// The data section the header lays out is longer than any file can be
+    /// (its end does not fit in 64 bits).
+    DataTooLarge {
+        /// Length of the data section as the header lays it out.
+        data_len: u64,
+    },
     /// A tensor name (when writing a header) is the reserved `__metadata__`.
     ReservedName,
 }
@@ -200,6 +208,7 @@ impl fmt::Display for HeaderError {
             DuplicateTensor { tensor } => {
                 write!(f, "tensor {tensor:?} appears twice in the header")
             }
+            DuplicateMetadata => write!(f, "__metadata__ appears twice in the header"),
             InvalidEntry { tensor, source } => {
                 write!(f, "tensor {tensor:?}: invalid entry: {source}")
             }
@@ -276,6 +285,10 @@ impl fmt::Display for HeaderError {
                 f,
                 "file has {} trailing bytes: the header describes {expected_size} bytes, the file has {file_size}",
                 file_size - expected_size
+            ),
+            DataTooLarge { data_len } => write!(
+                f,
+                "the header lays out {data_len} bytes of data, more than a file can hold"
             ),
             ReservedName => write!(f, "\"__metadata__\" cannot name a tensor"),
         }

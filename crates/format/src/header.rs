@@ -113,9 +113,8 @@ impl Header {
         let expected_size =
             (total as u64)
                 .checked_add(header.data_len())
-                .ok_or(HeaderError::DataSizeMismatch {
-                    expected_size: u64::MAX,
-                    file_size,
+                .ok_or(HeaderError::DataTooLarge {
+                    data_len: header.data_len(),
                 })?;
         if expected_size != file_size {
             return Err(HeaderError::DataSizeMismatch {
@@ -231,9 +230,7 @@ fn parse_json(json: &[u8]) -> Result<Header, HeaderError> {
         metadata,
     } = match (entries, failed) {
         (Ok(e), _) => e,
-        (Err(_), Some(Failed::Duplicate(tensor))) => {
-            return Err(HeaderError::DuplicateTensor { tensor });
-        }
+        (Err(_), Some(Failed::DuplicateMetadata)) => return Err(HeaderError::DuplicateMetadata),
         (Err(_), Some(Failed::Dtype { tensor, dtype })) => {
             return Err(HeaderError::UnknownDtype { tensor, dtype });
         }
@@ -452,7 +449,7 @@ enum Failed {
     /// This tensor's dtype is not one the format defines.
     Dtype { tensor: String, dtype: String },
     /// `__metadata__` appears twice.
-    Duplicate(String),
+    DuplicateMetadata,
 }
 
 /// The header's entries: tensors in the order written (not yet validated,
@@ -493,7 +490,7 @@ impl<'de> Visitor<'de> for EntriesSeed<'_> {
                 // Its value is checked after the parse, with precise errors.
                 let raw: &'de RawValue = map.next_value()?;
                 if out.metadata.replace(raw).is_some() {
-                    *self.failed = Some(Failed::Duplicate(name));
+                    *self.failed = Some(Failed::DuplicateMetadata);
                     return Err(de::Error::custom("__metadata__ appears twice"));
                 }
                 continue;
