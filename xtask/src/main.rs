@@ -36,7 +36,7 @@ commands:
                           mixture-of-experts-shaped) checkpoint with an index
   corpus                  regenerate tests/corpus from tests/src/corpus.rs
   fuzz [TARGET] [--seconds N]
-                          run a fuzz target (header or checkpoint; default header, 600 s)
+                          run a fuzz target (header, checkpoint or index; default header, 600 s)
 ";
 
 fn main() {
@@ -190,12 +190,20 @@ fn fuzz(args: &mut Args) -> Result<()> {
             "fuzzing needs a nightly toolchain and cargo-fuzz: `rustup toolchain install nightly && cargo install cargo-fuzz`"
         );
     }
-    let seeds = root().join("fuzz/corpus").join(&target);
-    std::fs::create_dir_all(&seeds)?;
-    for e in std::fs::read_dir(root().join("tests/corpus"))? {
+    // Seeds: the target's own (fuzz/seeds/<target>) or else the hostile
+    // header corpus.
+    let corpus = root().join("fuzz/corpus").join(&target);
+    std::fs::create_dir_all(&corpus)?;
+    let own = root().join("fuzz/seeds").join(&target);
+    let (from, ext) = if own.is_dir() {
+        (own, None)
+    } else {
+        (root().join("tests/corpus"), Some("safetensors"))
+    };
+    for e in std::fs::read_dir(&from).with_context(|| format!("reading {}", from.display()))? {
         let p = e?.path();
-        if p.extension().is_some_and(|x| x == "safetensors") {
-            std::fs::copy(&p, seeds.join(p.file_name().expect("a file")))?;
+        if ext.is_none_or(|ext| p.extension().is_some_and(|x| x == ext)) {
+            std::fs::copy(&p, corpus.join(p.file_name().expect("a file")))?;
         }
     }
     step(
