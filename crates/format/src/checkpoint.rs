@@ -317,9 +317,10 @@ fn read_headers(fs: &dyn Fs, paths: &[PathBuf]) -> Result<Vec<ShardHeader>, Erro
     let failed = AtomicBool::new(false);
     std::thread::scope(|s| {
         let chunk = paths.len().div_ceil(threads);
+        let mut handles = Vec::with_capacity(threads);
         for (paths, out) in paths.chunks(chunk).zip(results.chunks_mut(chunk)) {
             let failed = &failed;
-            s.spawn(move || {
+            handles.push(s.spawn(move || {
                 for (p, slot) in paths.iter().zip(out) {
                     if failed.load(Ordering::Relaxed) {
                         return;
@@ -330,7 +331,14 @@ fn read_headers(fs: &dyn Fs, paths: &[PathBuf]) -> Result<Vec<ShardHeader>, Erro
                     }
                     *slot = Some(r);
                 }
-            });
+            }));
+        }
+        // Join each thread explicitly: unlike the scope's own wait, a join
+        // returns only once the thread has exited, so none outlives the call.
+        for h in handles {
+            if let Err(panic) = h.join() {
+                std::panic::resume_unwind(panic);
+            }
         }
     });
     let mut out = Vec::with_capacity(paths.len());
