@@ -56,6 +56,16 @@ pub enum Error {
         /// The alignment required.
         align: u64,
     },
+    /// Asking about or dropping a file's cached pages failed.
+    Cache {
+        /// The file.
+        file: PathBuf,
+        /// The operation: `"stat"`, `"map"`, `"mincore"`, `"fdatasync"` or
+        /// `"posix_fadvise"`.
+        op: &'static str,
+        /// The operating system's error.
+        source: io::Error,
+    },
     /// A buffer of this size and alignment cannot be allocated.
     Alloc {
         /// Bytes asked for.
@@ -103,6 +113,9 @@ impl fmt::Display for Error {
                 "{}: direct read {what} {value} is not a multiple of {align}",
                 file.display()
             ),
+            Error::Cache { file, op, source } => {
+                write!(f, "{}: page cache {op}: {source}", file.display())
+            }
             Error::Alloc { len, align } => {
                 write!(f, "cannot allocate {len} bytes aligned to {align}")
             }
@@ -113,7 +126,9 @@ impl fmt::Display for Error {
 impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            Error::Open { source, .. } | Error::Read { source, .. } => Some(source),
+            Error::Open { source, .. }
+            | Error::Read { source, .. }
+            | Error::Cache { source, .. } => Some(source),
             Error::DirectUnsupported {
                 source: Some(e), ..
             } => Some(e),

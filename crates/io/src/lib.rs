@@ -8,6 +8,8 @@
 //!   `O_DIRECT`, which knows its size and its direct-I/O alignment (from
 //!   `statx(STATX_DIOALIGN)`), retries interrupted and short reads, and stops
 //!   short only at the end of the file;
+//! - [`cache`]: how much of a file is in the page cache (`mincore`), and
+//!   dropping it (`posix_fadvise(POSIX_FADV_DONTNEED)`), for cold loads;
 //! - [`Error`]: every failure, naming the file and the offset.
 //!
 //! The engine that executes a `weightlift_plan::ReadPlan` with io_uring, Linux AIO, a pread pool or mmap into a ring of staging
@@ -28,6 +30,7 @@
 //! ```
 
 mod buf;
+pub mod cache;
 mod error;
 mod file;
 

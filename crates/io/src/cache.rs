@@ -1,0 +1,118 @@
+//! The page cache's view of a file: how much of it is resident, and
+//! dropping it, so that benchmarks can load files truly cold.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::path::Path;
+
+use crate::Error;
+
+/// How much of a file the page cache holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Residency {
+    /// Pages of the file in memory.
+    pub resident_pages: u64,
+    /// Pages the file spans.
+    pub total_pages: u64,
+    /// The page size, in bytes.
+    pub page_size: u64,
+}
+
+impl Residency {
+    /// Whether no page of the file is in memory.
+    pub fn is_cold(&self) -> bool {
+        self.resident_pages == 0
+    }
+
+    /// Whether every page of the file is in memory.
+    pub fn is_warm(&self) -> bool {
+        self.resident_pages == self.total_pages
+    }
+}
+
+/// Count the pages of the file at `path` that are in the page cache
+/// (`mincore` over a read-only mapping, which itself faults nothing in).
+pub fn residency(path: &Path) -> Result<Residency, Error> {
+    let file = File::open(path).map_err(|source| Error::Open {
+        file: path.to_path_buf(),
+        source,
+    })?;
+    let fail = |op, source| Error::Cache {
+        file: path.to_path_buf(),
+        op,
+        source,
+    };
+    let size = file.metadata().map_err(|e| fail("stat", e))?.len();
+    let page_size = page_size();
+    let total_pages = size.div_ceil(page_size);
+    if size == 0 {
+        return Ok(Residency {
+            resident_pages: 0,
+            total_pages,
+            page_size,
+        });
+    }
+    let len = usize::try_from(size).map_err(|_| fail("map", io::ErrorKind::FileTooLarge.into()))?;
+    // SAFETY: a fresh shared read-only mapping of a valid descriptor; the
+    // kernel picks the address. Nothing reads through it: it exists only to
+    // be asked about with `mincore`, and is unmapped below on every path.
+    let addr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            file.as_raw_fd(),
+            0,
+        )
+    };
+    if addr == libc::MAP_FAILED {
+        return Err(fail("map", io::Error::last_os_error()));
+    }
+    let mut vec = vec![0u8; total_pages as usize];
+    // SAFETY: `addr..addr+len` is the mapping made above; `vec` has one byte
+    // per page of it, as `mincore` requires.
+    let rc = unsafe { libc::mincore(addr, len, vec.as_mut_ptr()) };
+    let err = (rc != 0).then(io::Error::last_os_error);
+    // SAFETY: unmapping exactly the mapping made above, once.
+    unsafe { libc::munmap(addr, len) };
+    if let Some(e) = err {
+        return Err(fail("mincore", e));
+    }
+    Ok(Residency {
+        resident_pages: vec.iter().filter(|&&b| b & 1 == 1).count() as u64,
+        total_pages,
+        page_size,
+    })
+}
+
+/// Drop the file at `path` from the page cache: write back anything dirty,
+/// then `posix_fadvise(POSIX_FADV_DONTNEED)`. Pages that another process
+/// holds mapped may stay; [`residency`] tells.
+pub fn evict(path: &Path) -> Result<(), Error> {
+    let file = File::open(path).map_err(|source| Error::Open {
+        file: path.to_path_buf(),
+        source,
+    })?;
+    let fail = |op, source| Error::Cache {
+        file: path.to_path_buf(),
+        op,
+        source,
+    };
+    // Dirty pages are not dropped until written back.
+    file.sync_data().map_err(|e| fail("fdatasync", e))?;
+    // SAFETY: a valid descriptor; offset 0 and length 0 mean the whole file.
+    let rc = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    // posix_fadvise returns the error number rather than setting errno.
+    if rc != 0 {
+        return Err(fail("posix_fadvise", io::Error::from_raw_os_error(rc)));
+    }
+    Ok(())
+}
+
+fn page_size() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    u64::try_from(n).ok().filter(|&n| n > 0).unwrap_or(4096)
+}
