@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
 use weightlift_format::Checkpoint;
+use weightlift_io::{AlignedBuf, OpenMode, ReadFile, cache};
 use weightlift_plan::{Geometry, Selection, plan};
 use weightlift_tests::fixtures::{LlamaConfig, moe_specs, spec_bytes, write_checkpoint};
 
@@ -96,6 +97,31 @@ pub(crate) fn run(args: &mut Args) -> Result<()> {
         );
     }
 
+    let files: Vec<PathBuf> = ckpt
+        .shards()
+        .iter()
+        .map(|s| s.path().to_path_buf())
+        .collect();
+    let mut raw = Vec::new();
+    for _ in 0..reps {
+        raw.push(raw_direct_read(&files)?);
+    }
+    raw.sort();
+    let bytes: u64 = ckpt.shards().iter().map(|s| s.size()).sum();
+    let rate = |d: Duration| format!("{:.2} GB/s", bytes as f64 / d.as_secs_f64() / 1e9);
+    println!(
+        "{:<32} {:>12} {:>12} {:>12}",
+        "raw O_DIRECT read, cold",
+        rate(raw[raw.len() / 2]),
+        rate(raw[raw.len() - 1]),
+        rate(raw[0])
+    );
+    println!(
+        "  (the storage limit: every file evicted and confirmed cold, then read sequentially in 16 MiB direct reads into one reused buffer; {} in {} files; columns: median, min, max)",
+        human(bytes),
+        files.len()
+    );
+
     println!("\nfirst extents of the plan:");
     for e in p.extents().iter().take(4) {
         let pieces = p.pieces(e);
@@ -169,6 +195,34 @@ impl Fixture {
             Fixture::Moe { tensors } => (tensors as usize).div_ceil(2500).max(1),
         }
     }
+}
+
+/// Evict `files` from the page cache, confirm they are cold, then read them
+/// start to end with 16 MiB direct reads into one reused aligned buffer.
+fn raw_direct_read(files: &[PathBuf]) -> Result<Duration> {
+    const CHUNK: usize = 16 << 20;
+    for f in files {
+        cache::evict(f)?;
+        let r = cache::residency(f)?;
+        ensure!(
+            r.is_cold(),
+            "{}: {} pages still cached after eviction",
+            f.display(),
+            r.resident_pages
+        );
+    }
+    let mut buf = AlignedBuf::zeroed(CHUNK, 4096)?;
+    let t = Instant::now();
+    for f in files {
+        let file = ReadFile::open(f, OpenMode::Direct)?;
+        let mut offset = 0;
+        while offset < file.size() {
+            let n = file.read_at(buf.as_mut_slice(), offset)?;
+            ensure!(n > 0, "{}: no progress at {offset}", f.display());
+            offset += n as u64;
+        }
+    }
+    Ok(t.elapsed())
 }
 
 /// Write `fixture` into `dir`.
