@@ -9,9 +9,10 @@ use crate::Error;
 /// made, freed when dropped.
 ///
 /// Direct I/O needs buffers aligned to the file system's memory alignment
-/// (512 or 4096 bytes); `Vec<u8>` promises only 1. Large buffers come from
-/// `calloc`-style allocation, so their pages are mapped lazily by the
-/// kernel (fresh zero pages) and cost nothing until first touched.
+/// (512 or 4096 bytes); `Vec<u8>` promises only 1. The memory comes from
+/// the global allocator, which zeroes it eagerly for alignments above 16:
+/// every page is touched when the buffer is made. Make buffers once and
+/// reuse them.
 #[derive(Debug)]
 pub struct AlignedBuf {
     ptr: NonNull<u8>,

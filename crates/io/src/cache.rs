@@ -54,6 +54,8 @@ pub fn residency(path: &Path) -> Result<Residency, Error> {
         });
     }
     let len = usize::try_from(size).map_err(|_| fail("map", io::ErrorKind::FileTooLarge.into()))?;
+    // Allocated before mapping, so that nothing between map and unmap can fail.
+    let mut vec = vec![0u8; total_pages as usize];
     // SAFETY: a fresh shared read-only mapping of a valid descriptor; the
     // kernel picks the address. Nothing reads through it: it exists only to
     // be asked about with `mincore`, and is unmapped below on every path.
@@ -70,7 +72,6 @@ pub fn residency(path: &Path) -> Result<Residency, Error> {
     if addr == libc::MAP_FAILED {
         return Err(fail("map", io::Error::last_os_error()));
     }
-    let mut vec = vec![0u8; total_pages as usize];
     // SAFETY: `addr..addr+len` is the mapping made above; `vec` has one byte
     // per page of it, as `mincore` requires.
     let rc = unsafe { libc::mincore(addr, len, vec.as_mut_ptr()) };
@@ -100,8 +101,13 @@ pub fn evict(path: &Path) -> Result<(), Error> {
         op,
         source,
     };
-    // Dirty pages are not dropped until written back.
-    file.sync_data().map_err(|e| fail("fdatasync", e))?;
+    // Dirty pages are not dropped until written back. Read-only file systems
+    // (squashfs, erofs, iso9660) have nothing dirty and refuse the call.
+    if let Err(e) = file.sync_data()
+        && !matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EROFS))
+    {
+        return Err(fail("fdatasync", e));
+    }
     // SAFETY: a valid descriptor; offset 0 and length 0 mean the whole file.
     let rc = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
     // posix_fadvise returns the error number rather than setting errno.
@@ -109,6 +115,16 @@ pub fn evict(path: &Path) -> Result<(), Error> {
         return Err(fail("posix_fadvise", io::Error::from_raw_os_error(rc)));
     }
     Ok(())
+}
+
+/// Whether the file at `path` lives on an in-memory file system (tmpfs,
+/// ramfs), whose pages cannot be evicted: it is always warm.
+pub fn in_memory(path: &Path) -> Result<bool, Error> {
+    let file = File::open(path).map_err(|source| Error::Open {
+        file: path.to_path_buf(),
+        source,
+    })?;
+    Ok(crate::file::in_memory_fs(&file))
 }
 
 fn page_size() -> u64 {

@@ -19,8 +19,9 @@ pub enum Error {
     DirectUnsupported {
         /// The file.
         file: PathBuf,
-        /// The operating system's error, if opening failed (else the file
-        /// system reported no direct-I/O alignment).
+        /// The operating system's error, if opening failed; `None` when the
+        /// file system says it cannot (it reports a direct-I/O alignment of
+        /// 0, or keeps files in memory, as tmpfs and ramfs do).
         source: Option<io::Error>,
     },
     /// A read failed.
@@ -85,7 +86,7 @@ impl fmt::Display for Error {
             } => write!(f, "{}: direct I/O refused: {e}", file.display()),
             Error::DirectUnsupported { file, source: None } => write!(
                 f,
-                "{}: the file system reports no direct-I/O alignment",
+                "{}: its file system does not do direct I/O (it keeps files in memory or reports no alignment)",
                 file.display()
             ),
             Error::Read {

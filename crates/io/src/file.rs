@@ -54,6 +54,7 @@ pub struct ReadFile {
     size: u64,
     mode: OpenMode,
     align: DioAlignment,
+    in_memory: bool,
 }
 
 impl ReadFile {
@@ -88,13 +89,33 @@ impl ReadFile {
                 source: io::Error::new(io::ErrorKind::IsADirectory, "is a directory"),
             });
         }
-        let align = dio_alignment(&file).unwrap_or(DioAlignment::FALLBACK);
+        let in_memory = in_memory_fs(&file);
+        if in_memory && mode == OpenMode::Direct {
+            // tmpfs and ramfs accept O_DIRECT but serve from memory.
+            return Err(Error::DirectUnsupported {
+                file: path,
+                source: None,
+            });
+        }
+        let align = match dio_alignment(&file) {
+            DioSupport::Aligned(a) => a,
+            // The file system says it cannot do direct I/O for this file
+            // (tmpfs, say, accepts O_DIRECT but serves from memory).
+            DioSupport::Unsupported if mode == OpenMode::Direct => {
+                return Err(Error::DirectUnsupported {
+                    file: path,
+                    source: None,
+                });
+            }
+            DioSupport::Unsupported | DioSupport::Unknown => DioAlignment::FALLBACK,
+        };
         Ok(Self {
             file,
             path,
             size: meta.len(),
             mode,
             align,
+            in_memory,
         })
     }
 
@@ -118,6 +139,12 @@ impl ReadFile {
         self.align
     }
 
+    /// Whether the file lives on an in-memory file system (tmpfs, ramfs),
+    /// where mapping it beats any read and direct I/O does not apply.
+    pub fn in_memory(&self) -> bool {
+        self.in_memory
+    }
+
     /// The open file, for backends that submit reads themselves.
     pub fn as_file(&self) -> &File {
         &self.file
@@ -131,15 +158,24 @@ impl ReadFile {
     /// before anything is read). A file that ends before the size it had at
     /// open gives [`Error::Truncated`].
     pub fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<usize, Error> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
         if self.mode == OpenMode::Direct {
             self.check_direct(buf, offset)?;
         }
         // What the file held at open, from `offset`, up to the buffer's length.
         let expected = usize::try_from(self.size.saturating_sub(offset))
             .map_or(buf.len(), |left| left.min(buf.len()));
+        // A direct read may continue only from a point aligned for both
+        // the file offset and the buffer address.
+        let step = (self.align.offset as usize).max(self.align.memory);
         let mut done = 0;
+        // The furthest byte read, which re-reading an unaligned tail can pass.
+        let mut reached = 0;
         while done < buf.len() {
             let at = offset + done as u64;
+            let before = done;
             match self.file.read_at(&mut buf[done..], at) {
                 Ok(0) => break,
                 Ok(n) => done += n,
@@ -153,17 +189,24 @@ impl ReadFile {
                     });
                 }
             }
-            // A direct read that stopped short of its request inside the
-            // file can continue only from an aligned offset; a short read
-            // ends at the end of the file (or at an aligned boundary).
-            if self.mode == OpenMode::Direct && !(done as u64).is_multiple_of(self.align.offset) {
-                break;
+            reached = reached.max(done);
+            if self.mode == OpenMode::Direct && done % step != 0 {
+                if offset + done as u64 >= self.size {
+                    // Short inside the file's last aligned block: its end.
+                    break;
+                }
+                // Short in the middle (a capped or interrupted transfer):
+                // continue from the last aligned point, re-reading the tail.
+                done -= done % step;
+                if done <= before {
+                    break; // no progress: reported as truncated below
+                }
             }
         }
         if done < expected {
             return Err(Error::Truncated {
                 file: self.path.clone(),
-                at: offset + done as u64,
+                at: offset + reached as u64,
                 size: self.size,
             });
         }
@@ -195,8 +238,30 @@ impl ReadFile {
     }
 }
 
-/// The direct-I/O alignment the file system reports for `file`, if any.
-fn dio_alignment(file: &File) -> Option<DioAlignment> {
+/// Whether `file` is on tmpfs or ramfs (by `fstatfs` magic).
+pub(crate) fn in_memory_fs(file: &File) -> bool {
+    // SAFETY: `statfs` is plain old data; all-zero is a valid value.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid descriptor and a pointer to a `statfs` that lives
+    // across the call.
+    let rc = unsafe { libc::fstatfs(file.as_raw_fd(), &mut st) };
+    // ramfs's magic (linux/magic.h), which libc does not name.
+    const RAMFS_MAGIC: libc::c_long = 0x8584_58f6;
+    rc == 0 && (st.f_type == libc::TMPFS_MAGIC || st.f_type == RAMFS_MAGIC)
+}
+
+/// What the file system says about direct I/O on a file.
+enum DioSupport {
+    /// Supported, with this alignment.
+    Aligned(DioAlignment),
+    /// Not supported (`statx` reports an alignment of 0).
+    Unsupported,
+    /// Not reported (a kernel before 6.1, or a file system that does not say).
+    Unknown,
+}
+
+/// Ask `statx(STATX_DIOALIGN)` about `file`.
+fn dio_alignment(file: &File) -> DioSupport {
     // SAFETY: `statx` is plain old data; all-zero is a valid value.
     let mut stx: libc::statx = unsafe { std::mem::zeroed() };
     // SAFETY: a valid descriptor, an empty NUL-terminated path with
@@ -211,14 +276,19 @@ fn dio_alignment(file: &File) -> Option<DioAlignment> {
             &mut stx,
         )
     };
-    let usable = |x: u32| x != 0 && x.is_power_of_two();
-    (rc == 0
-        && stx.stx_mask & libc::STATX_DIOALIGN != 0
-        && usable(stx.stx_dio_mem_align)
-        && usable(stx.stx_dio_offset_align))
-    .then(|| DioAlignment {
-        memory: stx.stx_dio_mem_align as usize,
-        offset: u64::from(stx.stx_dio_offset_align),
+    if rc != 0 || stx.stx_mask & libc::STATX_DIOALIGN == 0 {
+        return DioSupport::Unknown;
+    }
+    let (memory, offset) = (stx.stx_dio_mem_align, stx.stx_dio_offset_align);
+    if memory == 0 || offset == 0 {
+        return DioSupport::Unsupported;
+    }
+    if !(memory.is_power_of_two() && offset.is_power_of_two()) {
+        return DioSupport::Unknown;
+    }
+    DioSupport::Aligned(DioAlignment {
+        memory: memory as usize,
+        offset: u64::from(offset),
         reported: true,
     })
 }

@@ -1,45 +1,85 @@
 //! Page-cache residency and eviction on a real file.
 
 use std::io::Read;
+use std::path::PathBuf;
 
 use weightlift_io::Error;
-use weightlift_io::cache::{evict, residency};
+use weightlift_io::cache::{evict, in_memory, residency};
+
+struct Temp(PathBuf);
+
+impl Drop for Temp {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+fn temp(tag: &str, bytes: &[u8]) -> Temp {
+    let path = std::env::temp_dir().join(format!("wl-io-cache-{tag}-{}", std::process::id()));
+    std::fs::write(&path, bytes).unwrap();
+    Temp(path)
+}
 
 #[test]
 fn a_read_file_is_resident_and_evicting_drops_it() {
-    let path = std::env::temp_dir().join(format!("wl-io-cache-{}", std::process::id()));
     let len = 8 << 20;
-    std::fs::write(&path, vec![0x5au8; len]).unwrap();
-    evict(&path).unwrap();
-    let cold = residency(&path).unwrap();
+    let t = temp("evict", &vec![0x5au8; len]);
+    if in_memory(&t.0).unwrap() {
+        // tmpfs and ramfs keep files in memory: nothing to evict.
+        eprintln!("skipping: {} is on an in-memory file system", t.0.display());
+        return;
+    }
+    evict(&t.0).unwrap();
+    let cold = residency(&t.0).unwrap();
     assert_eq!(cold.total_pages, (len as u64).div_ceil(cold.page_size));
     assert!(cold.is_cold(), "after eviction: {cold:?}");
 
     let mut sink = Vec::new();
-    std::fs::File::open(&path)
+    std::fs::File::open(&t.0)
         .unwrap()
         .read_to_end(&mut sink)
         .unwrap();
-    let warm = residency(&path).unwrap();
+    let warm = residency(&t.0).unwrap();
     // Every page was just read; allow for reclaim under memory pressure.
     assert!(
         warm.resident_pages * 10 >= warm.total_pages * 9,
         "after reading: {warm:?}"
     );
 
-    evict(&path).unwrap();
-    assert!(residency(&path).unwrap().is_cold());
-    std::fs::remove_file(&path).unwrap();
+    evict(&t.0).unwrap();
+    assert!(residency(&t.0).unwrap().is_cold());
+}
+
+#[test]
+fn files_on_tmpfs_are_in_memory() {
+    let shm = std::path::Path::new("/dev/shm");
+    let on_tmpfs = shm.is_dir() && {
+        let probe = shm.join(format!("wl-io-probe-{}", std::process::id()));
+        std::fs::write(&probe, b"x").is_ok() && {
+            let r = in_memory(&probe);
+            let _ = std::fs::remove_file(&probe);
+            r.unwrap()
+        }
+    };
+    if !on_tmpfs {
+        eprintln!("skipping: /dev/shm is not a writable tmpfs here");
+    }
+    let t = temp("regular", b"abc");
+    // The temporary directory may itself be tmpfs; either answer is fine,
+    // but it must be an answer, and a missing file an error naming it.
+    let _ = in_memory(&t.0).unwrap();
+    let missing = t.0.with_extension("absent");
+    assert!(matches!(in_memory(&missing), Err(Error::Open { file, .. }) if file == missing));
 }
 
 #[test]
 fn empty_and_missing_files() {
-    let path = std::env::temp_dir().join(format!("wl-io-cache-empty-{}", std::process::id()));
-    std::fs::write(&path, b"").unwrap();
-    let r = residency(&path).unwrap();
+    let t = temp("empty", b"");
+    let r = residency(&t.0).unwrap();
     assert_eq!((r.resident_pages, r.total_pages), (0, 0));
-    evict(&path).unwrap();
-    std::fs::remove_file(&path).unwrap();
+    evict(&t.0).unwrap();
+    let path = t.0.clone();
+    drop(t);
     let err = residency(&path).unwrap_err();
     assert!(
         matches!(&err, Error::Open { file, .. } if file == &path),

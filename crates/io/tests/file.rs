@@ -83,7 +83,8 @@ fn misaligned_direct_reads_are_refused_before_reading() {
     let (t, _) = temp_file("misaligned", 10_000);
     let Some(f) = open_direct(&t.0) else { return };
     let a = f.alignment();
-    let mut buf = AlignedBuf::zeroed(8192, 8192).unwrap();
+    let block = (a.offset as usize).max(a.memory);
+    let mut buf = AlignedBuf::zeroed(4 * block, block).unwrap();
     let err = f.read_at(buf.as_mut_slice(), 1).unwrap_err();
     assert!(
         matches!(
@@ -122,6 +123,8 @@ fn misaligned_direct_reads_are_refused_before_reading() {
             "{err}"
         );
     }
+    // An empty read is no read at all, whatever its address.
+    assert_eq!(f.read_at(&mut buf.as_mut_slice()[1..1], 3).unwrap(), 0);
 }
 
 #[test]
@@ -163,4 +166,104 @@ fn missing_files_and_directories_are_open_errors_naming_them() {
     );
     let err = ReadFile::open(std::env::temp_dir(), OpenMode::Buffered).unwrap_err();
     assert!(matches!(&err, Error::Open { .. }), "{err}");
+}
+
+#[test]
+fn direct_reads_of_aligned_sizes_past_the_end_and_truncation() {
+    let (t, bytes) = temp_file("direct-edges", 64 * 1024);
+    let Some(f) = open_direct(&t.0) else { return };
+    let block = (f.alignment().offset as usize).max(f.alignment().memory);
+    let mut buf = AlignedBuf::zeroed(128 * 1024, block).unwrap();
+    // A size that is a multiple of the alignment ends with a zero-length read.
+    assert_eq!(f.read_at(buf.as_mut_slice(), 0).unwrap(), bytes.len());
+    assert_eq!(&buf.as_slice()[..bytes.len()], &bytes[..]);
+    // Past the end: nothing, and no error.
+    assert_eq!(
+        f.read_at(&mut buf.as_mut_slice()[..block], 1 << 20)
+            .unwrap(),
+        0
+    );
+    // Shrunk after open: an error naming the file, in direct mode too.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&t.0)
+        .unwrap()
+        .set_len(10_000)
+        .unwrap();
+    let err = f.read_at(buf.as_mut_slice(), 0).unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            Error::Truncated {
+                at: 10_000,
+                size: 65_536,
+                ..
+            }
+        ),
+        "{err}"
+    );
+}
+
+/// The file-system type of the mount holding `path`, from /proc/mounts
+/// (the longest mount point that contains it).
+fn mount_type(path: &std::path::Path) -> Option<String> {
+    let mounts = std::fs::read_to_string("/proc/mounts").ok()?;
+    let path = path.canonicalize().ok()?;
+    mounts
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let (_, at, kind) = (f.next()?, f.next()?, f.next()?);
+            path.starts_with(at).then(|| (at.len(), kind.to_owned()))
+        })
+        .max_by_key(|(len, _)| *len)
+        .map(|(_, kind)| kind)
+}
+
+#[test]
+fn files_on_tmpfs_are_in_memory_and_refuse_direct_io() {
+    let dirs = [
+        std::env::temp_dir(),
+        PathBuf::from("/dev/shm"),
+        PathBuf::from(env!("CARGO_TARGET_TMPDIR")),
+    ];
+    let mut checked_tmpfs = false;
+    for dir in dirs {
+        let probe = dir.join(format!("wl-io-fs-probe-{}", std::process::id()));
+        if std::fs::write(&probe, vec![1u8; 8192]).is_err() {
+            continue;
+        }
+        let t = Temp(probe);
+        let Some(kind) = mount_type(&t.0) else {
+            continue;
+        };
+        let memory = kind == "tmpfs" || kind == "ramfs";
+        assert_eq!(
+            weightlift_io::cache::in_memory(&t.0).unwrap(),
+            memory,
+            "{} on {kind}",
+            t.0.display()
+        );
+        assert_eq!(
+            ReadFile::open(&t.0, OpenMode::Buffered)
+                .unwrap()
+                .in_memory(),
+            memory
+        );
+        if memory {
+            checked_tmpfs = true;
+            let err = ReadFile::open(&t.0, OpenMode::Direct).unwrap_err();
+            assert!(
+                matches!(&err, Error::DirectUnsupported { source: None, .. }),
+                "{err}"
+            );
+            assert!(
+                err.to_string().contains(&t.0.display().to_string()),
+                "{err}"
+            );
+        }
+    }
+    if !checked_tmpfs {
+        eprintln!("no writable tmpfs here: the refusal of direct I/O on tmpfs was not exercised");
+    }
 }
