@@ -373,3 +373,21 @@ fn pieces_come_from_the_plan_the_extent_belongs_to() {
         "an extent of another plan must not index this one"
     );
 }
+
+#[test]
+fn one_share_costs_the_plan_not_the_share_count() {
+    // With four billion shares, computing one must not build the cut list
+    // of all of them (8 bytes per share: 32 GiB, an allocation failure).
+    // Which share gets which extent is checked against split() above.
+    let specs: Vec<_> = (0..20)
+        .map(|i| TensorSpec::new(format!("t{i}"), Dtype::U8, [5000]))
+        .collect();
+    let c = one_shard(&specs);
+    let p = plan(&c, &Selection::All, &Geometry::new(512, 4096).unwrap()).unwrap();
+    let n = u32::MAX;
+    for k in [0, 1, n / 3, n / 2, n - 2, n - 1] {
+        let share = p.share(Share::new(k, n).unwrap()).unwrap();
+        // Shares this thin hold at most one extent each.
+        assert!(share.extents().len() <= 1, "share {k}");
+    }
+}
