@@ -34,15 +34,8 @@ impl Residency {
 /// Count the pages of the file at `path` that are in the page cache
 /// (`mincore` over a read-only mapping, which itself faults nothing in).
 pub fn residency(path: &Path) -> Result<Residency, Error> {
-    let file = File::open(path).map_err(|source| Error::Open {
-        file: path.to_path_buf(),
-        source,
-    })?;
-    let fail = |op, source| Error::Cache {
-        file: path.to_path_buf(),
-        op,
-        source,
-    };
+    let file = open(path)?;
+    let fail = |op, source| cache_error(path, op, source);
     let size = file.metadata().map_err(|e| fail("stat", e))?.len();
     let page_size = page_size();
     let total_pages = size.div_ceil(page_size);
@@ -92,15 +85,8 @@ pub fn residency(path: &Path) -> Result<Residency, Error> {
 /// then `posix_fadvise(POSIX_FADV_DONTNEED)`. Pages that another process
 /// holds mapped may stay; [`residency`] tells.
 pub fn evict(path: &Path) -> Result<(), Error> {
-    let file = File::open(path).map_err(|source| Error::Open {
-        file: path.to_path_buf(),
-        source,
-    })?;
-    let fail = |op, source| Error::Cache {
-        file: path.to_path_buf(),
-        op,
-        source,
-    };
+    let file = open(path)?;
+    let fail = |op, source| cache_error(path, op, source);
     // Dirty pages are not dropped until written back. Read-only file systems
     // (squashfs, erofs, iso9660) have nothing dirty and refuse the call.
     if let Err(e) = file.sync_data()
@@ -120,11 +106,22 @@ pub fn evict(path: &Path) -> Result<(), Error> {
 /// Whether the file at `path` lives on an in-memory file system (tmpfs,
 /// ramfs), whose pages cannot be evicted: it is always warm.
 pub fn in_memory(path: &Path) -> Result<bool, Error> {
-    let file = File::open(path).map_err(|source| Error::Open {
+    Ok(crate::file::in_memory_fs(&open(path)?))
+}
+
+fn open(path: &Path) -> Result<File, Error> {
+    File::open(path).map_err(|source| Error::Open {
         file: path.to_path_buf(),
         source,
-    })?;
-    Ok(crate::file::in_memory_fs(&file))
+    })
+}
+
+fn cache_error(path: &Path, op: &'static str, source: io::Error) -> Error {
+    Error::Cache {
+        file: path.to_path_buf(),
+        op,
+        source,
+    }
 }
 
 fn page_size() -> u64 {
