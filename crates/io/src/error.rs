@@ -4,6 +4,23 @@ use std::fmt;
 use std::io;
 use std::path::PathBuf;
 
+use crate::Backend;
+
+/// A backend that could not be used, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejected {
+    /// The backend.
+    pub backend: Backend,
+    /// Why it was rejected.
+    pub reason: String,
+}
+
+impl fmt::Display for Rejected {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.backend, self.reason)
+    }
+}
+
 /// Why a read failed. Every variant about a file names it.
 #[derive(Debug)]
 #[non_exhaustive]
@@ -74,6 +91,98 @@ pub enum Error {
         /// Alignment asked for.
         align: usize,
     },
+    /// Memory could not be mapped (an anonymous region, or a file).
+    Map {
+        /// The file mapped, if any.
+        file: Option<PathBuf>,
+        /// Bytes asked for.
+        len: usize,
+        /// The operating system's error.
+        source: io::Error,
+    },
+    /// A backend name that does not exist (in `WEIGHTLIFT_BACKEND` or an option).
+    UnknownBackend {
+        /// The name given.
+        name: String,
+    },
+    /// No candidate backend can read these files: each with its reason.
+    NoBackend {
+        /// Every candidate tried, in order.
+        rejected: Vec<Rejected>,
+    },
+    /// The read queue itself failed (setting it up, submitting, waiting).
+    Queue {
+        /// The backend.
+        backend: Backend,
+        /// `"setup"`, `"submit"` or `"wait"`.
+        op: &'static str,
+        /// The operating system's error.
+        source: io::Error,
+    },
+    /// A plan that does not fit the files or the engine: a file index out of
+    /// range, an extent longer than a staging slot, a direct read that is
+    /// not aligned.
+    Plan {
+        /// What is wrong.
+        reason: &'static str,
+        /// The value at fault.
+        value: u64,
+    },
+    /// A file is not what it was when its header was read: its size or its
+    /// header changed (it was replaced or rewritten).
+    Changed {
+        /// The file.
+        file: PathBuf,
+        /// What differs.
+        what: &'static str,
+    },
+    /// A setting out of range.
+    Setting {
+        /// The setting.
+        name: &'static str,
+        /// Its value.
+        value: u64,
+        /// Why it is refused.
+        reason: &'static str,
+    },
+    /// The consumer of the bytes failed (a device copy, say).
+    Sink(Box<dyn std::error::Error + Send + Sync>),
+    /// A failure while reading a tensor's bytes: the tensor, and the cause
+    /// (which names the file).
+    Tensor {
+        /// The tensor's name.
+        tensor: String,
+        /// The failure.
+        source: Box<Error>,
+    },
+    /// The load was cancelled.
+    Cancelled,
+}
+
+impl Error {
+    /// The file the error is about, if any.
+    pub fn file(&self) -> Option<&std::path::Path> {
+        match self {
+            Error::Open { file, .. }
+            | Error::DirectUnsupported { file, .. }
+            | Error::Read { file, .. }
+            | Error::Truncated { file, .. }
+            | Error::Misaligned { file, .. }
+            | Error::Cache { file, .. }
+            | Error::Changed { file, .. } => Some(file),
+            Error::Map { file, .. } => file.as_deref(),
+            Error::Tensor { source, .. } => source.file(),
+            _ => None,
+        }
+    }
+
+    /// The tensor the error is about, if known.
+    pub fn tensor(&self) -> Option<&str> {
+        match self {
+            Error::Tensor { tensor, .. } => Some(tensor),
+            _ => None,
+        }
+    }
 }
 
 impl fmt::Display for Error {
@@ -120,6 +229,45 @@ impl fmt::Display for Error {
             Error::Alloc { len, align } => {
                 write!(f, "cannot allocate {len} bytes aligned to {align}")
             }
+            Error::Map {
+                file: Some(file),
+                len,
+                source,
+            } => write!(f, "{}: cannot map {len} bytes: {source}", file.display()),
+            Error::Map {
+                file: None,
+                len,
+                source,
+            } => write!(f, "cannot map {len} bytes of memory: {source}"),
+            Error::UnknownBackend { name } => write!(
+                f,
+                "unknown backend {name:?}; known: {}",
+                crate::backend::known_names()
+            ),
+            Error::NoBackend { rejected } => {
+                write!(f, "no read backend can be used:")?;
+                for r in rejected {
+                    write!(f, "\n  {r}")?;
+                }
+                Ok(())
+            }
+            Error::Queue { backend, op, source } => {
+                write!(f, "{backend} {op} failed: {source}")
+            }
+            Error::Plan { reason, value } => write!(f, "read plan does not fit: {reason} ({value})"),
+            Error::Changed { file, what } => write!(
+                f,
+                "{}: {what} changed since its header was read (the file was replaced or rewritten)",
+                file.display()
+            ),
+            Error::Setting {
+                name,
+                value,
+                reason,
+            } => write!(f, "setting {name} = {value}: {reason}"),
+            Error::Sink(e) => write!(f, "delivering read bytes failed: {e}"),
+            Error::Tensor { tensor, source } => write!(f, "{source} (tensor {tensor:?})"),
+            Error::Cancelled => write!(f, "the load was cancelled"),
         }
     }
 }
@@ -129,7 +277,11 @@ impl std::error::Error for Error {
         match self {
             Error::Open { source, .. }
             | Error::Read { source, .. }
-            | Error::Cache { source, .. } => Some(source),
+            | Error::Cache { source, .. }
+            | Error::Map { source, .. }
+            | Error::Queue { source, .. } => Some(source),
+            Error::Sink(e) => Some(&**e),
+            Error::Tensor { source, .. } => Some(&**source),
             Error::DirectUnsupported {
                 source: Some(e), ..
             } => Some(e),

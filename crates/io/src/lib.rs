@@ -12,8 +12,16 @@
 //!   dropping it (`posix_fadvise(POSIX_FADV_DONTNEED)`), for cold loads;
 //! - [`Error`]: every failure, naming the file and the offset.
 //!
-//! The engine that executes a `weightlift_plan::ReadPlan` with io_uring, Linux AIO, a pread pool or mmap into a ring of staging
-//! slots arrives with the I/O engine work.
+//! On top of them:
+//!
+//! - [`Backend`]s: io_uring, Linux AIO, a `pread` thread pool (each with
+//!   `O_DIRECT` or through the page cache) and `mmap`, tried in order by
+//!   [`choose`], which says why each rejected candidate cannot be used;
+//! - the [`Engine`], which executes a `weightlift_plan::ReadPlan` with many
+//!   reads in flight, either into a [`Ring`] of staging slots handed to a
+//!   [`Sink`] (the path to a GPU) or straight into their final place;
+//! - [`host::load`], which loads a checkpoint's tensors into host memory and
+//!   hands each out as it completes.
 //!
 //! ```
 //! use weightlift_io::{AlignedBuf, OpenMode, ReadFile};
@@ -29,11 +37,19 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod backend;
 mod buf;
 pub mod cache;
+mod engine;
 mod error;
 mod file;
+pub mod host;
+mod queue;
+mod region;
 
+pub use backend::{BACKEND_ENV, Backend, BackendPolicy, Chosen, Residence, choose};
 pub use buf::AlignedBuf;
-pub use error::Error;
+pub use engine::{Engine, EngineOptions, InPlace, InjectedFault, Release, Ring, Sink};
+pub use error::{Error, Rejected};
 pub use file::{DioAlignment, OpenMode, ReadFile};
+pub use region::Region;

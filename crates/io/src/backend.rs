@@ -1,0 +1,385 @@
+//! Read backends: their names, the order they are tried in, and the probe
+//! that decides whether one can read a set of files here.
+
+use std::fmt;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use crate::error::Rejected;
+use crate::queue::QueueFile;
+use crate::queue::aio::Aio;
+use crate::queue::uring::Uring;
+use crate::{Error, OpenMode, ReadFile, cache};
+
+/// The environment variable that overrides the default candidates when no
+/// backend is given in the options: comma-separated backend or policy
+/// names, such as `URING,AIO` or `BUFFERED`.
+pub const BACKEND_ENV: &str = "WEIGHTLIFT_BACKEND";
+
+/// A way of reading files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
+pub enum Backend {
+    /// io_uring with `O_DIRECT`.
+    Uring,
+    /// io_uring through the page cache.
+    UringBuffered,
+    /// Linux AIO with `O_DIRECT`.
+    Aio,
+    /// Linux AIO through the page cache (the kernel reads inside
+    /// `io_submit`: compatible, not asynchronous).
+    AioBuffered,
+    /// A pool of threads calling `pread` with `O_DIRECT`.
+    Pread,
+    /// A pool of threads calling `pread` through the page cache.
+    PreadBuffered,
+    /// Mapping the files: host tensors view a private copy-on-write mapping
+    /// of the file; staged reads copy out of a shared mapping.
+    Mmap,
+    /// GPUDirect Storage (cuFile), straight into device memory. Provided by
+    /// the GPU crate; this crate's engine rejects it.
+    Cufile,
+}
+
+/// A named group of backends, as accepted wherever backend names are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum BackendPolicy {
+    /// Through the page cache: `URING_BUFFERED`, `AIO_BUFFERED`,
+    /// `PREAD_BUFFERED`, `MMAP`. Best when the same files are loaded again
+    /// soon.
+    Buffered,
+    /// Bypassing the page cache: `URING`, `AIO`, `PREAD`. Best for a cold
+    /// load of a model that is loaded once.
+    Direct,
+}
+
+impl BackendPolicy {
+    /// The backends the policy stands for, in the order they are tried.
+    pub fn backends(self) -> &'static [Backend] {
+        match self {
+            BackendPolicy::Buffered => &[
+                Backend::UringBuffered,
+                Backend::AioBuffered,
+                Backend::PreadBuffered,
+                Backend::Mmap,
+            ],
+            BackendPolicy::Direct => &[Backend::Uring, Backend::Aio, Backend::Pread],
+        }
+    }
+
+    /// The policy's name, as in `WEIGHTLIFT_BACKEND`.
+    pub fn name(self) -> &'static str {
+        match self {
+            BackendPolicy::Buffered => "BUFFERED",
+            BackendPolicy::Direct => "DIRECT",
+        }
+    }
+}
+
+impl Backend {
+    /// Every backend.
+    pub const ALL: [Backend; 8] = [
+        Backend::Uring,
+        Backend::UringBuffered,
+        Backend::Aio,
+        Backend::AioBuffered,
+        Backend::Pread,
+        Backend::PreadBuffered,
+        Backend::Mmap,
+        Backend::Cufile,
+    ];
+
+    /// The name, as in `WEIGHTLIFT_BACKEND` (and InstantTensor's `Backend`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Uring => "URING",
+            Backend::UringBuffered => "URING_BUFFERED",
+            Backend::Aio => "AIO",
+            Backend::AioBuffered => "AIO_BUFFERED",
+            Backend::Pread => "PREAD",
+            Backend::PreadBuffered => "PREAD_BUFFERED",
+            Backend::Mmap => "MMAP",
+            Backend::Cufile => "CUFILE",
+        }
+    }
+
+    /// Whether it bypasses the page cache (`O_DIRECT`).
+    pub fn is_direct(self) -> bool {
+        matches!(
+            self,
+            Backend::Uring | Backend::Aio | Backend::Pread | Backend::Cufile
+        )
+    }
+
+    /// How it opens files.
+    pub fn open_mode(self) -> OpenMode {
+        if self.is_direct() {
+            OpenMode::Direct
+        } else {
+            OpenMode::Buffered
+        }
+    }
+
+    /// Parse a comma-separated list of backend and policy names
+    /// (case-insensitive, spaces ignored); a policy expands to its backends.
+    /// Repeats are dropped, keeping the first.
+    pub fn parse_list(list: &str) -> Result<Vec<Backend>, Error> {
+        let mut out: Vec<Backend> = Vec::new();
+        for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            let upper = name.to_ascii_uppercase();
+            let expanded: Vec<Backend> = match upper.as_str() {
+                "BUFFERED" => BackendPolicy::Buffered.backends().to_vec(),
+                "DIRECT" => BackendPolicy::Direct.backends().to_vec(),
+                _ => vec![upper.parse()?],
+            };
+            for b in expanded {
+                if !out.contains(&b) {
+                    out.push(b);
+                }
+            }
+        }
+        if out.is_empty() {
+            return Err(Error::UnknownBackend {
+                name: list.to_string(),
+            });
+        }
+        Ok(out)
+    }
+
+    /// The candidates named by [`BACKEND_ENV`], if it is set and not empty.
+    pub fn from_env() -> Result<Option<Vec<Backend>>, Error> {
+        match std::env::var(BACKEND_ENV) {
+            Ok(v) if !v.trim().is_empty() => Backend::parse_list(&v).map(Some),
+            _ => Ok(None),
+        }
+    }
+}
+
+impl FromStr for Backend {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self, Error> {
+        Backend::ALL
+            .into_iter()
+            .find(|b| b.name().eq_ignore_ascii_case(s.trim()))
+            .ok_or_else(|| Error::UnknownBackend {
+                name: s.to_string(),
+            })
+    }
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Every accepted name, for error messages.
+pub(crate) fn known_names() -> String {
+    let mut names: Vec<&str> = Backend::ALL.iter().map(|b| b.name()).collect();
+    names.extend([BackendPolicy::Buffered.name(), BackendPolicy::Direct.name()]);
+    names.join(", ")
+}
+
+/// Where the files are, as far as choosing a backend goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Residence {
+    /// On tmpfs or ramfs: memory already.
+    InMemory,
+    /// Every page in the page cache.
+    Cached,
+    /// Some pages or none in the page cache: reads go to storage.
+    Storage,
+}
+
+impl Residence {
+    /// Inspect `paths` (`fstatfs` and `mincore`; nothing is read).
+    pub fn of(paths: &[PathBuf]) -> Result<Residence, Error> {
+        let mut all_in_memory = !paths.is_empty();
+        let mut all_cached = !paths.is_empty();
+        for p in paths {
+            if !cache::in_memory(p)? {
+                all_in_memory = false;
+                if !cache::residency(p)?.is_warm() {
+                    all_cached = false;
+                    break;
+                }
+            }
+        }
+        Ok(if all_in_memory {
+            Residence::InMemory
+        } else if all_cached {
+            Residence::Cached
+        } else {
+            Residence::Storage
+        })
+    }
+
+    /// The default candidates, best first.
+    ///
+    /// In memory or fully cached, mapping copies nothing and wins (see
+    /// docs/ARCHITECTURE.md for the measurements); from storage, direct
+    /// reads at a deep queue reach the device's bandwidth without filling
+    /// the page cache, and buffered reads come last for file systems that
+    /// refuse `O_DIRECT`.
+    pub fn default_candidates(self) -> Vec<Backend> {
+        match self {
+            Residence::InMemory | Residence::Cached => vec![
+                Backend::Mmap,
+                Backend::UringBuffered,
+                Backend::PreadBuffered,
+            ],
+            Residence::Storage => vec![
+                Backend::Uring,
+                Backend::Aio,
+                Backend::Pread,
+                Backend::UringBuffered,
+                Backend::AioBuffered,
+                Backend::PreadBuffered,
+                Backend::Mmap,
+            ],
+        }
+    }
+}
+
+/// The backend chosen for a set of files, with the files opened for it.
+#[derive(Debug)]
+pub struct Chosen {
+    /// The backend.
+    pub backend: Backend,
+    /// The files, opened in the backend's mode, in the order given.
+    pub files: Vec<ReadFile>,
+    /// Candidates tried before it, with the reasons they were rejected.
+    pub rejected: Vec<Rejected>,
+    /// Where the files were found to be, when the candidates were the default.
+    pub residence: Option<Residence>,
+}
+
+/// Choose the first of `candidates` that can read every file in `paths`
+/// (the default order when `None`: [`BACKEND_ENV`] if set, else by
+/// [`Residence`]), and open the files for it.
+///
+/// `staged` says whether reads go to staging memory through the engine (a
+/// mapping then serves by copying, which needs `process_vm_readv`).
+pub fn choose(
+    paths: &[PathBuf],
+    candidates: Option<&[Backend]>,
+    staged: bool,
+) -> Result<Chosen, Error> {
+    let (candidates, residence) = match candidates {
+        Some(c) => (c.to_vec(), None),
+        None => match Backend::from_env()? {
+            Some(c) => (c, None),
+            None => {
+                let r = Residence::of(paths)?;
+                (r.default_candidates(), Some(r))
+            }
+        },
+    };
+    let mut rejected = Vec::new();
+    // Opening is shared by candidates of the same mode.
+    let mut opened: [Option<Result<Vec<ReadFile>, Error>>; 2] = [None, None];
+    for backend in candidates {
+        let slot = &mut opened[usize::from(backend.is_direct())];
+        let files = slot.get_or_insert_with(|| open_all(paths, backend.open_mode()));
+        let reason = match files {
+            Err(e) => Some(e.to_string()),
+            Ok(files) => probe(backend, files, staged).err(),
+        };
+        match reason {
+            None => {
+                let Some(Ok(files)) = slot.take() else {
+                    unreachable!("probed files are open")
+                };
+                return Ok(Chosen {
+                    backend,
+                    files,
+                    rejected,
+                    residence,
+                });
+            }
+            Some(reason) => rejected.push(Rejected { backend, reason }),
+        }
+    }
+    // A missing or unreadable file is the same for every candidate: report
+    // it as itself.
+    for files in opened.into_iter().flatten() {
+        if let Err(e @ Error::Open { .. }) = files {
+            return Err(e);
+        }
+    }
+    Err(Error::NoBackend { rejected })
+}
+
+fn open_all(paths: &[PathBuf], mode: OpenMode) -> Result<Vec<ReadFile>, Error> {
+    paths.iter().map(|p| ReadFile::open(p, mode)).collect()
+}
+
+/// Whether `backend` works here for `files`; the reason when it does not.
+fn probe(backend: Backend, files: &[ReadFile], staged: bool) -> Result<(), String> {
+    let qfiles = queue_files(files);
+    match backend {
+        Backend::Uring | Backend::UringBuffered => Uring::new(qfiles, 1)
+            .map(drop)
+            .map_err(|e| uring_refusal(&e)),
+        Backend::Aio | Backend::AioBuffered => Aio::new(qfiles, 1)
+            .map(drop)
+            .map_err(|e| format!("io_setup: {e}")),
+        Backend::Pread | Backend::PreadBuffered => Ok(()),
+        Backend::Mmap => {
+            if let Some(f) = files.iter().find(|f| usize::try_from(f.size()).is_err()) {
+                return Err(format!("{}: too large to map", f.path().display()));
+            }
+            if staged { probe_vm_readv() } else { Ok(()) }
+        }
+        Backend::Cufile => Err("needs a GPU destination (weightlift-gpu provides it)".into()),
+    }
+}
+
+pub(crate) fn queue_files(files: &[ReadFile]) -> Vec<QueueFile> {
+    use std::os::fd::AsRawFd;
+    files
+        .iter()
+        .map(|f| QueueFile {
+            fd: f.as_file().as_raw_fd(),
+            size: f.size(),
+        })
+        .collect()
+}
+
+fn uring_refusal(e: &io::Error) -> String {
+    let disabled = std::fs::read_to_string(Path::new("/proc/sys/kernel/io_uring_disabled"))
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| s != "0");
+    match (e.raw_os_error(), disabled) {
+        (Some(libc::EPERM), Some(d)) => format!("io_uring_setup: {e} (kernel.io_uring_disabled = {d})"),
+        (Some(libc::EPERM), None) => format!("io_uring_setup: {e} (forbidden by a seccomp filter?)"),
+        (Some(libc::ENOSYS), _) => format!("io_uring_setup: {e} (the kernel has no io_uring)"),
+        _ => format!("io_uring_setup: {e}"),
+    }
+}
+
+/// Copying out of a mapping uses `process_vm_readv` on this process, which
+/// a seccomp filter may forbid.
+fn probe_vm_readv() -> Result<(), String> {
+    let src = [7u8; 8];
+    let mut dst = [0u8; 8];
+    let local = libc::iovec {
+        iov_base: dst.as_mut_ptr().cast(),
+        iov_len: dst.len(),
+    };
+    let remote = libc::iovec {
+        iov_base: src.as_ptr() as *mut libc::c_void,
+        iov_len: src.len(),
+    };
+    // SAFETY: both iovecs describe live local arrays of 8 bytes.
+    let n = unsafe { libc::process_vm_readv(libc::getpid(), &local, 1, &remote, 1, 0) };
+    if n == 8 && dst == src {
+        Ok(())
+    } else {
+        Err(format!("process_vm_readv: {}", io::Error::last_os_error()))
+    }
+}

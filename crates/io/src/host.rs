@@ -1,0 +1,463 @@
+//! Loading a checkpoint's tensors into host memory, handed out as each
+//! completes.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use weightlift_format::{Checkpoint, TensorId};
+use weightlift_plan::{ReadPlan, Selection};
+
+use crate::engine::{Engine, EngineOptions, InPlace};
+use crate::region::Region;
+use crate::{AlignedBuf, Backend, Error};
+
+/// A tensor's bytes in host memory.
+///
+/// It keeps the memory it views alive: tensors stay valid however long
+/// they are kept, independently of the load that made them. Tensors of one
+/// file share that file's memory, which is freed when the last of them is
+/// dropped.
+#[derive(Debug, Clone)]
+pub struct HostTensor {
+    id: TensorId,
+    memory: Arc<Region>,
+    offset: usize,
+    len: usize,
+}
+
+impl HostTensor {
+    /// The tensor in its checkpoint.
+    pub fn id(&self) -> TensorId {
+        self.id
+    }
+
+    /// Its bytes.
+    pub fn bytes(&self) -> &[u8] {
+        // SAFETY: a tensor is handed out only after every read into its
+        // bytes completed, and no read writes them again (each extent owns
+        // its own bytes of the memory); `memory` is kept alive by `self`.
+        unsafe { self.memory.slice(self.offset, self.len) }
+    }
+
+    /// Its length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether it holds no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The memory it views and its offset there, for handing the bytes to
+    /// another owner (a Python buffer) without copying.
+    pub fn memory(&self) -> (&Arc<Region>, usize) {
+        (&self.memory, self.offset)
+    }
+}
+
+/// A load in progress: an iterator over tensors in completion order.
+///
+/// Dropping it cancels what is left and waits until no read is in flight.
+#[derive(Debug)]
+pub struct HostLoad {
+    rx: Receiver<Result<HostTensor, Error>>,
+    cancel: Arc<AtomicBool>,
+    workers: Vec<JoinHandle<()>>,
+    backend: Backend,
+    describe: String,
+    tensors: usize,
+    bytes: u64,
+    failed: bool,
+}
+
+impl HostLoad {
+    /// The backend reading the files.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// The backend and its settings, in one line (also logged at debug level).
+    pub fn describe(&self) -> &str {
+        &self.describe
+    }
+
+    /// How many tensors the load hands out in all.
+    pub fn tensor_count(&self) -> usize {
+        self.tensors
+    }
+
+    /// Bytes read from storage (the selected tensors, rounded out to
+    /// aligned reads).
+    pub fn read_bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// Wait for every tensor.
+    pub fn wait_all(self) -> Result<Vec<HostTensor>, Error> {
+        self.collect()
+    }
+}
+
+impl Iterator for HostLoad {
+    type Item = Result<HostTensor, Error>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.failed {
+            return None;
+        }
+        let item = self.rx.recv().ok()?;
+        self.failed = item.is_err();
+        Some(item)
+    }
+}
+
+impl Drop for HostLoad {
+    fn drop(&mut self) {
+        self.cancel.store(true, Ordering::Relaxed);
+        for w in self.workers.drain(..) {
+            let _ = w.join();
+        }
+    }
+}
+
+/// Load the tensors of `ckpt` that `selection` names into host memory.
+///
+/// The backend is chosen as [`Engine::open`] does. Read backends land the
+/// bytes in place: each file's extents are read straight into one lazily
+/// mapped region (huge pages where the kernel allows), which the tensors
+/// then view; there is no staging copy. `MMAP` maps each file privately
+/// (copy-on-write: writing to a tensor never reaches the file) and faults
+/// the selected ranges in with `MADV_POPULATE_READ`, so the tensors view
+/// the page cache. As with any mapping, a file truncated after the load
+/// makes its tensors' lost pages raise `SIGBUS` when touched; read backends
+/// do not have that hazard.
+///
+/// Before reading, every file is checked against what its header said
+/// (size and header length); a file replaced after the checkpoint was
+/// opened gives [`Error::Changed`]. A file replaced during the load keeps
+/// being read as the file that was opened.
+pub fn load(ckpt: Arc<Checkpoint>, selection: &Selection, options: &EngineOptions) -> Result<HostLoad, Error> {
+    let paths: Vec<PathBuf> = ckpt.shards().iter().map(|s| s.path().to_path_buf()).collect();
+    let engine = Engine::open(&paths, options, false)?;
+    check_unchanged(&ckpt, &engine)?;
+    let plan = weightlift_plan::plan(&ckpt, selection, &engine.geometry()).map_err(|e| Error::Plan {
+        reason: plan_reason(&e),
+        value: 0,
+    })?;
+    let describe = engine.describe();
+    log_debug(&describe);
+    let (tx, rx) = mpsc::channel();
+    let cancel = Arc::new(AtomicBool::new(false));
+    let backend = engine.backend();
+    let tensors = plan.tensors().len();
+    let bytes = plan.read_bytes();
+    let counts = Arc::new(PieceCounts::new(&ckpt, &plan));
+    // Tensors with no bytes are complete before anything is read.
+    let empty = Arc::new(Region::anonymous(0).expect("empty region needs no memory"));
+    for &id in plan.tensors() {
+        if ckpt.tensor(id).is_empty() {
+            let _ = tx.send(Ok(HostTensor {
+                id,
+                memory: empty.clone(),
+                offset: 0,
+                len: 0,
+            }));
+        }
+    }
+    let workers = if backend == Backend::Mmap {
+        start_mapped(ckpt, engine, plan, counts, tx, &cancel)?
+    } else {
+        start_in_place(ckpt, engine, plan, counts, tx, &cancel)?
+    };
+    Ok(HostLoad {
+        rx,
+        cancel,
+        workers,
+        backend,
+        describe,
+        tensors,
+        bytes,
+        failed: false,
+    })
+}
+
+fn plan_reason(e: &weightlift_plan::Error) -> &'static str {
+    match e {
+        weightlift_plan::Error::UnknownTensor { .. } => "selection names a tensor the checkpoint lacks",
+        weightlift_plan::Error::UnknownId { .. } => "selection names a tensor id the checkpoint lacks",
+        weightlift_plan::Error::FileTooLarge { .. } => "file too large to plan",
+        _ => "cannot plan the reads",
+    }
+}
+
+fn log_debug(line: &str) {
+    log::debug!(target: "weightlift", "{line}");
+}
+
+/// Confirm that each opened file still has the size and header length its
+/// header was read with.
+fn check_unchanged(ckpt: &Checkpoint, engine: &Engine) -> Result<(), Error> {
+    for (shard, file) in ckpt.shards().iter().zip(engine.files()) {
+        let changed = |what| Error::Changed {
+            file: shard.path().to_path_buf(),
+            what,
+        };
+        let size = file.as_file().metadata().map(|m| m.size()).unwrap_or(file.size());
+        if file.size() != shard.size() || size != shard.size() {
+            return Err(changed("size"));
+        }
+        let align = file.alignment().memory.max(file.alignment().offset as usize).max(8);
+        let mut buf = AlignedBuf::zeroed(align, align)?;
+        let n = file.read_at(buf.as_mut_slice(), 0)?;
+        let expected = (shard.data_start() - 8).to_le_bytes();
+        if n < 8 || buf.as_slice()[..8] != expected {
+            return Err(changed("header length"));
+        }
+    }
+    Ok(())
+}
+
+/// Pieces still to land, per tensor of the checkpoint.
+struct PieceCounts {
+    left: Vec<AtomicU32>,
+}
+
+impl PieceCounts {
+    fn new(ckpt: &Checkpoint, plan: &ReadPlan) -> Self {
+        let left: Vec<AtomicU32> = (0..ckpt.len()).map(|_| AtomicU32::new(0)).collect();
+        for p in plan.all_pieces() {
+            left[p.tensor.index()].fetch_add(1, Ordering::Relaxed);
+        }
+        Self { left }
+    }
+
+    /// Count one piece of `id` as landed; `true` when it was the last.
+    fn land(&self, id: TensorId) -> bool {
+        self.left[id.index()].fetch_sub(1, Ordering::AcqRel) == 1
+    }
+}
+
+/// Name the tensor whose bytes the error's read covered, where one is known.
+fn name_tensor(ckpt: &Checkpoint, plan: &ReadPlan, e: Error) -> Error {
+    let (file, offset) = match &e {
+        Error::Read { file, offset, .. } => (file.clone(), *offset),
+        Error::Truncated { file, at, .. } => (file.clone(), *at),
+        _ => return e,
+    };
+    let hit = plan.tensors().iter().map(|&id| ckpt.tensor(id)).find(|t| {
+        !t.is_empty() && ckpt.shard(t.file).path() == file && t.range.start <= offset && offset < t.range.end
+    });
+    // An aligned read may start before the tensor it serves: take the first
+    // tensor at or after the offset in that file.
+    let hit = hit.or_else(|| {
+        plan.tensors()
+            .iter()
+            .map(|&id| ckpt.tensor(id))
+            .filter(|t| ckpt.shard(t.file).path() == file && t.range.start >= offset)
+            .min_by_key(|t| t.range.start)
+    });
+    match hit {
+        Some(t) => Error::Tensor {
+            tensor: t.name.clone(),
+            source: Box::new(e),
+        },
+        None => e,
+    }
+}
+
+fn start_in_place(
+    ckpt: Arc<Checkpoint>,
+    engine: Engine,
+    plan: ReadPlan,
+    counts: Arc<PieceCounts>,
+    tx: Sender<Result<HostTensor, Error>>,
+    cancel: &Arc<AtomicBool>,
+) -> Result<Vec<JoinHandle<()>>, Error> {
+    let dst = InPlace::packed(&plan, ckpt.shards().len())?;
+    // Where each tensor starts: its first piece's place. A tensor's pieces
+    // lie in consecutive extents of one run, which the packed layout keeps
+    // contiguous; check it rather than trust it.
+    let mut start = vec![(0u32, 0usize); ckpt.len()];
+    for (i, (_, pieces)) in plan.iter().enumerate() {
+        let (_, base) = dst.position(i);
+        let region = plan.extents()[i].file.index() as u32;
+        for p in pieces {
+            let at = base + p.extent_offset as usize;
+            if p.tensor_offset == 0 {
+                start[p.tensor.index()] = (region, at);
+            } else if start[p.tensor.index()] != (region, at - p.tensor_offset as usize) {
+                return Err(Error::Plan {
+                    reason: "tensor pieces not contiguous in place",
+                    value: u64::from(p.tensor.0),
+                });
+            }
+        }
+    }
+    let cancel = cancel.clone();
+    let worker = std::thread::Builder::new()
+        .name("wl-load".into())
+        .spawn(move || {
+            let regions = dst.regions().to_vec();
+            let result = engine.run_in_place(
+                &plan,
+                &dst,
+                |i| {
+                    for p in plan.pieces(&plan.extents()[i]) {
+                        if counts.land(p.tensor) {
+                            let (r, offset) = start[p.tensor.index()];
+                            let t = HostTensor {
+                                id: p.tensor,
+                                memory: regions[r as usize].clone(),
+                                offset,
+                                len: ckpt.tensor(p.tensor).len() as usize,
+                            };
+                            if tx.send(Ok(t)).is_err() {
+                                return Err(Error::Cancelled);
+                            }
+                        }
+                    }
+                    Ok(())
+                },
+                Some(&cancel),
+            );
+            if let Err(e) = result {
+                let _ = tx.send(Err(name_tensor(&ckpt, &plan, e)));
+            }
+        })
+        .map_err(|source| Error::Queue {
+            backend: Backend::Pread,
+            op: "setup",
+            source,
+        })?;
+    Ok(vec![worker])
+}
+
+fn start_mapped(
+    ckpt: Arc<Checkpoint>,
+    engine: Engine,
+    plan: ReadPlan,
+    counts: Arc<PieceCounts>,
+    tx: Sender<Result<HostTensor, Error>>,
+    cancel: &Arc<AtomicBool>,
+) -> Result<Vec<JoinHandle<()>>, Error> {
+    let maps: Vec<Arc<Region>> = engine
+        .files()
+        .iter()
+        .map(|f| {
+            let len = f.size() as usize; // the probe checked it fits
+            Region::map_file(f.as_file(), len, true).map(Arc::new).map_err(|source| Error::Map {
+                file: Some(f.path().to_path_buf()),
+                len,
+                source,
+            })
+        })
+        .collect::<Result<_, _>>()?;
+    let shared = Arc::new(Mapped {
+        ckpt,
+        engine,
+        plan,
+        counts,
+        maps,
+        next: AtomicUsize::new(0),
+        cancel: cancel.clone(),
+    });
+    let threads = shared.engine.options().threads.min(shared.plan.extents().len()).max(1);
+    let mut workers = Vec::new();
+    for i in 0..threads {
+        let (shared, tx) = (shared.clone(), tx.clone());
+        let spawned = std::thread::Builder::new()
+            .name(format!("wl-map-{i}"))
+            .spawn(move || shared.work(&tx));
+        match spawned {
+            Ok(h) => workers.push(h),
+            Err(source) if workers.is_empty() => {
+                return Err(Error::Queue {
+                    backend: Backend::Mmap,
+                    op: "setup",
+                    source,
+                });
+            }
+            Err(_) => break,
+        }
+    }
+    Ok(workers)
+}
+
+/// Shared state of the threads populating mappings.
+struct Mapped {
+    ckpt: Arc<Checkpoint>,
+    engine: Engine,
+    plan: ReadPlan,
+    counts: Arc<PieceCounts>,
+    maps: Vec<Arc<Region>>,
+    next: AtomicUsize,
+    cancel: Arc<AtomicBool>,
+}
+
+impl Mapped {
+    fn work(&self, tx: &Sender<Result<HostTensor, Error>>) {
+        let extents = self.plan.extents();
+        loop {
+            if self.cancel.load(Ordering::Relaxed) {
+                return;
+            }
+            let i = self.next.fetch_add(1, Ordering::Relaxed);
+            let Some(e) = extents.get(i) else { return };
+            if let Err(err) = self.populate(i) {
+                self.cancel.store(true, Ordering::Relaxed);
+                let _ = tx.send(Err(name_tensor(&self.ckpt, &self.plan, err)));
+                return;
+            }
+            for p in self.plan.pieces(e) {
+                if self.counts.land(p.tensor) {
+                    let t = self.ckpt.tensor(p.tensor);
+                    let sent = tx.send(Ok(HostTensor {
+                        id: p.tensor,
+                        memory: self.maps[t.file.index()].clone(),
+                        offset: t.range.start as usize,
+                        len: t.len() as usize,
+                    }));
+                    if sent.is_err() {
+                        self.cancel.store(true, Ordering::Relaxed);
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Fault in extent `i`'s bytes; a file that lost them was truncated.
+    fn populate(&self, i: usize) -> Result<(), Error> {
+        let e = &self.plan.extents()[i];
+        let f = e.file.index();
+        let file = &self.engine.files()[f];
+        let map = &self.maps[f];
+        let start = e.offset.min(file.size());
+        let end = (e.offset + e.len).min(file.size());
+        match map.populate_read(start as usize, (end - start) as usize) {
+            Ok(()) => Ok(()),
+            Err(source) => {
+                let now = file.as_file().metadata().map(|m| m.size()).unwrap_or(0);
+                if now < end {
+                    Err(Error::Truncated {
+                        file: file.path().to_path_buf(),
+                        at: now,
+                        size: file.size(),
+                    })
+                } else {
+                    Err(Error::Read {
+                        file: file.path().to_path_buf(),
+                        offset: start,
+                        len: (end - start) as usize,
+                        source,
+                    })
+                }
+            }
+        }
+    }
+}

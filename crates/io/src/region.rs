@@ -1,0 +1,176 @@
+//! Memory mappings: anonymous regions that reads land in, and mappings of
+//! files.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::ptr::NonNull;
+
+/// Size of a transparent huge page on x86-64 and most arm64 kernels.
+pub(crate) const HUGE_PAGE: usize = 2 << 20;
+
+/// A memory mapping, unmapped when dropped.
+///
+/// Anonymous regions are faulted in lazily: a page costs nothing until
+/// first written, by a read landing in it or by the CPU. Regions of at
+/// least 2 MiB ask for transparent huge pages (`MADV_HUGEPAGE`), which cut
+/// the cost of that first touch by about 500 faults per 2 MiB.
+#[derive(Debug)]
+pub struct Region {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: a `Region` is a plain range of process memory; it hands out raw
+// pointers and `unsafe` slices only, whose callers uphold aliasing rules.
+unsafe impl Send for Region {}
+// SAFETY: as above.
+unsafe impl Sync for Region {}
+
+impl Region {
+    /// `len` bytes of zero-filled memory, page aligned, faulted in lazily.
+    pub fn anonymous(len: usize) -> io::Result<Self> {
+        if len == 0 {
+            return Ok(Self::empty());
+        }
+        // SAFETY: a fresh private anonymous mapping; the kernel picks the
+        // address.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        let region = Self::from_mmap(ptr, len)?;
+        if len >= HUGE_PAGE {
+            // Advice only: where THP is off the region works with small pages.
+            // SAFETY: advising on the mapping just made.
+            unsafe { libc::madvise(ptr, len, libc::MADV_HUGEPAGE) };
+        }
+        Ok(region)
+    }
+
+    /// Map the first `len` bytes of `file`.
+    ///
+    /// `private`: a copy-on-write mapping, readable and writable (writes
+    /// stay in this process, as with `safetensors`' own loader); otherwise
+    /// shared and read-only. Either way, pages come from the page cache;
+    /// if the file is truncated later, touching the lost pages raises
+    /// `SIGBUS`, as for any mapping of a file.
+    pub fn map_file(file: &File, len: usize, private: bool) -> io::Result<Self> {
+        if len == 0 {
+            return Ok(Self::empty());
+        }
+        let (prot, flags) = if private {
+            (libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE)
+        } else {
+            (libc::PROT_READ, libc::MAP_SHARED)
+        };
+        // SAFETY: a fresh mapping of a valid descriptor at offset 0; the
+        // kernel picks the address.
+        let ptr = unsafe { libc::mmap(std::ptr::null_mut(), len, prot, flags, file.as_raw_fd(), 0) };
+        Self::from_mmap(ptr, len)
+    }
+
+    fn empty() -> Self {
+        Self {
+            ptr: NonNull::dangling(),
+            len: 0,
+        }
+    }
+
+    fn from_mmap(ptr: *mut libc::c_void, len: usize) -> io::Result<Self> {
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let ptr = NonNull::new(ptr.cast()).ok_or_else(|| io::Error::other("mmap returned null"))?;
+        Ok(Self { ptr, len })
+    }
+
+    /// The first byte.
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.ptr.as_ptr()
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether it is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The bytes at `offset..offset + len`.
+    ///
+    /// # Safety
+    ///
+    /// The range must lie inside the region, and nothing may write to it
+    /// while the slice lives.
+    pub unsafe fn slice(&self, offset: usize, len: usize) -> &[u8] {
+        debug_assert!(offset.checked_add(len).is_some_and(|end| end <= self.len));
+        // SAFETY: in bounds and not written concurrently (the caller's
+        // guarantee); the memory lives as long as `self`.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr().add(offset), len) }
+    }
+
+    /// Fault in `offset..offset + len` for reading without copying
+    /// (`MADV_POPULATE_READ`, Linux 5.14): one system call maps what would
+    /// otherwise take a fault per page. Fails with `EFAULT` where the file
+    /// no longer backs the range (it was truncated).
+    pub fn populate_read(&self, offset: usize, len: usize) -> io::Result<()> {
+        self.advise(offset, len, libc::MADV_POPULATE_READ)
+    }
+
+    /// Fault in `offset..offset + len` for writing (`MADV_POPULATE_WRITE`).
+    pub fn populate_write(&self, offset: usize, len: usize) -> io::Result<()> {
+        self.advise(offset, len, libc::MADV_POPULATE_WRITE)
+    }
+
+    fn advise(&self, offset: usize, len: usize, advice: libc::c_int) -> io::Result<()> {
+        if len == 0 {
+            return Ok(());
+        }
+        let end = offset
+            .checked_add(len)
+            .filter(|&e| e <= self.len)
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
+        // madvise wants a page-aligned start.
+        let page = page_size();
+        let start = offset - offset % page;
+        loop {
+            // SAFETY: `start..end` lies inside this mapping; the advice
+            // only faults pages in.
+            let rc = unsafe {
+                libc::madvise(self.ptr.as_ptr().add(start).cast(), end - start, advice)
+            };
+            if rc == 0 {
+                return Ok(());
+            }
+            let e = io::Error::last_os_error();
+            if !matches!(e.raw_os_error(), Some(libc::EINTR | libc::EAGAIN)) {
+                return Err(e);
+            }
+        }
+    }
+}
+
+impl Drop for Region {
+    fn drop(&mut self) {
+        if self.len != 0 {
+            // SAFETY: unmapping exactly the mapping made at construction, once.
+            unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
+        }
+    }
+}
+
+pub(crate) fn page_size() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    usize::try_from(n).ok().filter(|&n| n > 0).unwrap_or(4096)
+}

@@ -1,0 +1,206 @@
+//! Shared helpers for the engine's tests: checkpoints written to disk, a
+//! sink that collects tensors, and checks against plain reads.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use weightlift_format::{Checkpoint, Dtype, TensorSpec, encode_header};
+use weightlift_io::{Backend, Engine, EngineOptions, Error, Release, Sink, host};
+use weightlift_plan::{ReadPlan, Selection};
+
+/// A directory under cargo's target directory (a real disk, where direct
+/// I/O works, unlike tmpfs), removed when dropped.
+pub(crate) struct Scratch(pub(crate) PathBuf);
+
+impl Scratch {
+    pub(crate) fn new(tag: &str) -> Self {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
+            "io-{tag}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Write a shard holding `U8` tensors of these sizes (so offsets and sizes
+/// are arbitrary, not aligned), filled with bytes derived from `seed`.
+pub(crate) fn write_shard(path: &Path, prefix: &str, sizes: &[u64], seed: u64) -> Vec<u8> {
+    let specs: Vec<TensorSpec> = sizes
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| TensorSpec::new(format!("{prefix}{i}"), Dtype::U8, [n]))
+        .collect();
+    let enc = encode_header(&specs, None).unwrap();
+    let mut bytes = enc.bytes;
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    for _ in 0..enc.data_len {
+        // xorshift: cheap, deterministic, no runs of equal bytes.
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        bytes.push(x as u8);
+    }
+    std::fs::write(path, &bytes).unwrap();
+    bytes
+}
+
+/// Tensor name -> bytes, read with plain `std::fs::read`.
+pub(crate) fn plain_bytes(ckpt: &Checkpoint) -> HashMap<String, Vec<u8>> {
+    let mut out = HashMap::new();
+    for shard in ckpt.shards() {
+        let file = std::fs::read(shard.path()).unwrap();
+        for id in shard.tensor_ids() {
+            let t = ckpt.tensor(id);
+            out.insert(t.name.clone(), file[t.range.start as usize..t.range.end as usize].to_vec());
+        }
+    }
+    out
+}
+
+/// Collects staged extents into per-tensor buffers. Every `keep_every`-th
+/// slot is kept (as an asynchronous consumer would) and given back on the
+/// next `reclaim`, so slot reuse after a later release is exercised.
+pub(crate) struct Collect<'a> {
+    pub(crate) plan: &'a ReadPlan,
+    pub(crate) ckpt: &'a Checkpoint,
+    pub(crate) out: HashMap<u32, Vec<u8>>,
+    pub(crate) keep_every: usize,
+    pub(crate) kept: Vec<usize>,
+    pub(crate) delivered: usize,
+    pub(crate) in_use: Vec<bool>,
+}
+
+impl<'a> Collect<'a> {
+    pub(crate) fn new(plan: &'a ReadPlan, ckpt: &'a Checkpoint, keep_every: usize, slots: usize) -> Self {
+        let out = plan
+            .tensors()
+            .iter()
+            .map(|&id| (id.0, vec![0u8; ckpt.tensor(id).len() as usize]))
+            .collect();
+        Self {
+            plan,
+            ckpt,
+            out,
+            keep_every,
+            kept: Vec::new(),
+            delivered: 0,
+            in_use: vec![false; slots],
+        }
+    }
+}
+
+impl Sink for Collect<'_> {
+    fn deliver(&mut self, index: usize, data: &[u8], slot: usize) -> Result<Release, Error> {
+        assert!(!self.in_use[slot], "slot {slot} handed out while still in use");
+        let extent = &self.plan.extents()[index];
+        for p in self.plan.pieces(extent) {
+            let dst = self.out.get_mut(&p.tensor.0).unwrap();
+            let (t, e, n) = (p.tensor_offset as usize, p.extent_offset as usize, p.len as usize);
+            dst[t..t + n].copy_from_slice(&data[e..e + n]);
+        }
+        self.delivered += 1;
+        if self.keep_every > 0 && self.delivered.is_multiple_of(self.keep_every) {
+            self.in_use[slot] = true;
+            self.kept.push(slot);
+            return Ok(Release::Later);
+        }
+        Ok(Release::Now)
+    }
+
+    fn reclaim(&mut self, _block: bool, freed: &mut Vec<usize>) -> Result<(), Error> {
+        for s in self.kept.drain(..) {
+            self.in_use[s] = false;
+            freed.push(s);
+        }
+        Ok(())
+    }
+
+    fn settle(&mut self) -> Result<(), Error> {
+        for s in self.kept.drain(..) {
+            self.in_use[s] = false;
+        }
+        Ok(())
+    }
+}
+
+/// Whether `backend` can read `paths` here; prints why not.
+pub(crate) fn usable(backend: Backend, paths: &[PathBuf]) -> bool {
+    match weightlift_io::choose(paths, Some(&[backend]), true) {
+        Ok(_) => true,
+        Err(e) => {
+            let required = std::env::var("WEIGHTLIFT_REQUIRE_URING").is_ok_and(|v| v == "1");
+            if required && matches!(backend, Backend::Uring | Backend::UringBuffered) {
+                panic!("WEIGHTLIFT_REQUIRE_URING=1 but {backend} is unusable: {e}");
+            }
+            eprintln!("skipping {backend}: {e}");
+            false
+        }
+    }
+}
+
+/// The backends the engine itself implements.
+pub(crate) const ENGINE_BACKENDS: [Backend; 7] = [
+    Backend::Uring,
+    Backend::UringBuffered,
+    Backend::Aio,
+    Backend::AioBuffered,
+    Backend::Pread,
+    Backend::PreadBuffered,
+    Backend::Mmap,
+];
+
+/// Options naming one backend.
+pub(crate) fn only(backend: Backend, base: &EngineOptions) -> EngineOptions {
+    EngineOptions {
+        backends: Some(vec![backend]),
+        ..base.clone()
+    }
+}
+
+/// Load through the staged path and return tensor name -> bytes.
+pub(crate) fn load_staged(
+    ckpt: &Checkpoint,
+    selection: &Selection,
+    opts: &EngineOptions,
+    keep_every: usize,
+) -> Result<HashMap<String, Vec<u8>>, Error> {
+    let paths: Vec<PathBuf> = ckpt.shards().iter().map(|s| s.path().to_path_buf()).collect();
+    let engine = Engine::open(&paths, opts, true)?;
+    let plan = weightlift_plan::plan(ckpt, selection, &engine.geometry()).unwrap();
+    let ring = engine.ring()?;
+    let mut sink = Collect::new(&plan, ckpt, keep_every, ring.slots());
+    engine.run(&plan, &ring, &mut sink, None)?;
+    Ok(sink
+        .out
+        .into_iter()
+        .map(|(id, b)| (ckpt.tensor(weightlift_format::TensorId(id)).name.clone(), b))
+        .collect())
+}
+
+/// Load through the host loader and return tensor name -> bytes.
+pub(crate) fn load_host(
+    ckpt: &Arc<Checkpoint>,
+    selection: &Selection,
+    opts: &EngineOptions,
+) -> Result<HashMap<String, Vec<u8>>, Error> {
+    let load = host::load(ckpt.clone(), selection, opts)?;
+    let mut out = HashMap::new();
+    for t in load {
+        let t = t?;
+        let name = ckpt.tensor(t.id()).name.clone();
+        assert!(out.insert(name, t.bytes().to_vec()).is_none(), "tensor handed out twice");
+    }
+    Ok(out)
+}
