@@ -44,6 +44,17 @@ impl Args {
         Ok(Some(v))
     }
 
+    /// Whether `--name` is present (and remove it).
+    pub(crate) fn flag(&mut self, name: &str) -> bool {
+        match self.rest.iter().position(|a| a == name) {
+            Some(i) => {
+                self.rest.remove(i);
+                true
+            }
+            None => false,
+        }
+    }
+
     pub(crate) fn number(&mut self, name: &str) -> Result<Option<u64>> {
         self.value(name)?
             .map(|v| {

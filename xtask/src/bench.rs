@@ -1,23 +1,26 @@
 //! `cargo xtask bench`: the main job.
 //!
-//! Until the I/O engine exists, it measures what there is: opening a
-//! checkpoint (reading and validating every shard's header) and planning its
-//! reads, then prints the plan and its statistics. A Llama-shaped checkpoint
-//! is generated (and kept for the next run) when none is given.
+//! Times opening a checkpoint (reading and validating every shard's header)
+//! and planning its reads, then loads it into host memory with each
+//! backend and with `safetensors`, cold and warm, each load in a fresh
+//! process, interleaved run by run, next to the storage limit measured in
+//! the same run. A Llama-shaped checkpoint is generated (and kept for the
+//! next run) when none is given.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
 use weightlift_format::Checkpoint;
-use weightlift_io::{AlignedBuf, OpenMode, ReadFile, cache};
+use weightlift_io::{AlignedBuf, Backend, OpenMode, ReadFile, cache};
 use weightlift_plan::{Geometry, Selection, plan};
 use weightlift_tests::fixtures::{LlamaConfig, moe_specs, spec_bytes, write_checkpoint};
 
 use crate::args::Args;
+use crate::load::{self, Cache, Loader, Run};
 
 /// Size of the checkpoint generated when none is given.
-pub(crate) const DEFAULT_SIZE: u64 = 512 << 20;
+pub(crate) const DEFAULT_SIZE: u64 = 3 << 30;
 
 pub(crate) fn run(args: &mut Args) -> Result<()> {
     let model = args.value("--model")?.map(PathBuf::from);
@@ -29,6 +32,12 @@ pub(crate) fn run(args: &mut Args) -> Result<()> {
         .size("--max-extent")?
         .unwrap_or(Geometry::DEFAULT_MAX_EXTENT);
     let shares = args.number("--shares")?.unwrap_or(8).max(1) as u32;
+    let load_reps = args.number("--load-reps")?.unwrap_or(3).max(1) as usize;
+    let backends = args.value("--backends")?;
+    let python = args.value("--python")?.map(PathBuf::from);
+    let no_python = args.flag("--no-python");
+    let only_cold = args.flag("--cold");
+    let only_warm = args.flag("--warm");
     args.finish()?;
 
     let path = match model {
@@ -108,31 +117,38 @@ pub(crate) fn run(args: &mut Args) -> Result<()> {
         .collect::<Result<Vec<_>, _>>()?
         .into_iter()
         .all(|d| d);
+    let mut loaders = Vec::new();
     if on_disk {
-        let mut raw = Vec::new();
-        for _ in 0..reps {
-            raw.push(raw_direct_read(&files)?);
-        }
-        raw.sort_by_key(|r| r.1);
-        let bytes = raw[0].0;
-        let rate = |d: Duration| format!("{:.2} GB/s", bytes as f64 / d.as_secs_f64() / 1e9);
-        println!(
-            "{:<32} {:>12} {:>12} {:>12}",
-            "raw O_DIRECT read, cold",
-            rate(raw[raw.len() / 2].1),
-            rate(raw[raw.len() - 1].1),
-            rate(raw[0].1)
-        );
-        println!(
-            "  (the storage limit, single stream: every file evicted and confirmed cold, then read sequentially with one 16 MiB direct read at a time into one reused buffer; {} in {} files; columns: median, min, max)",
-            human(bytes),
-            files.len()
-        );
-    } else {
-        println!(
-            "raw O_DIRECT read: not measured: the files are on an in-memory file system (tmpfs or ramfs), so memory is their storage"
-        );
+        loaders.push(Loader::Raw);
     }
+    loaders.push(Loader::Auto);
+    let engine_backends = match backends {
+        Some(list) => Backend::parse_list(&list)?,
+        None => Backend::ALL
+            .into_iter()
+            .filter(|b| *b != Backend::Cufile)
+            .collect(),
+    };
+    loaders.extend(engine_backends.into_iter().map(Loader::Backend));
+    if !no_python {
+        match load::python(python) {
+            Ok(py) => loaders.push(Loader::Safetensors(py)),
+            Err(e) => println!("safetensors: not measured: {e:#}"),
+        }
+    }
+    let states: Vec<Cache> = match (only_cold, only_warm) {
+        (true, false) => vec![Cache::Cold],
+        (false, true) => vec![Cache::Warm],
+        _ => vec![Cache::Cold, Cache::Warm],
+    };
+    load_table(
+        &path,
+        &files,
+        ckpt.total_bytes(),
+        &loaders,
+        &states,
+        load_reps,
+    )?;
 
     println!("\nfirst extents of the plan:");
     for e in p.extents().iter().take(4) {
@@ -209,21 +225,115 @@ impl Fixture {
     }
 }
 
-/// Evict `files` from the page cache, confirm they are cold, then read them
-/// start to end with 16 MiB direct reads, one at a time, into one reused
-/// buffer aligned for all of them. Returns the bytes read and the time.
-fn raw_direct_read(files: &[PathBuf]) -> Result<(u64, Duration)> {
+/// Load with every loader, `reps` times per cache state, interleaved, and
+/// print a table per state.
+fn load_table(
+    model: &Path,
+    files: &[PathBuf],
+    payload: u64,
+    loaders: &[Loader],
+    states: &[Cache],
+    reps: usize,
+) -> Result<()> {
+    let mut runs: Vec<Vec<Vec<Run>>> = vec![vec![Vec::new(); loaders.len()]; states.len()];
+    for rep in 0..reps {
+        for (si, &state) in states.iter().enumerate() {
+            for (li, loader) in loaders.iter().enumerate() {
+                if state == Cache::Warm && *loader == Loader::Raw {
+                    continue; // direct reads bypass the cache: the same as cold
+                }
+                eprint!(
+                    "\r  rep {}/{reps} {state:?}: {:<32}",
+                    rep + 1,
+                    loader.name()
+                );
+                load::prepare(files, state)?;
+                runs[si][li].push(load::run_once(loader, model, files)?);
+            }
+        }
+    }
+    eprintln!();
+    let raw_rate =
+        median_rate(&runs[0][0], payload).filter(|_| loaders.first() == Some(&Loader::Raw));
+    for (si, state) in states.iter().enumerate() {
+        let st_rate = loaders
+            .iter()
+            .position(|l| matches!(l, Loader::Safetensors(_)))
+            .and_then(|i| median_rate(&runs[si][i], payload));
+        println!(
+            "\nload into host memory, {state:?} ({} per load, {} payload; n = {reps}; GB/s median [min, max]; clock stops when one byte of every page of every tensor was read)",
+            match state {
+                Cache::Cold => "every file evicted and confirmed cold",
+                Cache::Warm => "every file read into the page cache and confirmed warm",
+            },
+            human(payload)
+        );
+        println!(
+            "{:<28} {:<16} {:>10} {:>24} {:>9} {:>13}",
+            "loader", "backend", "seconds", "GB/s", "% limit", "× safetensors"
+        );
+        for (li, loader) in loaders.iter().enumerate() {
+            let r = &runs[si][li];
+            if r.is_empty() {
+                continue;
+            }
+            let bytes = if *loader == Loader::Raw {
+                r[0].bytes
+            } else {
+                payload
+            };
+            let mut secs: Vec<f64> = r.iter().map(|x| x.seconds).collect();
+            secs.sort_by(f64::total_cmp);
+            let med = secs[secs.len() / 2];
+            let gbs = |s: f64| bytes as f64 / s / 1e9;
+            let rate = gbs(med);
+            println!(
+                "{:<28} {:<16} {:>10.3} {:>24} {:>9} {:>13}",
+                loader.name(),
+                r[0].backend,
+                med,
+                format!(
+                    "{:.2} [{:.2}, {:.2}]",
+                    rate,
+                    gbs(secs[secs.len() - 1]),
+                    gbs(secs[0])
+                ),
+                raw_rate.map_or("-".into(), |l| format!("{:.0}%", rate / l * 100.0)),
+                st_rate.map_or("-".into(), |s| format!("{:.2}", rate / s)),
+            );
+        }
+    }
+    if loaders.first() == Some(&Loader::Raw) {
+        println!(
+            "(limit: the raw O_DIRECT read of the same files, cold, one stream of 16 MiB reads into one reused buffer, measured interleaved with the loads)"
+        );
+    }
+    Ok(())
+}
+
+fn median_rate(runs: &[Run], payload: u64) -> Option<f64> {
+    let mut secs: Vec<f64> = runs.iter().map(|r| r.seconds).collect();
+    secs.sort_by(f64::total_cmp);
+    let med = *secs.get(secs.len() / 2)?;
+    let bytes = if runs[0].backend == "raw" {
+        runs[0].bytes
+    } else {
+        payload
+    };
+    Some(bytes as f64 / med / 1e9)
+}
+
+/// Read `files` start to end with 16 MiB direct reads, one at a time, into
+/// one reused buffer aligned for all of them (after evicting them and
+/// confirming they are cold, when `evict`). Returns the bytes read and the
+/// time.
+pub(crate) fn raw_direct_read(files: &[PathBuf], evict: bool) -> Result<(u64, Duration)> {
     const CHUNK: usize = 16 << 20;
     let mut opened = Vec::with_capacity(files.len());
     for f in files {
-        cache::evict(f)?;
-        let r = cache::residency(f)?;
-        ensure!(
-            r.is_cold(),
-            "{}: {} pages still cached after eviction",
-            f.display(),
-            r.resident_pages
-        );
+        if evict {
+            load::prepare(std::slice::from_ref(f), Cache::Cold)?;
+        }
         let file = ReadFile::open(f, OpenMode::Direct)?;
         if !file.alignment().reported {
             eprintln!(

@@ -1,13 +1,14 @@
 //! Project automation, run as `cargo xtask <command>`:
 //!
 //! - `test`: every check and test of the workspace (the README's test command);
-//! - `bench`: the main job (today: open and plan a checkpoint, generating one when none is given);
+//! - `bench`: the main job: open, plan and load a checkpoint (generated when none is given), cold and warm, next to the storage limit and safetensors;
 //! - `gen`: write a Llama-shaped checkpoint;
 //! - `corpus`: regenerate the hostile-header corpus in `tests/corpus`;
 //! - `fuzz`: run a fuzz target (needs nightly and cargo-fuzz).
 
 mod args;
 mod bench;
+mod load;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -21,16 +22,24 @@ usage: cargo xtask <command> [options]
 
 commands:
   test                    run every check and test (fmt, clippy, tests, doctests, docs, fuzz build)
-  bench [options]         open and plan a checkpoint, timing each step
+  bench [options]         open, plan and load a checkpoint into host memory with
+                          every backend and with safetensors, cold and warm
       --model PATH        a .safetensors file, a directory, or an index.json
                           (default: a generated Llama-shaped checkpoint)
-      --size SIZE         size of the generated checkpoint (default 512MiB)
+      --size SIZE         size of the generated checkpoint (default 3GiB)
       --tensors N         generate a mixture-of-experts-shaped checkpoint of N
                           tiny tensors instead (one shard per 2,500 tensors)
       --reps N            repetitions (default 5)
       --alignment N       read alignment in bytes (default 4096)
       --max-extent SIZE   largest read (default 16MiB)
       --shares N          also split the plan into N shares (default 8)
+      --load-reps N       timed loads per loader and cache state (default 3)
+      --backends LIST     weightlift backends to time (default: all), such
+                          as URING,MMAP or BUFFERED
+      --cold | --warm     only cold (files evicted) or only warm loads
+      --python PATH       a Python with torch and safetensors (default: made
+                          in target/bench-venv on first use)
+      --no-python         skip the safetensors rows
   gen --out DIR [--size SIZE | --tensors N] [--shards N] [--seed N]
                           write a Llama-shaped (or, with --tensors, a
                           mixture-of-experts-shaped) checkpoint with an index
@@ -58,6 +67,7 @@ fn run() -> Result<()> {
             test()
         }
         "bench" => bench::run(&mut args),
+        "load-once" => load::load_once(&mut args),
         "gen" => {
             let out = PathBuf::from(args.value("--out")?.context("gen needs --out DIR")?);
             let size = args.size("--size")?.unwrap_or(bench::DEFAULT_SIZE);

@@ -355,8 +355,12 @@ fn uring_refusal(e: &io::Error) -> String {
         .map(|s| s.trim().to_string())
         .filter(|s| s != "0");
     match (e.raw_os_error(), disabled) {
-        (Some(libc::EPERM), Some(d)) => format!("io_uring_setup: {e} (kernel.io_uring_disabled = {d})"),
-        (Some(libc::EPERM), None) => format!("io_uring_setup: {e} (forbidden by a seccomp filter?)"),
+        (Some(libc::EPERM), Some(d)) => {
+            format!("io_uring_setup: {e} (kernel.io_uring_disabled = {d})")
+        }
+        (Some(libc::EPERM), None) => {
+            format!("io_uring_setup: {e} (forbidden by a seccomp filter?)")
+        }
         (Some(libc::ENOSYS), _) => format!("io_uring_setup: {e} (the kernel has no io_uring)"),
         _ => format!("io_uring_setup: {e}"),
     }

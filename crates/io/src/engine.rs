@@ -196,11 +196,13 @@ impl InPlace {
         let regions = sizes
             .into_iter()
             .map(|len| {
-                Region::anonymous(len).map(Arc::new).map_err(|source| Error::Map {
-                    file: None,
-                    len,
-                    source,
-                })
+                Region::anonymous(len)
+                    .map(Arc::new)
+                    .map_err(|source| Error::Map {
+                        file: None,
+                        len,
+                        source,
+                    })
             })
             .collect::<Result<_, _>>()?;
         Ok(Self { regions, at })
@@ -317,7 +319,11 @@ impl Engine {
         Ring::new(self.options.slot_size, slots)
     }
 
-    fn reader(&self, keep: Vec<Arc<Region>>, registered: Option<&Region>) -> Result<Reader<'_>, Error> {
+    fn reader(
+        &self,
+        keep: Vec<Arc<Region>>,
+        registered: Option<&Region>,
+    ) -> Result<Reader<'_>, Error> {
         let backend = self.chosen.backend;
         let files = &self.chosen.files;
         let qfiles = queue_files(files);
@@ -337,7 +343,9 @@ impl Engine {
                 }
                 Box::new(q)
             }
-            Backend::Aio | Backend::AioBuffered => Box::new(Aio::new(qfiles, depth).map_err(setup)?),
+            Backend::Aio | Backend::AioBuffered => {
+                Box::new(Aio::new(qfiles, depth).map_err(setup)?)
+            }
             Backend::Pread | Backend::PreadBuffered => {
                 let threads = self.options.threads.min(depth);
                 Box::new(Pool::new(Pread { files: qfiles }, threads).map_err(setup)?)
@@ -355,7 +363,16 @@ impl Engine {
                     })
                     .collect::<Result<_, _>>()?;
                 let threads = self.options.threads.min(depth);
-                Box::new(Pool::new(MappedCopy { files: qfiles, maps }, threads).map_err(setup)?)
+                Box::new(
+                    Pool::new(
+                        MappedCopy {
+                            files: qfiles,
+                            maps,
+                        },
+                        threads,
+                    )
+                    .map_err(setup)?,
+                )
             }
             Backend::Cufile => {
                 return Err(Error::NoBackend {
@@ -371,7 +388,11 @@ impl Engine {
             queue: Some(queue),
             backend,
             files,
-            step: if backend.is_direct() { self.alignment } else { 1 },
+            step: if backend.is_direct() {
+                self.alignment
+            } else {
+                1
+            },
             depth,
             pending: Vec::new(),
             free: Vec::new(),
@@ -391,7 +412,11 @@ impl Engine {
                 value: g.alignment(),
             });
         }
-        if let Some(e) = plan.extents().iter().find(|e| e.file.index() >= self.chosen.files.len()) {
+        if let Some(e) = plan
+            .extents()
+            .iter()
+            .find(|e| e.file.index() >= self.chosen.files.len())
+        {
             return Err(Error::Plan {
                 reason: "extent of a file the engine does not have",
                 value: e.file.index() as u64,
@@ -414,7 +439,11 @@ impl Engine {
         cancel: Option<&AtomicBool>,
     ) -> Result<(), Error> {
         self.check_plan(plan)?;
-        if let Some(e) = plan.extents().iter().find(|e| e.len > ring.slot_size as u64) {
+        if let Some(e) = plan
+            .extents()
+            .iter()
+            .find(|e| e.len > ring.slot_size as u64)
+        {
             return Err(Error::Plan {
                 reason: "extent longer than a staging slot",
                 value: e.len,
@@ -543,7 +572,11 @@ fn check_options(o: &EngineOptions) -> Result<(), Error> {
         return bad("queue_depth", o.queue_depth, "must be 1 to 4096");
     }
     if o.slot_size == 0 || !o.slot_size.is_multiple_of(4096) || o.slot_size > (1 << 30) {
-        return bad("slot_size", o.slot_size, "must be a multiple of 4096, at most 1 GiB");
+        return bad(
+            "slot_size",
+            o.slot_size,
+            "must be a multiple of 4096, at most 1 GiB",
+        );
     }
     if o.ring_bytes < o.slot_size {
         return bad("ring_bytes", o.ring_bytes, "must hold at least one slot");
@@ -604,7 +637,13 @@ impl Reader<'_> {
     ///
     /// `dst` must be valid for `extent.len` bytes and kept valid (by an
     /// `Arc` in `keep`) and untouched until the read finishes.
-    unsafe fn start(&mut self, extent: &Extent, index: usize, dst: *mut u8, registered: bool) -> Result<(), Error> {
+    unsafe fn start(
+        &mut self,
+        extent: &Extent,
+        index: usize,
+        dst: *mut u8,
+        registered: bool,
+    ) -> Result<(), Error> {
         let len = usize::try_from(extent.len).map_err(|_| Error::Plan {
             reason: "extent too long",
             value: extent.len,
@@ -659,7 +698,7 @@ impl Reader<'_> {
             offset: p.offset + p.done as u64,
             // SAFETY: `done < len`, so this stays inside the destination.
             dst: unsafe { p.dst.add(p.done) },
-            len: u32::try_from(p.len - p.done).unwrap_or(u32::MAX & !0xFFF),
+            len: u32::try_from(p.len - p.done).unwrap_or(!0xFFF),
             registered: p.registered,
             tag: tag as u64,
         };
@@ -680,7 +719,11 @@ impl Reader<'_> {
         while out.is_empty() && self.in_flight > 0 {
             let mut cqes = std::mem::take(&mut self.cqes);
             cqes.clear();
-            let waited = self.queue.as_mut().expect("queue present").wait(1, &mut cqes);
+            let waited = self
+                .queue
+                .as_mut()
+                .expect("queue present")
+                .wait(1, &mut cqes);
             if let Err(source) = waited {
                 self.cqes = cqes;
                 return Err(self.fail(Error::Queue {
@@ -711,7 +754,9 @@ impl Reader<'_> {
     /// Account for one completion: `Some` when its read is finished.
     fn complete(&mut self, c: Cqe) -> Result<Option<(usize, usize)>, Error> {
         let tag = c.tag as usize;
-        let mut p = self.pending[tag].take().expect("completion of a pending read");
+        let mut p = self.pending[tag]
+            .take()
+            .expect("completion of a pending read");
         match self.account(&mut p, c.res) {
             Ok(false) => {
                 self.pending[tag] = Some(p);
@@ -741,7 +786,8 @@ impl Reader<'_> {
         };
         let at = p.offset + p.done as u64;
         // The bytes of this read that the file held when opened.
-        let expected = usize::try_from(file.size().saturating_sub(p.offset)).map_or(p.len, |n| n.min(p.len));
+        let expected =
+            usize::try_from(file.size().saturating_sub(p.offset)).map_or(p.len, |n| n.min(p.len));
         let left = p.len - p.done;
         let read_error = |errno: i64| Error::Read {
             file: file.path().to_path_buf(),

@@ -251,10 +251,16 @@ impl fmt::Display for Error {
                 }
                 Ok(())
             }
-            Error::Queue { backend, op, source } => {
+            Error::Queue {
+                backend,
+                op,
+                source,
+            } => {
                 write!(f, "{backend} {op} failed: {source}")
             }
-            Error::Plan { reason, value } => write!(f, "read plan does not fit: {reason} ({value})"),
+            Error::Plan { reason, value } => {
+                write!(f, "read plan does not fit: {reason} ({value})")
+            }
             Error::Changed { file, what } => write!(
                 f,
                 "{}: {what} changed since its header was read (the file was replaced or rewritten)",

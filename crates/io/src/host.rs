@@ -3,9 +3,9 @@
 
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
-use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use weightlift_format::{Checkpoint, TensorId};
@@ -141,14 +141,23 @@ impl Drop for HostLoad {
 /// (size and header length); a file replaced after the checkpoint was
 /// opened gives [`Error::Changed`]. A file replaced during the load keeps
 /// being read as the file that was opened.
-pub fn load(ckpt: Arc<Checkpoint>, selection: &Selection, options: &EngineOptions) -> Result<HostLoad, Error> {
-    let paths: Vec<PathBuf> = ckpt.shards().iter().map(|s| s.path().to_path_buf()).collect();
+pub fn load(
+    ckpt: Arc<Checkpoint>,
+    selection: &Selection,
+    options: &EngineOptions,
+) -> Result<HostLoad, Error> {
+    let paths: Vec<PathBuf> = ckpt
+        .shards()
+        .iter()
+        .map(|s| s.path().to_path_buf())
+        .collect();
     let engine = Engine::open(&paths, options, false)?;
     check_unchanged(&ckpt, &engine)?;
-    let plan = weightlift_plan::plan(&ckpt, selection, &engine.geometry()).map_err(|e| Error::Plan {
-        reason: plan_reason(&e),
-        value: 0,
-    })?;
+    let plan =
+        weightlift_plan::plan(&ckpt, selection, &engine.geometry()).map_err(|e| Error::Plan {
+            reason: plan_reason(&e),
+            value: 0,
+        })?;
     let describe = engine.describe();
     log_debug(&describe);
     let (tx, rx) = mpsc::channel();
@@ -188,8 +197,12 @@ pub fn load(ckpt: Arc<Checkpoint>, selection: &Selection, options: &EngineOption
 
 fn plan_reason(e: &weightlift_plan::Error) -> &'static str {
     match e {
-        weightlift_plan::Error::UnknownTensor { .. } => "selection names a tensor the checkpoint lacks",
-        weightlift_plan::Error::UnknownId { .. } => "selection names a tensor id the checkpoint lacks",
+        weightlift_plan::Error::UnknownTensor { .. } => {
+            "selection names a tensor the checkpoint lacks"
+        }
+        weightlift_plan::Error::UnknownId { .. } => {
+            "selection names a tensor id the checkpoint lacks"
+        }
         weightlift_plan::Error::FileTooLarge { .. } => "file too large to plan",
         _ => "cannot plan the reads",
     }
@@ -207,11 +220,19 @@ fn check_unchanged(ckpt: &Checkpoint, engine: &Engine) -> Result<(), Error> {
             file: shard.path().to_path_buf(),
             what,
         };
-        let size = file.as_file().metadata().map(|m| m.size()).unwrap_or(file.size());
+        let size = file
+            .as_file()
+            .metadata()
+            .map(|m| m.size())
+            .unwrap_or(file.size());
         if file.size() != shard.size() || size != shard.size() {
             return Err(changed("size"));
         }
-        let align = file.alignment().memory.max(file.alignment().offset as usize).max(8);
+        let align = file
+            .alignment()
+            .memory
+            .max(file.alignment().offset as usize)
+            .max(8);
         let mut buf = AlignedBuf::zeroed(align, align)?;
         let n = file.read_at(buf.as_mut_slice(), 0)?;
         let expected = (shard.data_start() - 8).to_le_bytes();
@@ -250,7 +271,10 @@ fn name_tensor(ckpt: &Checkpoint, plan: &ReadPlan, e: Error) -> Error {
         _ => return e,
     };
     let hit = plan.tensors().iter().map(|&id| ckpt.tensor(id)).find(|t| {
-        !t.is_empty() && ckpt.shard(t.file).path() == file && t.range.start <= offset && offset < t.range.end
+        !t.is_empty()
+            && ckpt.shard(t.file).path() == file
+            && t.range.start <= offset
+            && offset < t.range.end
     });
     // An aligned read may start before the tensor it serves: take the first
     // tensor at or after the offset in that file.
@@ -350,11 +374,13 @@ fn start_mapped(
         .iter()
         .map(|f| {
             let len = f.size() as usize; // the probe checked it fits
-            Region::map_file(f.as_file(), len, true).map(Arc::new).map_err(|source| Error::Map {
-                file: Some(f.path().to_path_buf()),
-                len,
-                source,
-            })
+            Region::map_file(f.as_file(), len, true)
+                .map(Arc::new)
+                .map_err(|source| Error::Map {
+                    file: Some(f.path().to_path_buf()),
+                    len,
+                    source,
+                })
         })
         .collect::<Result<_, _>>()?;
     let shared = Arc::new(Mapped {
@@ -366,7 +392,12 @@ fn start_mapped(
         next: AtomicUsize::new(0),
         cancel: cancel.clone(),
     });
-    let threads = shared.engine.options().threads.min(shared.plan.extents().len()).max(1);
+    let threads = shared
+        .engine
+        .options()
+        .threads
+        .min(shared.plan.extents().len())
+        .max(1);
     let mut workers = Vec::new();
     for i in 0..threads {
         let (shared, tx) = (shared.clone(), tx.clone());

@@ -72,7 +72,8 @@ impl Region {
         };
         // SAFETY: a fresh mapping of a valid descriptor at offset 0; the
         // kernel picks the address.
-        let ptr = unsafe { libc::mmap(std::ptr::null_mut(), len, prot, flags, file.as_raw_fd(), 0) };
+        let ptr =
+            unsafe { libc::mmap(std::ptr::null_mut(), len, prot, flags, file.as_raw_fd(), 0) };
         Self::from_mmap(ptr, len)
     }
 
@@ -146,9 +147,8 @@ impl Region {
         loop {
             // SAFETY: `start..end` lies inside this mapping; the advice
             // only faults pages in.
-            let rc = unsafe {
-                libc::madvise(self.ptr.as_ptr().add(start).cast(), end - start, advice)
-            };
+            let rc =
+                unsafe { libc::madvise(self.ptr.as_ptr().add(start).cast(), end - start, advice) };
             if rc == 0 {
                 return Ok(());
             }

@@ -47,15 +47,17 @@ fn case() -> impl Strategy<Value = Case> {
         0usize..4,
         any::<u64>(),
     )
-        .prop_map(|(shards, pick, slot_pages, slots, depth, keep_every, seed)| Case {
-            shards,
-            pick,
-            slot_pages,
-            slots,
-            depth,
-            keep_every,
-            seed,
-        })
+        .prop_map(
+            |(shards, pick, slot_pages, slots, depth, keep_every, seed)| Case {
+                shards,
+                pick,
+                slot_pages,
+                slots,
+                depth,
+                keep_every,
+                seed,
+            },
+        )
 }
 
 fn run_case(c: &Case) {
@@ -108,11 +110,18 @@ fn run_case(c: &Case) {
         let opts = only(backend, &base);
         let staged = load_staged(&ckpt, &selection, &opts, c.keep_every)
             .unwrap_or_else(|e| panic!("{backend} staged: {e}"));
-        assert!(staged == want, "{backend} staged bytes differ from a plain read");
-        let hosted = load_host(&ckpt, &selection, &opts).unwrap_or_else(|e| panic!("{backend} host: {e}"));
+        assert!(
+            staged == want,
+            "{backend} staged bytes differ from a plain read"
+        );
+        let hosted =
+            load_host(&ckpt, &selection, &opts).unwrap_or_else(|e| panic!("{backend} host: {e}"));
         assert_eq!(hosted.len(), want.len(), "{backend} host: tensor count");
         for (name, bytes) in &want {
-            assert!(hosted[name] == *bytes, "{backend} host: {name} differs from a plain read");
+            assert!(
+                hosted[name] == *bytes,
+                "{backend} host: {name} differs from a plain read"
+            );
         }
     }
 }

@@ -98,7 +98,12 @@ impl Queue for Aio {
             // which the kernel copies during the call; their buffers meet the
             // pusher's guarantee.
             let rc = unsafe {
-                libc::syscall(libc::SYS_io_submit, self.ctx, n, ptrs.as_mut_ptr().add(from))
+                libc::syscall(
+                    libc::SYS_io_submit,
+                    self.ctx,
+                    n,
+                    ptrs.as_mut_ptr().add(from),
+                )
             };
             if rc > 0 {
                 from += rc as usize;
@@ -110,7 +115,9 @@ impl Queue for Aio {
             let errno = if rc == 0 {
                 libc::EAGAIN
             } else {
-                io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO)
+                io::Error::last_os_error()
+                    .raw_os_error()
+                    .unwrap_or(libc::EIO)
             };
             match errno {
                 libc::EINTR => {}

@@ -91,5 +91,9 @@ pub(crate) fn retry_eintr<T: PartialOrd + Default>(mut f: impl FnMut() -> T) -> 
 
 /// The negated `errno` of the last failed call.
 pub(crate) fn neg_errno() -> i64 {
-    -i64::from(io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO))
+    -i64::from(
+        io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EIO),
+    )
 }

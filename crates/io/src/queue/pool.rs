@@ -149,9 +149,13 @@ impl Queue for Pool {
     }
 
     fn submit(&mut self) -> io::Result<()> {
-        let tx = self.tx.as_ref().ok_or_else(|| io::Error::other("pool closed"))?;
+        let tx = self
+            .tx
+            .as_ref()
+            .ok_or_else(|| io::Error::other("pool closed"))?;
         for op in self.queued.drain(..) {
-            tx.send(op).map_err(|_| io::Error::other("read threads exited"))?;
+            tx.send(op)
+                .map_err(|_| io::Error::other("read threads exited"))?;
         }
         Ok(())
     }
@@ -159,7 +163,10 @@ impl Queue for Pool {
     fn wait(&mut self, min: usize, out: &mut Vec<Cqe>) -> io::Result<()> {
         self.submit()?;
         for _ in 0..min {
-            let c = self.rx.recv().map_err(|_| io::Error::other("read threads exited"))?;
+            let c = self
+                .rx
+                .recv()
+                .map_err(|_| io::Error::other("read threads exited"))?;
             out.push(c);
         }
         out.extend(self.rx.try_iter());

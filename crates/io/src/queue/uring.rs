@@ -122,8 +122,16 @@ impl Queue for Uring {
         format!(
             "io_uring, {} entries, {}, {}",
             self.ring.params().sq_entries(),
-            if self.fixed_files { "fixed files" } else { "plain descriptors" },
-            if self.registered { "registered buffer" } else { "unregistered buffers" }
+            if self.fixed_files {
+                "fixed files"
+            } else {
+                "plain descriptors"
+            },
+            if self.registered {
+                "registered buffer"
+            } else {
+                "unregistered buffers"
+            }
         )
     }
 }

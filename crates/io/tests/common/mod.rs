@@ -63,7 +63,10 @@ pub(crate) fn plain_bytes(ckpt: &Checkpoint) -> HashMap<String, Vec<u8>> {
         let file = std::fs::read(shard.path()).unwrap();
         for id in shard.tensor_ids() {
             let t = ckpt.tensor(id);
-            out.insert(t.name.clone(), file[t.range.start as usize..t.range.end as usize].to_vec());
+            out.insert(
+                t.name.clone(),
+                file[t.range.start as usize..t.range.end as usize].to_vec(),
+            );
         }
     }
     out
@@ -83,7 +86,12 @@ pub(crate) struct Collect<'a> {
 }
 
 impl<'a> Collect<'a> {
-    pub(crate) fn new(plan: &'a ReadPlan, ckpt: &'a Checkpoint, keep_every: usize, slots: usize) -> Self {
+    pub(crate) fn new(
+        plan: &'a ReadPlan,
+        ckpt: &'a Checkpoint,
+        keep_every: usize,
+        slots: usize,
+    ) -> Self {
         let out = plan
             .tensors()
             .iter()
@@ -103,11 +111,18 @@ impl<'a> Collect<'a> {
 
 impl Sink for Collect<'_> {
     fn deliver(&mut self, index: usize, data: &[u8], slot: usize) -> Result<Release, Error> {
-        assert!(!self.in_use[slot], "slot {slot} handed out while still in use");
+        assert!(
+            !self.in_use[slot],
+            "slot {slot} handed out while still in use"
+        );
         let extent = &self.plan.extents()[index];
         for p in self.plan.pieces(extent) {
             let dst = self.out.get_mut(&p.tensor.0).unwrap();
-            let (t, e, n) = (p.tensor_offset as usize, p.extent_offset as usize, p.len as usize);
+            let (t, e, n) = (
+                p.tensor_offset as usize,
+                p.extent_offset as usize,
+                p.len as usize,
+            );
             dst[t..t + n].copy_from_slice(&data[e..e + n]);
         }
         self.delivered += 1;
@@ -176,7 +191,11 @@ pub(crate) fn load_staged(
     opts: &EngineOptions,
     keep_every: usize,
 ) -> Result<HashMap<String, Vec<u8>>, Error> {
-    let paths: Vec<PathBuf> = ckpt.shards().iter().map(|s| s.path().to_path_buf()).collect();
+    let paths: Vec<PathBuf> = ckpt
+        .shards()
+        .iter()
+        .map(|s| s.path().to_path_buf())
+        .collect();
     let engine = Engine::open(&paths, opts, true)?;
     let plan = weightlift_plan::plan(ckpt, selection, &engine.geometry()).unwrap();
     let ring = engine.ring()?;
@@ -200,7 +219,10 @@ pub(crate) fn load_host(
     for t in load {
         let t = t?;
         let name = ckpt.tensor(t.id()).name.clone();
-        assert!(out.insert(name, t.bytes().to_vec()).is_none(), "tensor handed out twice");
+        assert!(
+            out.insert(name, t.bytes().to_vec()).is_none(),
+            "tensor handed out twice"
+        );
     }
     Ok(out)
 }
