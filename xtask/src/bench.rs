@@ -238,7 +238,12 @@ fn load_table(
     let mut runs: Vec<Vec<Vec<Run>>> = vec![vec![Vec::new(); loaders.len()]; states.len()];
     for rep in 0..reps {
         for (si, &state) in states.iter().enumerate() {
-            for (li, loader) in loaders.iter().enumerate() {
+            // Rotate the order each repetition, so that no loader always
+            // follows the same one (storage that throttles bursts favours
+            // whoever comes after a pause).
+            for k in 0..loaders.len() {
+                let li = (k + rep) % loaders.len();
+                let loader = &loaders[li];
                 if state == Cache::Warm && *loader == Loader::Raw {
                     continue; // direct reads bypass the cache: the same as cold
                 }

@@ -96,7 +96,7 @@ pub(crate) fn load_once(args: &mut Args) -> Result<()> {
             };
             let opts = EngineOptions {
                 backends,
-                ..EngineOptions::default()
+                ..EngineOptions::default().with_env()?
             };
             load_and_touch(&ckpt, &opts)?
         }

@@ -157,6 +157,14 @@ pub enum Error {
     },
     /// The load was cancelled.
     Cancelled,
+    /// A load ended without handing out every tensor and without saying why
+    /// (its thread ended unexpectedly).
+    Incomplete {
+        /// Tensors the load was to hand out.
+        expected: usize,
+        /// Tensors it handed out.
+        delivered: usize,
+    },
 }
 
 impl Error {
@@ -274,6 +282,13 @@ impl fmt::Display for Error {
             Error::Sink(e) => write!(f, "delivering read bytes failed: {e}"),
             Error::Tensor { tensor, source } => write!(f, "{source} (tensor {tensor:?})"),
             Error::Cancelled => write!(f, "the load was cancelled"),
+            Error::Incomplete {
+                expected,
+                delivered,
+            } => write!(
+                f,
+                "the load ended after {delivered} of {expected} tensors without an error (its thread ended unexpectedly)"
+            ),
         }
     }
 }

@@ -1,5 +1,28 @@
 //! Loading a checkpoint's tensors into host memory, handed out as each
 //! completes.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use weightlift_format::{encode_header, Checkpoint, Dtype, TensorSpec};
+//! use weightlift_io::{host, EngineOptions};
+//! use weightlift_plan::Selection;
+//!
+//! // A small file: two tensors, 6 and 8 bytes.
+//! let enc = encode_header(&[TensorSpec::new("a", Dtype::U8, [6]), TensorSpec::new("b", Dtype::F32, [2])], None)?;
+//! let mut file = enc.bytes;
+//! file.extend(1..=14u8);
+//! let path = std::env::temp_dir().join(format!("wl-host-doc-{}.safetensors", std::process::id()));
+//! std::fs::write(&path, &file)?;
+//!
+//! let ckpt = Arc::new(Checkpoint::open(&path)?);
+//! let load = host::load(ckpt.clone(), &Selection::All, &EngineOptions::default())?;
+//! let mut tensors: Vec<_> = load.collect::<Result<_, _>>()?;
+//! tensors.sort_by_key(|t| t.id());
+//! assert_eq!(tensors[0].bytes(), &[1, 2, 3, 4, 5, 6]);
+//! assert_eq!(tensors[1].bytes(), &[7, 8, 9, 10, 11, 12, 13, 14]);
+//! std::fs::remove_file(&path)?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
@@ -72,6 +95,7 @@ pub struct HostLoad {
     describe: String,
     tensors: usize,
     bytes: u64,
+    delivered: usize,
     failed: bool,
 }
 
@@ -106,12 +130,22 @@ impl HostLoad {
 impl Iterator for HostLoad {
     type Item = Result<HostTensor, Error>;
 
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (0, Some(self.tensors - self.delivered))
+    }
+
     fn next(&mut self) -> Option<Self::Item> {
-        if self.failed {
+        if self.failed || self.delivered == self.tensors {
             return None;
         }
-        let item = self.rx.recv().ok()?;
-        self.failed = item.is_err();
+        let item = self.rx.recv().unwrap_or(Err(Error::Incomplete {
+            expected: self.tensors,
+            delivered: self.delivered,
+        }));
+        match &item {
+            Ok(_) => self.delivered += 1,
+            Err(_) => self.failed = true,
+        }
         Some(item)
     }
 }
@@ -191,6 +225,7 @@ pub fn load(
         describe,
         tensors,
         bytes,
+        delivered: 0,
         failed: false,
     })
 }
