@@ -282,6 +282,13 @@ pub fn choose(
     // Opening is shared by candidates of the same mode.
     let mut opened: [Option<Result<Vec<ReadFile>, Error>>; 2] = [None, None];
     for backend in candidates {
+        if backend == Backend::Cufile {
+            rejected.push(Rejected {
+                backend,
+                reason: CUFILE_REASON.into(),
+            });
+            continue;
+        }
         let slot = &mut opened[usize::from(backend.is_direct())];
         let files = slot.get_or_insert_with(|| open_all(paths, backend.open_mode()));
         let reason = match files {
@@ -313,6 +320,8 @@ pub fn choose(
     Err(Error::NoBackend { rejected })
 }
 
+const CUFILE_REASON: &str = "needs a GPU destination (weightlift-gpu provides it)";
+
 fn open_all(paths: &[PathBuf], mode: OpenMode) -> Result<Vec<ReadFile>, Error> {
     paths.iter().map(|p| ReadFile::open(p, mode)).collect()
 }
@@ -334,7 +343,7 @@ fn probe(backend: Backend, files: &[ReadFile], staged: bool) -> Result<(), Strin
             }
             if staged { probe_vm_readv() } else { Ok(()) }
         }
-        Backend::Cufile => Err("needs a GPU destination (weightlift-gpu provides it)".into()),
+        Backend::Cufile => Err(CUFILE_REASON.into()),
     }
 }
 

@@ -212,10 +212,18 @@ pub fn load(
             }));
         }
     }
+    let job = Job {
+        ckpt,
+        engine,
+        plan,
+        counts,
+        tx,
+        cancel: cancel.clone(),
+    };
     let workers = if backend == Backend::Mmap {
-        start_mapped(ckpt, engine, plan, counts, tx, &cancel)?
+        start_mapped(job)?
     } else {
-        start_in_place(ckpt, engine, plan, counts, tx, &cancel)?
+        start_in_place(job)?
     };
     Ok(HostLoad {
         rx,
@@ -329,14 +337,25 @@ fn name_tensor(ckpt: &Checkpoint, plan: &ReadPlan, e: Error) -> Error {
     }
 }
 
-fn start_in_place(
+/// What the threads of one load share.
+struct Job {
     ckpt: Arc<Checkpoint>,
     engine: Engine,
     plan: ReadPlan,
     counts: Arc<PieceCounts>,
     tx: Sender<Result<HostTensor, Error>>,
-    cancel: &Arc<AtomicBool>,
-) -> Result<Vec<JoinHandle<()>>, Error> {
+    cancel: Arc<AtomicBool>,
+}
+
+fn start_in_place(job: Job) -> Result<Vec<JoinHandle<()>>, Error> {
+    let Job {
+        ckpt,
+        engine,
+        plan,
+        counts,
+        tx,
+        cancel,
+    } = job;
     let dst = InPlace::packed(&plan, ckpt.shards().len())?;
     // Where each tensor starts: its first piece's place. A tensor's pieces
     // lie in consecutive extents of one run, which the packed layout keeps
@@ -357,7 +376,6 @@ fn start_in_place(
             }
         }
     }
-    let cancel = cancel.clone();
     let worker = std::thread::Builder::new()
         .name("wl-load".into())
         .spawn(move || {
@@ -396,15 +414,9 @@ fn start_in_place(
     Ok(vec![worker])
 }
 
-fn start_mapped(
-    ckpt: Arc<Checkpoint>,
-    engine: Engine,
-    plan: ReadPlan,
-    counts: Arc<PieceCounts>,
-    tx: Sender<Result<HostTensor, Error>>,
-    cancel: &Arc<AtomicBool>,
-) -> Result<Vec<JoinHandle<()>>, Error> {
-    let maps: Vec<Arc<Region>> = engine
+fn start_mapped(job: Job) -> Result<Vec<JoinHandle<()>>, Error> {
+    let maps: Vec<Arc<Region>> = job
+        .engine
         .files()
         .iter()
         .map(|f| {
@@ -419,26 +431,23 @@ fn start_mapped(
         })
         .collect::<Result<_, _>>()?;
     let shared = Arc::new(Mapped {
-        ckpt,
-        engine,
-        plan,
-        counts,
+        job,
         maps,
         next: AtomicUsize::new(0),
-        cancel: cancel.clone(),
     });
     let threads = shared
+        .job
         .engine
         .options()
         .threads
-        .min(shared.plan.extents().len())
+        .min(shared.job.plan.extents().len())
         .max(1);
     let mut workers = Vec::new();
     for i in 0..threads {
-        let (shared, tx) = (shared.clone(), tx.clone());
+        let shared = shared.clone();
         let spawned = std::thread::Builder::new()
             .name(format!("wl-map-{i}"))
-            .spawn(move || shared.work(&tx));
+            .spawn(move || shared.work());
         match spawned {
             Ok(h) => workers.push(h),
             Err(source) if workers.is_empty() => {
@@ -456,32 +465,29 @@ fn start_mapped(
 
 /// Shared state of the threads populating mappings.
 struct Mapped {
-    ckpt: Arc<Checkpoint>,
-    engine: Engine,
-    plan: ReadPlan,
-    counts: Arc<PieceCounts>,
+    job: Job,
     maps: Vec<Arc<Region>>,
     next: AtomicUsize,
-    cancel: Arc<AtomicBool>,
 }
 
 impl Mapped {
-    fn work(&self, tx: &Sender<Result<HostTensor, Error>>) {
-        let extents = self.plan.extents();
+    fn work(&self) {
+        let tx = &self.job.tx;
+        let extents = self.job.plan.extents();
         loop {
-            if self.cancel.load(Ordering::Relaxed) {
+            if self.job.cancel.load(Ordering::Relaxed) {
                 return;
             }
             let i = self.next.fetch_add(1, Ordering::Relaxed);
             let Some(e) = extents.get(i) else { return };
             if let Err(err) = self.populate(i) {
-                self.cancel.store(true, Ordering::Relaxed);
-                let _ = tx.send(Err(name_tensor(&self.ckpt, &self.plan, err)));
+                self.job.cancel.store(true, Ordering::Relaxed);
+                let _ = tx.send(Err(name_tensor(&self.job.ckpt, &self.job.plan, err)));
                 return;
             }
-            for p in self.plan.pieces(e) {
-                if self.counts.land(p.tensor) {
-                    let t = self.ckpt.tensor(p.tensor);
+            for p in self.job.plan.pieces(e) {
+                if self.job.counts.land(p.tensor) {
+                    let t = self.job.ckpt.tensor(p.tensor);
                     let sent = tx.send(Ok(HostTensor {
                         id: p.tensor,
                         memory: self.maps[t.file.index()].clone(),
@@ -489,7 +495,7 @@ impl Mapped {
                         len: t.len() as usize,
                     }));
                     if sent.is_err() {
-                        self.cancel.store(true, Ordering::Relaxed);
+                        self.job.cancel.store(true, Ordering::Relaxed);
                         return;
                     }
                 }
@@ -499,9 +505,9 @@ impl Mapped {
 
     /// Fault in extent `i`'s bytes; a file that lost them was truncated.
     fn populate(&self, i: usize) -> Result<(), Error> {
-        let e = &self.plan.extents()[i];
+        let e = &self.job.plan.extents()[i];
         let f = e.file.index();
-        let file = &self.engine.files()[f];
+        let file = &self.job.engine.files()[f];
         let map = &self.maps[f];
         let start = e.offset.min(file.size());
         let end = (e.offset + e.len).min(file.size());

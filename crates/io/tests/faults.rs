@@ -190,8 +190,7 @@ fn failures_are_typed_prompt_and_leak_nothing() {
     let dir = Scratch::new("faults");
     let probe = dir.0.join("probe.safetensors");
     write_shard(&probe, "p.", &[10], 0);
-    let backends: Vec<Backend> = ENGINE_BACKENDS
-        .into_iter()
+    let backends: Vec<Backend> = engine_backends()
         .filter(|&b| usable(b, std::slice::from_ref(&probe)))
         .collect();
     // Warm up lazily made process state (thread-locals, allocator arenas).

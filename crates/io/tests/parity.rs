@@ -103,7 +103,7 @@ fn run_case(c: &Case) {
         threads: 3,
         ..EngineOptions::default()
     };
-    for backend in ENGINE_BACKENDS {
+    for backend in engine_backends() {
         if !usable(backend, &paths) {
             continue;
         }

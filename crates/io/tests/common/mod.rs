@@ -167,16 +167,10 @@ pub(crate) fn usable(backend: Backend, paths: &[PathBuf]) -> bool {
     }
 }
 
-/// The backends the engine itself implements.
-pub(crate) const ENGINE_BACKENDS: [Backend; 7] = [
-    Backend::Uring,
-    Backend::UringBuffered,
-    Backend::Aio,
-    Backend::AioBuffered,
-    Backend::Pread,
-    Backend::PreadBuffered,
-    Backend::Mmap,
-];
+/// The backends the engine itself implements (cuFile belongs to the GPU crate).
+pub(crate) fn engine_backends() -> impl Iterator<Item = Backend> {
+    Backend::ALL.into_iter().filter(|&b| b != Backend::Cufile)
+}
 
 /// Options naming one backend.
 pub(crate) fn only(backend: Backend, base: &EngineOptions) -> EngineOptions {
