@@ -189,6 +189,8 @@ impl Ring {
             len,
             source,
         })?;
+        // Slots are reused over and over: fault them in once, cheaply.
+        region.advise_huge();
         Ok(Self {
             region: Arc::new(region),
             slot_size,

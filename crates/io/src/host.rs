@@ -376,6 +376,18 @@ fn start_in_place(job: Job) -> Result<Vec<JoinHandle<()>>, Error> {
             }
         }
     }
+    let mut workers = Vec::new();
+    // Fault the destination in ahead of the reads, on another thread: the
+    // first touch of fresh memory costs about as much as the disk here, and
+    // one `MADV_POPULATE_WRITE` per chunk is far cheaper than a fault per
+    // page in the read path. Reads that overtake it fault their own pages.
+    let prefault = {
+        let (regions, cancel) = (dst.regions().to_vec(), cancel.clone());
+        std::thread::Builder::new()
+            .name("wl-prefault".into())
+            .spawn(move || prefault(&regions, &cancel))
+    };
+    workers.extend(prefault.ok());
     let worker = std::thread::Builder::new()
         .name("wl-load".into())
         .spawn(move || {
@@ -411,7 +423,25 @@ fn start_in_place(job: Job) -> Result<Vec<JoinHandle<()>>, Error> {
             op: "setup",
             source,
         })?;
-    Ok(vec![worker])
+    workers.push(worker);
+    Ok(workers)
+}
+
+/// Populate `regions` for writing, 16 MiB at a time, in the order the reads
+/// land, until done or cancelled. Failures are left to the reads, which
+/// fault their own pages.
+fn prefault(regions: &[Arc<Region>], cancel: &AtomicBool) {
+    const CHUNK: usize = 16 << 20;
+    for r in regions {
+        let mut off = 0;
+        while off < r.len() && !cancel.load(Ordering::Relaxed) {
+            let n = (r.len() - off).min(CHUNK);
+            if r.populate_write(off, n).is_err() {
+                return;
+            }
+            off += n;
+        }
+    }
 }
 
 fn start_mapped(job: Job) -> Result<Vec<JoinHandle<()>>, Error> {

@@ -5,6 +5,10 @@ use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::ptr::NonNull;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// Non-empty regions mapped and not yet unmapped, in this process.
+static LIVE: AtomicUsize = AtomicUsize::new(0);
 
 /// Size of a transparent huge page on x86-64 and most arm64 kernels.
 pub(crate) const HUGE_PAGE: usize = 2 << 20;
@@ -12,9 +16,8 @@ pub(crate) const HUGE_PAGE: usize = 2 << 20;
 /// A memory mapping, unmapped when dropped.
 ///
 /// Anonymous regions are faulted in lazily: a page costs nothing until
-/// first written, by a read landing in it or by the CPU. Regions of at
-/// least 2 MiB ask for transparent huge pages (`MADV_HUGEPAGE`), which cut
-/// the cost of that first touch by about 500 faults per 2 MiB.
+/// first written, by a read landing in it, by the CPU, or ahead of both by
+/// [`Region::populate_write`].
 #[derive(Debug)]
 pub struct Region {
     ptr: NonNull<u8>,
@@ -45,13 +48,19 @@ impl Region {
                 0,
             )
         };
-        let region = Self::from_mmap(ptr, len)?;
-        if len >= HUGE_PAGE {
-            // Advice only: where THP is off the region works with small pages.
-            // SAFETY: advising on the mapping just made.
-            unsafe { libc::madvise(ptr, len, libc::MADV_HUGEPAGE) };
+        Self::from_mmap(ptr, len)
+    }
+
+    /// Ask for transparent huge pages (`MADV_HUGEPAGE`), for memory that is
+    /// touched all at once (pinned or registered): one fault per 2 MiB
+    /// instead of 512. Advice only; where THP is off, small pages serve.
+    /// (Not for memory that direct reads fault in piecemeal: there huge pages
+    /// measured slower.)
+    pub fn advise_huge(&self) {
+        if self.len >= HUGE_PAGE {
+            // SAFETY: advice on this mapping, which lives as long as `self`.
+            unsafe { libc::madvise(self.ptr.as_ptr().cast(), self.len, libc::MADV_HUGEPAGE) };
         }
-        Ok(region)
     }
 
     /// Map the first `len` bytes of `file`.
@@ -89,7 +98,14 @@ impl Region {
             return Err(io::Error::last_os_error());
         }
         let ptr = NonNull::new(ptr.cast()).ok_or_else(|| io::Error::other("mmap returned null"))?;
+        LIVE.fetch_add(1, Ordering::Relaxed);
         Ok(Self { ptr, len })
+    }
+
+    /// How many regions are mapped in this process right now (for leak
+    /// tests).
+    pub fn live() -> usize {
+        LIVE.load(Ordering::Relaxed)
     }
 
     /// The first byte.
@@ -165,6 +181,7 @@ impl Drop for Region {
         if self.len != 0 {
             // SAFETY: unmapping exactly the mapping made at construction, once.
             unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
+            LIVE.fetch_sub(1, Ordering::Relaxed);
         }
     }
 }

@@ -15,17 +15,20 @@ use std::time::Duration;
 
 use common::*;
 use weightlift_format::Checkpoint;
-use weightlift_io::{Backend, Engine, EngineOptions, Error, InjectedFault, host};
+use weightlift_io::{Backend, Engine, EngineOptions, Error, InjectedFault, Region, host};
 use weightlift_plan::Selection;
 
-/// Descriptors and mappings of this process.
-fn resources() -> (usize, usize) {
+/// Open descriptors of this process, its regions (anonymous memory and
+/// file mappings made by the engine), and its mappings of files in `dir`.
+fn resources(dir: &Scratch) -> (usize, usize, usize) {
     let fds = std::fs::read_dir("/proc/self/fd").unwrap().count();
+    let dir = dir.0.to_string_lossy().into_owned();
     let maps = std::fs::read_to_string("/proc/self/maps")
         .unwrap()
         .lines()
+        .filter(|l| l.contains(&dir))
         .count();
-    (fds, maps)
+    (fds, Region::live(), maps)
 }
 
 /// Run `f` on another thread; fail if it takes longer than a minute.
@@ -197,7 +200,7 @@ fn failures_are_typed_prompt_and_leak_nothing() {
     for &b in &backends {
         cancelled(b, &dir);
     }
-    let before = resources();
+    let before = resources(&dir);
     for &b in &backends {
         injected_read_error(b, &dir);
         truncated_during_load(b, &dir);
@@ -205,7 +208,8 @@ fn failures_are_typed_prompt_and_leak_nothing() {
         cancelled(b, &dir);
     }
     missing_file(&dir);
-    let after = resources();
+    let after = resources(&dir);
     assert_eq!(before.0, after.0, "open descriptors before and after");
-    assert_eq!(before.1, after.1, "mappings before and after");
+    assert_eq!(before.1, after.1, "regions mapped before and after");
+    assert_eq!((before.2, after.2), (0, 0), "mappings of the test's files");
 }
