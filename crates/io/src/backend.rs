@@ -197,22 +197,28 @@ pub enum Residence {
 }
 
 impl Residence {
-    /// Inspect `paths` (`fstatfs` and `mincore`; nothing is read).
+    /// Inspect `paths` (`fstatfs`, and `mincore` on up to 1,024 pages per
+    /// file; nothing is read).
     pub fn of(paths: &[PathBuf]) -> Result<Residence, Error> {
-        let (mut resident, mut total) = (0u64, 0u64);
+        let (mut cached, mut total) = (0.0, 0.0);
         let mut all_in_memory = !paths.is_empty();
         for p in paths {
             if cache::in_memory(p)? {
                 continue;
             }
             all_in_memory = false;
-            let r = cache::residency(p)?;
-            resident += r.resident_pages;
-            total += r.total_pages;
+            let size = std::fs::metadata(p)
+                .map_err(|source| Error::Open {
+                    file: p.clone(),
+                    source,
+                })?
+                .len() as f64;
+            cached += cache::resident_fraction(p, 1024)? * size;
+            total += size;
         }
         Ok(if all_in_memory {
             Residence::InMemory
-        } else if resident * 10 >= total * 9 {
+        } else if cached >= 0.9 * total {
             Residence::Cached
         } else {
             Residence::Storage
