@@ -37,6 +37,8 @@ commands:
       --backends LIST     weightlift backends to time (default: all), such
                           as URING,MMAP or BUFFERED
       --cold | --warm     only cold (files evicted) or only warm loads
+      --pause SECONDS     rest before each cold load (default 2), so that
+                          storage that throttles bursts treats all alike
       --python PATH       a Python with torch and safetensors (default: made
                           in target/bench-venv on first use)
       --no-python         skip the safetensors rows

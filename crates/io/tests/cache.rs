@@ -4,7 +4,7 @@ use std::io::Read;
 use std::path::PathBuf;
 
 use weightlift_io::Error;
-use weightlift_io::cache::{evict, in_memory, resident_fraction, residency};
+use weightlift_io::cache::{evict, in_memory, residency, resident_fraction};
 
 struct Temp(PathBuf);
 
@@ -48,7 +48,10 @@ fn a_read_file_is_resident_and_evicting_drops_it() {
     // The sampled estimate agrees with the full count.
     let sampled = resident_fraction(&t.0, 64).unwrap();
     let counted = warm.resident_pages as f64 / warm.total_pages as f64;
-    assert!((sampled - counted).abs() < 0.1, "sampled {sampled}, counted {counted}");
+    assert!(
+        (sampled - counted).abs() < 0.1,
+        "sampled {sampled}, counted {counted}"
+    );
 
     evict(&t.0).unwrap();
     assert!(residency(&t.0).unwrap().is_cold());
