@@ -34,48 +34,20 @@ impl Residency {
 /// Count the pages of the file at `path` that are in the page cache
 /// (`mincore` over a read-only mapping, which itself faults nothing in).
 pub fn residency(path: &Path) -> Result<Residency, Error> {
-    let file = open(path)?;
-    let fail = |op, source| cache_error(path, op, source);
-    let size = file.metadata().map_err(|e| fail("stat", e))?.len();
     let page_size = page_size();
-    let total_pages = size.div_ceil(page_size);
-    if size == 0 {
-        return Ok(Residency {
-            resident_pages: 0,
-            total_pages,
-            page_size,
-        });
-    }
-    let len = usize::try_from(size).map_err(|_| fail("map", io::ErrorKind::FileTooLarge.into()))?;
-    // Allocated before mapping, so that nothing between map and unmap can fail.
-    let mut vec = vec![0u8; total_pages as usize];
-    // SAFETY: a fresh shared read-only mapping of a valid descriptor; the
-    // kernel picks the address. Nothing reads through it: it exists only to
-    // be asked about with `mincore`, and is unmapped below on every path.
-    let addr = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ,
-            libc::MAP_SHARED,
-            file.as_raw_fd(),
-            0,
-        )
-    };
-    if addr == libc::MAP_FAILED {
-        return Err(fail("map", io::Error::last_os_error()));
-    }
-    // SAFETY: `addr..addr+len` is the mapping made above; `vec` has one byte
-    // per page of it, as `mincore` requires.
-    let rc = unsafe { libc::mincore(addr, len, vec.as_mut_ptr()) };
-    let err = (rc != 0).then(io::Error::last_os_error);
-    // SAFETY: unmapping exactly the mapping made above, once.
-    unsafe { libc::munmap(addr, len) };
-    if let Some(e) = err {
-        return Err(fail("mincore", e));
-    }
+    let counted = with_probe_mapping(path, |addr, len, pages| {
+        let mut vec = vec![0u8; pages as usize];
+        // SAFETY: `addr..addr+len` is the probe mapping; `vec` has one byte
+        // per page of it, as `mincore` requires.
+        let rc = unsafe { libc::mincore(addr, len, vec.as_mut_ptr()) };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(vec.iter().filter(|&&b| b & 1 == 1).count() as u64)
+    })?;
+    let (resident_pages, total_pages) = counted.unwrap_or((0, 0));
     Ok(Residency {
-        resident_pages: vec.iter().filter(|&&b| b & 1 == 1).count() as u64,
+        resident_pages,
         total_pages,
         page_size,
     })
@@ -87,17 +59,47 @@ pub fn residency(path: &Path) -> Result<Residency, Error> {
 /// page and takes tens of milliseconds for gigabytes). Returns 1.0 for an
 /// empty file.
 pub fn resident_fraction(path: &Path, samples: usize) -> Result<f64, Error> {
+    let page = page_size();
+    let sampled = with_probe_mapping(path, |addr, _, pages| {
+        let n = (samples.max(1) as u64).min(pages);
+        let mut resident = 0u64;
+        for k in 0..n {
+            // Spread samples evenly: page k * pages / n.
+            let at = (k * pages / n * page) as usize;
+            let mut flag = 0u8;
+            // SAFETY: one page inside the probe mapping, and one byte of
+            // output for it.
+            let rc = unsafe { libc::mincore(addr.cast::<u8>().add(at).cast(), 1, &mut flag) };
+            if rc != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            resident += u64::from(flag & 1);
+        }
+        Ok(resident as f64 / n as f64)
+    })?;
+    Ok(sampled.map_or(1.0, |(fraction, _)| fraction))
+}
+
+/// Map the file at `path` read-only and shared, only to ask `mincore` about
+/// it: `probe(address, length, pages)` runs with the mapping, which is
+/// unmapped afterwards on every path. Nothing reads through it, so nothing
+/// is faulted in. Returns the probe's result and the file's page count, or
+/// `None` for an empty file.
+fn with_probe_mapping<T>(
+    path: &Path,
+    probe: impl FnOnce(*mut libc::c_void, usize, u64) -> io::Result<T>,
+) -> Result<Option<(T, u64)>, Error> {
     let file = open(path)?;
     let fail = |op, source| cache_error(path, op, source);
     let size = file.metadata().map_err(|e| fail("stat", e))?.len();
-    let page = page_size();
-    let pages = size.div_ceil(page);
-    if pages == 0 {
-        return Ok(1.0);
+    let pages = size.div_ceil(page_size());
+    if size == 0 {
+        return Ok(None);
     }
     let len = usize::try_from(size).map_err(|_| fail("map", io::ErrorKind::FileTooLarge.into()))?;
-    // SAFETY: as in `residency`: a fresh read-only mapping that nothing reads
-    // through, unmapped below on every path.
+    // SAFETY: a fresh shared read-only mapping of a valid descriptor; the
+    // kernel picks the address. Nothing reads through it, and it is unmapped
+    // below on every path.
     let addr = unsafe {
         libc::mmap(
             std::ptr::null_mut(),
@@ -111,27 +113,12 @@ pub fn resident_fraction(path: &Path, samples: usize) -> Result<f64, Error> {
     if addr == libc::MAP_FAILED {
         return Err(fail("map", io::Error::last_os_error()));
     }
-    let n = (samples.max(1) as u64).min(pages);
-    let (mut resident, mut err) = (0u64, None);
-    for k in 0..n {
-        // Spread samples evenly: page k * pages / n.
-        let at = (k * pages / n * page) as usize;
-        let mut flag = 0u8;
-        // SAFETY: one page inside the mapping made above, and one byte of
-        // output for it.
-        let rc = unsafe { libc::mincore(addr.cast::<u8>().add(at).cast(), 1, &mut flag) };
-        if rc != 0 {
-            err = Some(io::Error::last_os_error());
-            break;
-        }
-        resident += u64::from(flag & 1);
-    }
+    let result = probe(addr, len, pages);
     // SAFETY: unmapping exactly the mapping made above, once.
     unsafe { libc::munmap(addr, len) };
-    match err {
-        Some(e) => Err(fail("mincore", e)),
-        None => Ok(resident as f64 / n as f64),
-    }
+    result
+        .map(|t| Some((t, pages)))
+        .map_err(|e| fail("mincore", e))
 }
 
 /// Drop the file at `path` from the page cache: write back anything dirty,
