@@ -1,7 +1,7 @@
 //! Reading checkpoints as fast as the storage allows.
 //!
-//! This crate knows files, extents and buffers, not safetensors. Today it
-//! holds the primitives every read backend is built on:
+//! This crate knows files, extents and buffers; it never parses a file.
+//! The primitives every read backend is built on:
 //!
 //! - [`AlignedBuf`]: owned memory aligned for direct I/O, freed exactly once;
 //! - [`ReadFile`]: a file opened for positional reads, buffered or with
@@ -10,6 +10,8 @@
 //!   short only at the end of the file;
 //! - [`cache`]: how much of a file is in the page cache (`mincore`), and
 //!   dropping it (`posix_fadvise(POSIX_FADV_DONTNEED)`), for cold loads;
+//! - [`Region`]: an anonymous mapping faulted in lazily, or a mapping of a
+//!   file;
 //! - [`Error`]: every failure, naming the file and the offset.
 //!
 //! On top of them:
