@@ -155,6 +155,9 @@ pub enum Error {
         /// The failure.
         source: Box<Error>,
     },
+    /// The selection cannot be planned (it names a tensor the checkpoint
+    /// lacks, say): the planner's error, which names it.
+    Select(weightlift_plan::Error),
     /// The load was cancelled.
     Cancelled,
     /// A load ended without handing out every tensor and without saying why
@@ -281,6 +284,7 @@ impl fmt::Display for Error {
             } => write!(f, "setting {name} = {value}: {reason}"),
             Error::Sink(e) => write!(f, "delivering read bytes failed: {e}"),
             Error::Tensor { tensor, source } => write!(f, "{source} (tensor {tensor:?})"),
+            Error::Select(e) => write!(f, "cannot load this selection: {e}"),
             Error::Cancelled => write!(f, "the load was cancelled"),
             Error::Incomplete {
                 expected,
@@ -302,6 +306,7 @@ impl std::error::Error for Error {
             | Error::Map { source, .. }
             | Error::Queue { source, .. } => Some(source),
             Error::Sink(e) => Some(&**e),
+            Error::Select(e) => Some(e),
             Error::Tensor { source, .. } => Some(&**source),
             Error::DirectUnsupported {
                 source: Some(e), ..

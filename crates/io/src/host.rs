@@ -188,10 +188,7 @@ pub fn load(
     let engine = Engine::open(&paths, options, false)?;
     check_unchanged(&ckpt, &engine)?;
     let plan =
-        weightlift_plan::plan(&ckpt, selection, &engine.geometry()).map_err(|e| Error::Plan {
-            reason: plan_reason(&e),
-            value: 0,
-        })?;
+        weightlift_plan::plan(&ckpt, selection, &engine.geometry()).map_err(Error::Select)?;
     let describe = engine.describe();
     log_debug(&describe);
     let (tx, rx) = mpsc::channel();
@@ -236,19 +233,6 @@ pub fn load(
         delivered: 0,
         failed: false,
     })
-}
-
-fn plan_reason(e: &weightlift_plan::Error) -> &'static str {
-    match e {
-        weightlift_plan::Error::UnknownTensor { .. } => {
-            "selection names a tensor the checkpoint lacks"
-        }
-        weightlift_plan::Error::UnknownId { .. } => {
-            "selection names a tensor id the checkpoint lacks"
-        }
-        weightlift_plan::Error::FileTooLarge { .. } => "file too large to plan",
-        _ => "cannot plan the reads",
-    }
 }
 
 fn log_debug(line: &str) {

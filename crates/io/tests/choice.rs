@@ -108,3 +108,19 @@ fn cached_files_are_mapped_and_cold_ones_read_directly() {
     assert_eq!(Residence::of(&paths).unwrap(), Residence::Cached);
     assert_eq!(Residence::Cached.default_candidates()[0], Backend::Mmap);
 }
+
+#[test]
+fn a_selection_naming_a_missing_tensor_names_it() {
+    let dir = Scratch::new("select");
+    let path = dir.0.join("m.safetensors");
+    write_shard(&path, "t.", &[10], 3);
+    let ckpt = std::sync::Arc::new(weightlift_format::Checkpoint::open(&path).unwrap());
+    let selection = weightlift_plan::Selection::names(["t.0", "no.such.tensor"]);
+    match weightlift_io::host::load(ckpt, &selection, &weightlift_io::EngineOptions::default()) {
+        Err(e @ Error::Select(_)) => assert!(e.to_string().contains("no.such.tensor"), "{e}"),
+        other => panic!(
+            "expected a selection error, got {:?}",
+            other.map(|l| l.backend())
+        ),
+    }
+}
