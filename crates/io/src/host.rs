@@ -28,15 +28,17 @@ use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
-use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::task::Poll;
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use weightlift_format::{Checkpoint, TensorId};
 use weightlift_plan::{ReadPlan, Selection};
 
 use crate::engine::{Engine, EngineOptions, InPlace};
 use crate::region::Region;
-use crate::{AlignedBuf, Backend, Error};
+use crate::{AlignedBuf, Backend, Error, ReadFile};
 
 /// A tensor's bytes in host memory.
 ///
@@ -53,6 +55,16 @@ pub struct HostTensor {
 }
 
 impl HostTensor {
+    pub(crate) fn new(id: TensorId, memory: Arc<Region>, offset: usize, len: usize) -> Self {
+        debug_assert!(offset + len <= memory.len());
+        Self {
+            id,
+            memory,
+            offset,
+            len,
+        }
+    }
+
     /// The tensor in its checkpoint.
     pub fn id(&self) -> TensorId {
         self.id
@@ -125,6 +137,37 @@ impl HostLoad {
     pub fn wait_all(self) -> Result<Vec<HostTensor>, Error> {
         self.collect()
     }
+
+    /// The next tensor, waiting at most `timeout`: `Poll::Pending` when
+    /// none completed in time, `Poll::Ready(None)` when every tensor was
+    /// handed out or the load failed. Lets a caller that must stay
+    /// responsive (to a signal, say) wait in slices.
+    pub fn next_timeout(&mut self, timeout: Duration) -> Poll<Option<Result<HostTensor, Error>>> {
+        if self.failed || self.delivered == self.tensors {
+            return Poll::Ready(None);
+        }
+        let item = match self.rx.recv_timeout(timeout) {
+            Ok(item) => item,
+            Err(RecvTimeoutError::Timeout) => return Poll::Pending,
+            Err(RecvTimeoutError::Disconnected) => Err(self.incomplete()),
+        };
+        Poll::Ready(Some(self.count(item)))
+    }
+
+    fn incomplete(&self) -> Error {
+        Error::Incomplete {
+            expected: self.tensors,
+            delivered: self.delivered,
+        }
+    }
+
+    fn count(&mut self, item: Result<HostTensor, Error>) -> Result<HostTensor, Error> {
+        match &item {
+            Ok(_) => self.delivered += 1,
+            Err(_) => self.failed = true,
+        }
+        item
+    }
 }
 
 impl Iterator for HostLoad {
@@ -138,15 +181,8 @@ impl Iterator for HostLoad {
         if self.failed || self.delivered == self.tensors {
             return None;
         }
-        let item = self.rx.recv().unwrap_or(Err(Error::Incomplete {
-            expected: self.tensors,
-            delivered: self.delivered,
-        }));
-        match &item {
-            Ok(_) => self.delivered += 1,
-            Err(_) => self.failed = true,
-        }
-        Some(item)
+        let item = self.rx.recv().unwrap_or_else(|_| Err(self.incomplete()));
+        Some(self.count(item))
     }
 }
 
@@ -186,7 +222,7 @@ pub fn load(
         .map(|s| s.path().to_path_buf())
         .collect();
     let engine = Engine::open(&paths, options, false)?;
-    check_unchanged(&ckpt, &engine)?;
+    check_unchanged(&ckpt, engine.files())?;
     let plan =
         weightlift_plan::plan(&ckpt, selection, &engine.geometry()).map_err(Error::Select)?;
     let describe = engine.describe();
@@ -241,8 +277,8 @@ fn log_debug(line: &str) {
 
 /// Confirm that each opened file still has the size and header length its
 /// header was read with.
-fn check_unchanged(ckpt: &Checkpoint, engine: &Engine) -> Result<(), Error> {
-    for (shard, file) in ckpt.shards().iter().zip(engine.files()) {
+pub(crate) fn check_unchanged(ckpt: &Checkpoint, files: &[ReadFile]) -> Result<(), Error> {
+    for (shard, file) in ckpt.shards().iter().zip(files) {
         let changed = |what| Error::Changed {
             file: shard.path().to_path_buf(),
             what,

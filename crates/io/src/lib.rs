@@ -23,7 +23,9 @@
 //!   reads in flight, either into a [`Ring`] of staging slots handed to a
 //!   [`Sink`] (the path to a GPU) or straight into their final place;
 //! - [`host::load`], which loads a checkpoint's tensors into host memory and
-//!   hands each out as it completes.
+//!   hands each out as it completes;
+//! - [`session::Session`], random access and repeated passes over a
+//!   checkpoint's tensors, built on `host::load`.
 //!
 //! ```
 //! use weightlift_io::{AlignedBuf, OpenMode, ReadFile};
@@ -48,6 +50,7 @@ mod file;
 pub mod host;
 mod queue;
 mod region;
+pub mod session;
 
 pub use backend::{BACKEND_ENV, Backend, BackendPolicy, Chosen, Residence, choose};
 pub use buf::AlignedBuf;

@@ -1,0 +1,409 @@
+//! Random access and repeated passes over a checkpoint's tensors in host
+//! memory: the state behind a `safe_open` handle.
+//!
+//! A [`Session`] answers two kinds of request over a fixed selection of
+//! tensors:
+//!
+//! - [`Session::get`]: one tensor by name, any number of times, in any
+//!   order. The first request reads just that tensor. When requests walk
+//!   the names in sorted order (as `for k in f.keys(): f.get_tensor(k)`
+//!   does), the second one starts streaming every tensor not yet handed
+//!   out with [`host::load`](crate::host::load), and later requests are
+//!   served from that stream.
+//! - [`Session::next`] over a [`Pass`]: every selected tensor once, in
+//!   completion order, from what was already read and from a stream.
+//!
+//! Each tensor is handed out once per request: two requests for one name
+//! give two copies, never two views of the same bytes. Tensors read ahead
+//! and not yet asked for are kept until asked for or until the session is
+//! dropped.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use weightlift_format::{encode_header, Checkpoint, Dtype, TensorSpec};
+//! use weightlift_io::{session::Session, EngineOptions};
+//! use weightlift_plan::Selection;
+//!
+//! let enc = encode_header(&[TensorSpec::new("a", Dtype::U8, [2]), TensorSpec::new("b", Dtype::U8, [3])], None)?;
+//! let mut file = enc.bytes;
+//! file.extend(1..=5u8);
+//! let path = std::env::temp_dir().join(format!("wl-session-doc-{}.safetensors", std::process::id()));
+//! std::fs::write(&path, &file)?;
+//!
+//! let ckpt = Arc::new(Checkpoint::open(&path)?);
+//! let mut session = Session::new(ckpt, &Selection::All, EngineOptions::default())?;
+//! assert_eq!(session.get("b", &mut || true)?.bytes(), &[3, 4, 5]);
+//! let mut pass = session.pass();
+//! let mut seen = 0;
+//! while let Some(t) = session.next(&mut pass, &mut || true) {
+//!     seen += t?.len();
+//! }
+//! assert_eq!(seen, 5);
+//! std::fs::remove_file(&path)?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::Duration;
+
+use weightlift_format::{Checkpoint, TensorId};
+use weightlift_plan::Selection;
+
+use crate::host::{self, HostLoad, HostTensor, check_unchanged};
+use crate::{EngineOptions, Error, OpenMode, ReadFile, Region};
+
+/// How long one wait lasts before the caller's `wait` callback is asked
+/// whether to go on.
+const WAIT_SLICE: Duration = Duration::from_millis(50);
+
+/// Requests made in sorted-name order, from the first, after which the rest
+/// of the selection is streamed.
+const WALK_TO_STREAM: usize = 2;
+
+/// A callback asked, while a request waits, whether to keep waiting.
+/// Returning `false` cancels every load in progress and the request fails
+/// with [`Error::Cancelled`].
+pub type Wait<'a> = dyn FnMut() -> bool + 'a;
+
+/// The loading state of one opened checkpoint. See the [module](self).
+#[derive(Debug)]
+pub struct Session {
+    ckpt: Arc<Checkpoint>,
+    options: EngineOptions,
+    /// The selection, in file order.
+    selected: Vec<TensorId>,
+    /// The selection, in name order.
+    sorted: Vec<TensorId>,
+    /// Indexed by tensor id.
+    is_selected: Vec<bool>,
+    /// Read, not yet handed out.
+    ready: HashMap<TensorId, HostTensor>,
+    streams: Vec<Stream>,
+    /// Handed out by [`Session::get`].
+    handed: HashSet<TensorId>,
+    /// `Some(n)`: `get` was asked for exactly the first `n` sorted names, in order.
+    walk: Option<usize>,
+    /// Opened for single reads, on first use.
+    files: Option<Vec<ReadFile>>,
+    describe: Option<String>,
+}
+
+/// A load in progress and the tensors it has yet to hand out.
+#[derive(Debug)]
+struct Stream {
+    load: HostLoad,
+    owed: HashSet<TensorId>,
+}
+
+/// One pass over the selection: the tensors it has yet to yield.
+#[derive(Debug)]
+pub struct Pass {
+    remaining: HashSet<TensorId>,
+    failed: bool,
+}
+
+impl Pass {
+    /// Tensors still to come.
+    pub fn remaining(&self) -> usize {
+        self.remaining.len()
+    }
+}
+
+impl Session {
+    /// A session over the tensors of `ckpt` that `selection` names. Naming
+    /// a tensor the checkpoint lacks is an error ([`Error::Select`]).
+    /// Nothing is read yet.
+    pub fn new(
+        ckpt: Arc<Checkpoint>,
+        selection: &Selection,
+        options: EngineOptions,
+    ) -> Result<Self, Error> {
+        let mut is_selected = vec![false; ckpt.len()];
+        match selection {
+            Selection::All => is_selected.iter_mut().for_each(|s| *s = true),
+            Selection::Names(names) => {
+                for name in names {
+                    let id = ckpt.id(name).ok_or_else(|| {
+                        Error::Select(weightlift_plan::Error::UnknownTensor { name: name.clone() })
+                    })?;
+                    is_selected[id.index()] = true;
+                }
+            }
+            Selection::Ids(ids) => {
+                for &id in ids {
+                    let slot = is_selected.get_mut(id.index()).ok_or(Error::Select(
+                        weightlift_plan::Error::UnknownId {
+                            id,
+                            count: ckpt.len() as u32,
+                        },
+                    ))?;
+                    *slot = true;
+                }
+            }
+        }
+        let selected: Vec<TensorId> = (0..ckpt.len())
+            .filter(|&i| is_selected[i])
+            .map(|i| TensorId(i as u32))
+            .collect();
+        let mut sorted = selected.clone();
+        sorted.sort_by(|a, b| ckpt.tensor(*a).name.cmp(&ckpt.tensor(*b).name));
+        Ok(Self {
+            ckpt,
+            options,
+            selected,
+            sorted,
+            is_selected,
+            ready: HashMap::new(),
+            streams: Vec::new(),
+            handed: HashSet::new(),
+            walk: Some(0),
+            files: None,
+            describe: None,
+        })
+    }
+
+    /// The checkpoint.
+    pub fn checkpoint(&self) -> &Arc<Checkpoint> {
+        &self.ckpt
+    }
+
+    /// The selected tensors, in file order (shard, then offset).
+    pub fn selected(&self) -> &[TensorId] {
+        &self.selected
+    }
+
+    /// The selected tensors, in name order.
+    pub fn sorted(&self) -> &[TensorId] {
+        &self.sorted
+    }
+
+    /// The selected tensor of this name, if there is one.
+    pub fn id(&self, name: &str) -> Option<TensorId> {
+        self.ckpt.id(name).filter(|id| self.is_selected[id.index()])
+    }
+
+    /// Bytes of the selected tensors.
+    pub fn selected_bytes(&self) -> u64 {
+        self.selected
+            .iter()
+            .map(|&id| self.ckpt.tensor(id).len())
+            .sum()
+    }
+
+    /// The backend of the latest stream and its settings, once one started.
+    pub fn describe(&self) -> Option<&str> {
+        self.describe.as_deref()
+    }
+
+    /// The selected tensor `name`, waiting for it as `wait` allows.
+    pub fn get(&mut self, name: &str, wait: &mut Wait<'_>) -> Result<HostTensor, Error> {
+        let id = self.id(name).ok_or_else(|| {
+            Error::Select(weightlift_plan::Error::UnknownTensor {
+                name: name.to_owned(),
+            })
+        })?;
+        let t = self.take(id, wait)?;
+        self.handed.insert(id);
+        Ok(t)
+    }
+
+    fn take(&mut self, id: TensorId, wait: &mut Wait<'_>) -> Result<HostTensor, Error> {
+        if let Some(t) = self.ready.remove(&id) {
+            return Ok(t);
+        }
+        self.walk = match self.walk {
+            Some(n) if self.sorted.get(n) == Some(&id) => Some(n + 1),
+            _ => None,
+        };
+        let owed = self.streams.iter().any(|s| s.owed.contains(&id));
+        if !owed && self.walk.is_some_and(|n| n >= WALK_TO_STREAM) {
+            let rest: Vec<TensorId> = self
+                .selected
+                .iter()
+                .copied()
+                .filter(|t| *t == id || (!self.handed.contains(t) && !self.is_pending(*t)))
+                .collect();
+            self.start(rest)?;
+        } else if !owed {
+            return self.read_one(id);
+        }
+        let s = self
+            .streams
+            .iter()
+            .position(|s| s.owed.contains(&id))
+            .expect("a stream owes it");
+        loop {
+            match self.pump(s, wait)? {
+                Some(t) if t.id() == id => return Ok(t),
+                Some(t) => {
+                    self.ready.insert(t.id(), t);
+                }
+                // A stream ends only once it handed out all it owed, or
+                // with an error; anything else is a load that stopped short.
+                None => {
+                    return Err(Error::Incomplete {
+                        expected: 1,
+                        delivered: 0,
+                    });
+                }
+            }
+        }
+    }
+
+    /// A new pass over every selected tensor.
+    pub fn pass(&self) -> Pass {
+        Pass {
+            remaining: self.selected.iter().copied().collect(),
+            failed: false,
+        }
+    }
+
+    /// The next tensor of `pass`, in completion order; `None` when it has
+    /// yielded every tensor, or after it failed.
+    pub fn next(
+        &mut self,
+        pass: &mut Pass,
+        wait: &mut Wait<'_>,
+    ) -> Option<Result<HostTensor, Error>> {
+        let result = self.next_inner(pass, wait);
+        if matches!(result, Some(Err(_))) {
+            pass.failed = true;
+        }
+        result
+    }
+
+    fn next_inner(
+        &mut self,
+        pass: &mut Pass,
+        wait: &mut Wait<'_>,
+    ) -> Option<Result<HostTensor, Error>> {
+        loop {
+            if pass.failed || pass.remaining.is_empty() {
+                return None;
+            }
+            let hit = self
+                .ready
+                .keys()
+                .copied()
+                .find(|id| pass.remaining.contains(id));
+            if let Some(id) = hit {
+                pass.remaining.remove(&id);
+                return self.ready.remove(&id).map(Ok);
+            }
+            // Every stream's tensors are wanted by someone: pump whichever
+            // has work, keeping what this pass does not need.
+            if let Some(s) = self.streams.iter().position(|s| !s.owed.is_empty()) {
+                match self.pump(s, wait) {
+                    Ok(Some(t)) => {
+                        if pass.remaining.remove(&t.id()) {
+                            return Some(Ok(t));
+                        }
+                        self.ready.insert(t.id(), t);
+                    }
+                    Ok(None) => {}
+                    Err(e) => return Some(Err(e)),
+                }
+                continue;
+            }
+            let ids: Vec<TensorId> = self
+                .selected
+                .iter()
+                .copied()
+                .filter(|id| pass.remaining.contains(id))
+                .collect();
+            if let Err(e) = self.start(ids) {
+                return Some(Err(e));
+            }
+        }
+    }
+
+    fn is_pending(&self, id: TensorId) -> bool {
+        self.ready.contains_key(&id) || self.streams.iter().any(|s| s.owed.contains(&id))
+    }
+
+    fn start(&mut self, ids: Vec<TensorId>) -> Result<(), Error> {
+        let owed: HashSet<TensorId> = ids.iter().copied().collect();
+        let selection = Selection::Ids(ids.into_iter().collect::<BTreeSet<_>>());
+        let load = host::load(self.ckpt.clone(), &selection, &self.options)?;
+        self.describe = Some(load.describe().to_owned());
+        self.streams.push(Stream { load, owed });
+        Ok(())
+    }
+
+    /// The next tensor of stream `s`; `None` when it ended (it is then
+    /// removed). A failed stream is removed, its tensors no longer owed.
+    fn pump(&mut self, s: usize, wait: &mut Wait<'_>) -> Result<Option<HostTensor>, Error> {
+        loop {
+            match self.streams[s].load.next_timeout(WAIT_SLICE) {
+                Poll::Pending => {
+                    if !wait() {
+                        // Dropping the loads cancels them and waits until no
+                        // read is in flight.
+                        self.streams.clear();
+                        return Err(Error::Cancelled);
+                    }
+                }
+                Poll::Ready(Some(Ok(t))) => {
+                    self.streams[s].owed.remove(&t.id());
+                    if self.streams[s].owed.is_empty() {
+                        self.streams.swap_remove(s);
+                    }
+                    return Ok(Some(t));
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    self.streams.swap_remove(s);
+                    return Err(e);
+                }
+                Poll::Ready(None) => {
+                    self.streams.swap_remove(s);
+                    return Ok(None);
+                }
+            }
+        }
+    }
+
+    /// Read one tensor on its own, through the page cache, into fresh memory.
+    fn read_one(&mut self, id: TensorId) -> Result<HostTensor, Error> {
+        let t = self.ckpt.tensor(id);
+        let len = t.len() as usize;
+        let named = |e: Error| Error::Tensor {
+            tensor: t.name.clone(),
+            source: Box::new(e),
+        };
+        if self.files.is_none() {
+            let files = self
+                .ckpt
+                .shards()
+                .iter()
+                .map(|s| ReadFile::open(s.path(), OpenMode::Buffered))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(named)?;
+            check_unchanged(&self.ckpt, &files).map_err(named)?;
+            self.files = Some(files);
+        }
+        let file = &self.files.as_ref().expect("opened above")[t.file.index()];
+        let region = Region::anonymous(len).map_err(|source| {
+            named(Error::Map {
+                file: None,
+                len,
+                source,
+            })
+        })?;
+        if len > 0 {
+            // SAFETY: the region was just created and is not shared yet, so
+            // this is the only reference to its bytes.
+            let dst = unsafe { std::slice::from_raw_parts_mut(region.as_ptr(), len) };
+            let n = file.read_at(dst, t.range.start).map_err(named)?;
+            if n < len {
+                return Err(named(Error::Truncated {
+                    file: file.path().to_path_buf(),
+                    at: t.range.start + n as u64,
+                    size: file.size(),
+                }));
+            }
+        }
+        Ok(HostTensor::new(id, Arc::new(region), 0, len))
+    }
+}

@@ -1,0 +1,162 @@
+//! A session: single tensors by name, passes over the selection, and the
+//! switch to streaming when names are walked in order; every byte compared
+//! with a plain read.
+
+mod common;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use common::*;
+use weightlift_format::Checkpoint;
+use weightlift_io::session::Session;
+use weightlift_io::{EngineOptions, Error};
+use weightlift_plan::Selection;
+
+fn fixture(tag: &str) -> (Scratch, Arc<Checkpoint>) {
+    let dir = Scratch::new(tag);
+    let sizes: Vec<u64> = (0..40).map(|i| [0, 1, 7, 4096, 70_001][i % 5]).collect();
+    write_shard(&dir.0.join("a.safetensors"), "a", &sizes, 1);
+    write_shard(&dir.0.join("b.safetensors"), "b", &sizes[..9], 2);
+    let ckpt = Checkpoint::open(&dir.0).unwrap();
+    (dir, Arc::new(ckpt))
+}
+
+fn go() -> bool {
+    true
+}
+
+#[test]
+fn single_reads_in_any_order_equal_a_plain_read_and_never_alias() {
+    let (_dir, ckpt) = fixture("session-single");
+    let plain = plain_bytes(&ckpt);
+    let mut s = Session::new(ckpt.clone(), &Selection::All, EngineOptions::default()).unwrap();
+    // Reverse name order: never a walk, so every request is read alone.
+    let names: Vec<String> = s
+        .sorted()
+        .iter()
+        .rev()
+        .map(|&id| ckpt.tensor(id).name.clone())
+        .collect();
+    for name in &names {
+        let t = s.get(name, &mut go).unwrap();
+        assert_eq!(t.bytes(), plain[name], "{name}");
+    }
+    assert_eq!(s.describe(), None, "no stream was started");
+    let name = &names[3];
+    let (a, b) = (s.get(name, &mut go).unwrap(), s.get(name, &mut go).unwrap());
+    assert_eq!(a.bytes(), b.bytes());
+    assert!(a.is_empty() || a.bytes().as_ptr() != b.bytes().as_ptr());
+}
+
+#[test]
+fn walking_the_names_in_order_streams_the_rest() {
+    let (_dir, ckpt) = fixture("session-walk");
+    let plain = plain_bytes(&ckpt);
+    let mut s = Session::new(ckpt.clone(), &Selection::All, EngineOptions::default()).unwrap();
+    let names: Vec<String> = s
+        .sorted()
+        .iter()
+        .map(|&id| ckpt.tensor(id).name.clone())
+        .collect();
+    for (i, name) in names.iter().enumerate() {
+        let t = s.get(name, &mut go).unwrap();
+        assert_eq!(t.bytes(), plain[name], "{name}");
+        assert_eq!(s.describe().is_some(), i >= 1, "streaming from the second");
+    }
+    // Asked again: read again.
+    assert_eq!(s.get(&names[5], &mut go).unwrap().bytes(), plain[&names[5]]);
+}
+
+#[test]
+fn every_pass_yields_each_selected_tensor_once() {
+    let (_dir, ckpt) = fixture("session-pass");
+    let plain = plain_bytes(&ckpt);
+    let wanted: Vec<String> = ckpt
+        .tensors()
+        .iter()
+        .step_by(3)
+        .map(|t| t.name.clone())
+        .collect();
+    let mut s = Session::new(
+        ckpt.clone(),
+        &Selection::names(wanted.clone()),
+        EngineOptions::default(),
+    )
+    .unwrap();
+    assert_eq!(s.selected().len(), wanted.len());
+    let want: HashSet<&String> = wanted.iter().collect();
+    for round in 0..3 {
+        let mut pass = s.pass();
+        let mut seen = HashSet::new();
+        // Mid-pass, take one tensor by name: the pass still yields it.
+        let early = s.get(&wanted[round], &mut go).unwrap();
+        assert_eq!(early.bytes(), plain[&wanted[round]]);
+        while let Some(t) = s.next(&mut pass, &mut go) {
+            let t = t.unwrap();
+            let name = &ckpt.tensor(t.id()).name;
+            assert!(want.contains(name), "{name} not selected");
+            assert!(seen.insert(name.clone()), "{name} twice in round {round}");
+            assert_eq!(t.bytes(), plain[name], "{name}");
+        }
+        assert_eq!(seen.len(), wanted.len(), "round {round}");
+    }
+    // Unselected and unknown names are refused, naming them.
+    for bad in [ckpt.tensors()[1].name.as_str(), "nope"] {
+        match s.get(bad, &mut go) {
+            Err(e @ Error::Select(_)) => assert!(e.to_string().contains(bad), "{e}"),
+            other => panic!("{bad}: {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn a_selection_naming_a_missing_tensor_is_refused() {
+    let (_dir, ckpt) = fixture("session-missing");
+    let err = Session::new(
+        ckpt,
+        &Selection::names(["a0", "zzz"]),
+        EngineOptions::default(),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(err, Error::Select(_)) && err.to_string().contains("zzz"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_file_truncated_after_open_fails_a_single_read_naming_file_and_tensor() {
+    let (dir, ckpt) = fixture("session-truncated");
+    let last = ckpt
+        .tensors()
+        .iter()
+        .rfind(|t| t.file.index() == 0 && !t.is_empty())
+        .unwrap();
+    let path = dir.0.join("a.safetensors");
+    let truncate = || {
+        let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        f.set_len(ckpt.shards()[0].data_start() + 10).unwrap();
+    };
+    // Truncated before the session opened the file: it changed.
+    let mut s = Session::new(ckpt.clone(), &Selection::All, EngineOptions::default()).unwrap();
+    truncate();
+    let err = s.get(&last.name, &mut go).unwrap_err();
+    assert!(err.to_string().contains("a.safetensors"), "{err}");
+    assert_eq!(err.tensor(), Some(last.name.as_str()), "{err}");
+    // Truncated while open: the read comes up short.
+    let (dir2, ckpt2) = fixture("session-truncated-open");
+    let mut s = Session::new(ckpt2.clone(), &Selection::All, EngineOptions::default()).unwrap();
+    s.get("a1", &mut go).unwrap();
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(dir2.0.join("a.safetensors"))
+        .unwrap();
+    f.set_len(ckpt2.shards()[0].data_start() + 10).unwrap();
+    let err = s.get(&last.name, &mut go).unwrap_err();
+    assert!(
+        matches!(&err, Error::Tensor { source, .. } if matches!(**source, Error::Truncated { .. })),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("a.safetensors"), "{err}");
+}
