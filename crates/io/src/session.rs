@@ -8,7 +8,7 @@
 //!   order. The first request reads just that tensor. When requests walk
 //!   the names in sorted order (as `for k in f.keys(): f.get_tensor(k)`
 //!   does), the second one starts streaming every tensor not yet handed
-//!   out with [`host::load`](crate::host::load), and later requests are
+//!   out with [`host::load`], and later requests are
 //!   served from that stream.
 //! - [`Session::next`] over a [`Pass`]: every selected tensor once, in
 //!   completion order, from what was already read and from a stream.
@@ -44,6 +44,7 @@
 //! ```
 
 use std::collections::{BTreeSet, HashMap, HashSet};
+use std::ops::Range;
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
@@ -227,7 +228,7 @@ impl Session {
                 .collect();
             self.start(rest)?;
         } else if !owed {
-            return self.read_one(id);
+            return self.read_alone(id, 0..self.ckpt.tensor(id).len());
         }
         let s = self
             .streams
@@ -250,6 +251,25 @@ impl Session {
                 }
             }
         }
+    }
+
+    /// Bytes `range` of the selected tensor `name` (offsets inside the
+    /// tensor), read on their own into fresh memory: the part of a tensor
+    /// that a slice needs.
+    pub fn get_range(&mut self, name: &str, range: Range<u64>) -> Result<HostTensor, Error> {
+        let id = self.id(name).ok_or_else(|| {
+            Error::Select(weightlift_plan::Error::UnknownTensor {
+                name: name.to_owned(),
+            })
+        })?;
+        let len = self.ckpt.tensor(id).len();
+        if range.start > range.end || range.end > len {
+            return Err(Error::Plan {
+                reason: "byte range beyond the tensor",
+                value: range.end,
+            });
+        }
+        self.read_alone(id, range)
     }
 
     /// A new pass over every selected tensor.
@@ -364,10 +384,12 @@ impl Session {
         }
     }
 
-    /// Read one tensor on its own, through the page cache, into fresh memory.
-    fn read_one(&mut self, id: TensorId) -> Result<HostTensor, Error> {
+    /// Read bytes `range` of one tensor on their own, through the page
+    /// cache, into fresh memory.
+    fn read_alone(&mut self, id: TensorId, range: Range<u64>) -> Result<HostTensor, Error> {
         let t = self.ckpt.tensor(id);
-        let len = t.len() as usize;
+        let len = (range.end - range.start) as usize;
+        let start = t.range.start + range.start;
         let named = |e: Error| Error::Tensor {
             tensor: t.name.clone(),
             source: Box::new(e),
@@ -395,11 +417,11 @@ impl Session {
             // SAFETY: the region was just created and is not shared yet, so
             // this is the only reference to its bytes.
             let dst = unsafe { std::slice::from_raw_parts_mut(region.as_ptr(), len) };
-            let n = file.read_at(dst, t.range.start).map_err(named)?;
+            let n = file.read_at(dst, start).map_err(named)?;
             if n < len {
                 return Err(named(Error::Truncated {
                     file: file.path().to_path_buf(),
-                    at: t.range.start + n as u64,
+                    at: start + n as u64,
                     size: file.size(),
                 }));
             }

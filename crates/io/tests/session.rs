@@ -47,6 +47,13 @@ fn single_reads_in_any_order_equal_a_plain_read_and_never_alias() {
     let (a, b) = (s.get(name, &mut go).unwrap(), s.get(name, &mut go).unwrap());
     assert_eq!(a.bytes(), b.bytes());
     assert!(a.is_empty() || a.bytes().as_ptr() != b.bytes().as_ptr());
+    // Parts of a tensor, for slices.
+    let big = ckpt.tensors().iter().find(|t| t.len() == 70_001).unwrap();
+    for (lo, hi) in [(0, 70_001), (5, 6), (4096, 70_000), (9, 9)] {
+        let part = s.get_range(&big.name, lo..hi).unwrap();
+        assert_eq!(part.bytes(), &plain[&big.name][lo as usize..hi as usize]);
+    }
+    assert!(s.get_range(&big.name, 0..70_002).is_err());
 }
 
 #[test]

@@ -1,6 +1,364 @@
-//! The Python facade: a thin PyO3 layer over the Rust crates, exposing
-//! `safe_open`, `load_file`, `load` and `load_into` as a drop-in for
-//! `safetensors` and InstantTensor. Only this crate knows Python.
+//! The Python facade: a thin PyO3 layer over the Rust crates, built by
+//! maturin into the `weightlift._weightlift` extension module (abi3, so one
+//! wheel serves every CPython from 3.9). The `weightlift` package
+//! (`python/weightlift`) builds the public API (`safe_open`, `load_file`,
+//! `load`, `load_into`) on the classes here:
 //!
-//! It is a skeleton: the bindings and the `python/weightlift` package arrive
-//! with the Python wheel work.
+//! - `_Session`: an opened checkpoint and its [`Session`]: keys, metadata,
+//!   tensors by name, byte ranges of a tensor, and passes;
+//! - `_Pass`: one pass over the selected tensors, in completion order;
+//! - `Buffer`: a tensor's bytes, handed to torch or numpy by DLPack without
+//!   copying; it keeps the memory alive as long as any consumer uses it.
+//!
+//! Every wait releases the GIL and checks for signals every 50 ms, so
+//! Ctrl-C interrupts a load promptly; the load is then cancelled and its
+//! memory freed. Only this crate knows Python.
+
+mod dlpack;
+mod errors;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use pyo3::prelude::*;
+use weightlift_format::Checkpoint;
+use weightlift_io::host::HostTensor;
+use weightlift_io::session::{Pass, Session, Wait};
+use weightlift_io::{Backend, EngineOptions, Error as IoError};
+use weightlift_plan::Selection;
+
+use dlpack::Keep;
+
+/// A loaded tensor as Python receives it: name, dtype, shape and bytes.
+type Described = (String, &'static str, Vec<u64>, Buffer);
+
+/// Why a call on a session did not return a value.
+enum Fail {
+    Closed,
+    Io(IoError),
+}
+
+impl From<IoError> for Fail {
+    fn from(e: IoError) -> Self {
+        Fail::Io(e)
+    }
+}
+
+/// Lock, ignoring poisoning: the data behind these locks stays consistent
+/// across a panic (which would be a bug, reported on its own).
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// An opened checkpoint.
+#[pyclass(name = "_Session", module = "weightlift._weightlift", frozen)]
+struct PySession {
+    ckpt: Arc<Checkpoint>,
+    options: EngineOptions,
+    inner: Mutex<Option<Session>>,
+}
+
+#[pymethods]
+impl PySession {
+    /// Open the checkpoint at `sources`: one path (a file, a directory or an
+    /// index) or several `.safetensors` files. `backends` is a
+    /// comma-separated list of backend and policy names (None: the
+    /// `WEIGHTLIFT_BACKEND` variable, else automatic).
+    #[new]
+    #[pyo3(signature = (sources, backends=None, buffer_size=None))]
+    fn new(
+        py: Python<'_>,
+        sources: Vec<PathBuf>,
+        backends: Option<String>,
+        buffer_size: Option<usize>,
+    ) -> PyResult<Self> {
+        let mut options = EngineOptions::default()
+            .with_env()
+            .map_err(|e| errors::from_io(py, e))?;
+        if let Some(list) = backends {
+            options.backends =
+                Some(Backend::parse_list(&list).map_err(|e| errors::from_io(py, e))?);
+        }
+        if let Some(n) = buffer_size {
+            if n == 0 {
+                return Err(errors::raise(
+                    py,
+                    "SettingError",
+                    "buffer_size must be at least 1 byte".into(),
+                ));
+            }
+            options.ring_bytes = n;
+        }
+        let opened = py.detach(|| match sources.as_slice() {
+            [one] => Checkpoint::open(one),
+            many => Checkpoint::open_files(many),
+        });
+        let ckpt = Arc::new(opened.map_err(|e| errors::from_format(py, e))?);
+        let session = Session::new(ckpt.clone(), &Selection::All, options.clone())
+            .map_err(|e| errors::from_io(py, e))?;
+        Ok(Self {
+            ckpt,
+            options,
+            inner: Mutex::new(Some(session)),
+        })
+    }
+
+    /// Restrict the selection to `names` (before anything is loaded).
+    fn select(&self, py: Python<'_>, names: Vec<String>) -> PyResult<()> {
+        let session = Session::new(
+            self.ckpt.clone(),
+            &Selection::names(names),
+            self.options.clone(),
+        )
+        .map_err(|e| errors::from_io(py, e))?;
+        self.run(py, move |s, _| {
+            *s = session;
+            Ok(())
+        })
+    }
+
+    /// Every tensor name of the checkpoint, selected or not, in file order.
+    fn all_keys(&self) -> Vec<String> {
+        self.ckpt.tensors().iter().map(|t| t.name.clone()).collect()
+    }
+
+    /// The selected names, sorted.
+    fn keys(&self, py: Python<'_>) -> PyResult<Vec<String>> {
+        self.run(py, |s, _| Ok(self.names(s.sorted())))
+    }
+
+    /// The selected names in file order (shard, then offset).
+    fn offset_keys(&self, py: Python<'_>) -> PyResult<Vec<String>> {
+        self.run(py, |s, _| Ok(self.names(s.selected())))
+    }
+
+    /// The shards' `__metadata__`, merged; None when no shard has any.
+    fn metadata(&self, py: Python<'_>) -> PyResult<Option<BTreeMap<String, String>>> {
+        self.run(py, |_, _| Ok(self.ckpt.metadata().cloned()))
+    }
+
+    /// `(dtype, shape, file, start, end, data_start)` of a selected tensor:
+    /// `start..end` are absolute offsets in `file`.
+    #[allow(clippy::type_complexity)]
+    fn info(
+        &self,
+        py: Python<'_>,
+        name: String,
+    ) -> PyResult<(&'static str, Vec<u64>, PathBuf, u64, u64, u64)> {
+        let id = self.run(py, move |s, _| {
+            s.id(&name).ok_or(Fail::Io(IoError::Select(
+                weightlift_plan::Error::UnknownTensor { name },
+            )))
+        })?;
+        let t = self.ckpt.tensor(id);
+        let shard = self.ckpt.shard(t.file);
+        Ok((
+            t.dtype.as_str(),
+            t.shape.clone(),
+            shard.path().to_path_buf(),
+            t.range.start,
+            t.range.end,
+            shard.data_start(),
+        ))
+    }
+
+    /// Bytes of the selected tensors.
+    #[getter]
+    fn total_bytes(&self, py: Python<'_>) -> PyResult<u64> {
+        self.run(py, |s, _| Ok(s.selected_bytes()))
+    }
+
+    /// Staging memory for device copies, in bytes.
+    #[getter]
+    fn buffer_size(&self) -> usize {
+        self.options.ring_bytes
+    }
+
+    /// The backend of the latest load and its settings; None before one.
+    fn describe(&self, py: Python<'_>) -> PyResult<Option<String>> {
+        self.run(py, |s, _| Ok(s.describe().map(str::to_owned)))
+    }
+
+    /// `(dtype, shape, Buffer)` of the selected tensor `name`.
+    fn get(&self, py: Python<'_>, name: String) -> PyResult<(&'static str, Vec<u64>, Buffer)> {
+        let t = self.run(py, move |s, wait| Ok(s.get(&name, wait)?))?;
+        let (_, dtype, shape, buf) = self.described(t)?;
+        Ok((dtype, shape, buf))
+    }
+
+    /// Bytes `start..end` (inside the tensor) of the selected tensor `name`.
+    fn get_range(&self, py: Python<'_>, name: String, start: u64, end: u64) -> PyResult<Buffer> {
+        let t = self.run(py, move |s, _| Ok(s.get_range(&name, start..end)?))?;
+        Ok(Buffer {
+            keep: Keep::Host(t),
+        })
+    }
+
+    /// A new pass over every selected tensor.
+    fn stream(slf: Bound<'_, Self>) -> PyResult<PyPass> {
+        let pass = slf.get().run(slf.py(), |s, _| Ok(s.pass()))?;
+        Ok(PyPass {
+            session: slf.unbind(),
+            pass: Mutex::new(pass),
+        })
+    }
+
+    /// Cancel what is loading and free what was read ahead. Tensors already
+    /// handed out stay valid.
+    fn close(&self, py: Python<'_>) {
+        let session = py.detach(|| lock(&self.inner).take());
+        py.detach(move || drop(session));
+    }
+
+    /// Whether `close` was called.
+    #[getter]
+    fn closed(&self, py: Python<'_>) -> bool {
+        py.detach(|| lock(&self.inner).is_none())
+    }
+}
+
+impl PySession {
+    /// Run `f` on the session with the GIL released, checking for signals
+    /// while it waits. A signal's exception (KeyboardInterrupt) wins over
+    /// the cancellation it caused.
+    fn run<T: Send>(
+        &self,
+        py: Python<'_>,
+        f: impl FnOnce(&mut Session, &mut Wait<'_>) -> Result<T, Fail> + Send,
+    ) -> PyResult<T> {
+        let mut interrupted: Option<PyErr> = None;
+        let result = py.detach(|| {
+            let mut guard = lock(&self.inner);
+            let session = guard.as_mut().ok_or(Fail::Closed)?;
+            let mut wait = || {
+                Python::attach(|py| match py.check_signals() {
+                    Ok(()) => true,
+                    Err(e) => {
+                        interrupted = Some(e);
+                        false
+                    }
+                })
+            };
+            f(session, &mut wait)
+        });
+        if let Some(e) = interrupted {
+            return Err(e);
+        }
+        result.map_err(|f| match f {
+            Fail::Closed => errors::raise(
+                py,
+                "ClosedError",
+                "the checkpoint was closed (use it inside its `with` block)".into(),
+            ),
+            Fail::Io(e) => errors::from_io(py, e),
+        })
+    }
+
+    fn names(&self, ids: &[weightlift_format::TensorId]) -> Vec<String> {
+        ids.iter()
+            .map(|&id| self.ckpt.tensor(id).name.clone())
+            .collect()
+    }
+
+    /// `(name, dtype, shape, Buffer)` of a loaded tensor.
+    fn described(&self, t: HostTensor) -> PyResult<Described> {
+        let info = self.ckpt.tensor(t.id());
+        let align = (info.dtype.bits() as usize / 8).clamp(1, 8);
+        let keep = Keep::aligned(t, align).map_err(PyErr::from)?;
+        Ok((
+            info.name.clone(),
+            info.dtype.as_str(),
+            info.shape.clone(),
+            Buffer { keep },
+        ))
+    }
+}
+
+/// One pass over the selected tensors: an iterator of
+/// `(name, dtype, shape, Buffer)` in completion order.
+#[pyclass(name = "_Pass", module = "weightlift._weightlift", frozen)]
+struct PyPass {
+    session: Py<PySession>,
+    pass: Mutex<Pass>,
+}
+
+#[pymethods]
+impl PyPass {
+    fn __iter__(slf: Bound<'_, Self>) -> Bound<'_, Self> {
+        slf
+    }
+
+    fn __next__(&self, py: Python<'_>) -> PyResult<Option<Described>> {
+        let session = self.session.get();
+        let pass = &self.pass;
+        let t = session.run(py, |s, wait| {
+            // The session's lock is held; the pass's is only ever taken
+            // inside it, so the two cannot deadlock.
+            let mut pass = lock(pass);
+            s.next(&mut pass, wait).transpose().map_err(Fail::Io)
+        })?;
+        t.map(|t| session.described(t)).transpose()
+    }
+
+    /// Tensors still to come.
+    fn __length_hint__(&self, py: Python<'_>) -> usize {
+        // Never wait for a lock while holding the GIL: its holder may be
+        // waiting for the GIL to check for signals.
+        py.detach(|| lock(&self.pass).remaining())
+    }
+}
+
+/// A tensor's bytes in host memory, exported by DLPack (`uint8`, one
+/// dimension) without copying.
+#[pyclass(module = "weightlift._weightlift", frozen)]
+struct Buffer {
+    keep: Keep,
+}
+
+#[pymethods]
+impl Buffer {
+    #[pyo3(signature = (*, stream=None, max_version=None, dl_device=None, copy=None))]
+    fn __dlpack__<'py>(
+        &self,
+        py: Python<'py>,
+        stream: Option<Bound<'py, PyAny>>,
+        max_version: Option<Bound<'py, PyAny>>,
+        dl_device: Option<Bound<'py, PyAny>>,
+        copy: Option<bool>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        // Host memory: no stream to order against, one device, and a copy
+        // is never needed; the unversioned capsule is what every consumer
+        // accepts.
+        let _ = (stream, max_version, dl_device);
+        if copy == Some(true) {
+            let copied = self.keep.copied().map_err(PyErr::from)?;
+            return dlpack::capsule(py, copied);
+        }
+        dlpack::capsule(py, self.keep.clone())
+    }
+
+    fn __dlpack_device__(&self) -> (i32, i32) {
+        (1, 0)
+    }
+
+    fn __len__(&self) -> usize {
+        self.keep.len()
+    }
+}
+
+/// The names of every backend, in the default order of preference.
+#[pyfunction]
+fn backend_names() -> Vec<&'static str> {
+    Backend::ALL.iter().map(|b| b.name()).collect()
+}
+
+#[pymodule]
+fn _weightlift(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<PySession>()?;
+    m.add_class::<PyPass>()?;
+    m.add_class::<Buffer>()?;
+    m.add_function(wrap_pyfunction!(backend_names, m)?)?;
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    Ok(())
+}

@@ -1,0 +1,485 @@
+"""safe_open, load_file, load and load_into: the public API.
+
+Every decision about reading lives in Rust (weightlift._weightlift); this
+module turns arguments into settings and bytes into tensors.
+"""
+
+import enum
+import os
+from dataclasses import dataclass
+from typing import Any, Callable, Collection, Dict, Iterator, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
+
+from . import _weightlift
+from ._errors import BackendError, DeviceError, MismatchError, SettingError, UnsupportedError
+from ._frameworks import check_framework, framework_shape, to_framework, torch_dtype
+from ._progress import progress as _progress
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+class Backend(enum.Enum):
+    """A way of reading the files. Names match InstantTensor's.
+
+    Direct backends (URING, AIO, PREAD) bypass the page cache with O_DIRECT;
+    the _BUFFERED ones read through it; MMAP maps the files; CUFILE reads
+    straight into GPU memory (GPU devices only).
+    """
+
+    URING = "URING"
+    URING_BUFFERED = "URING_BUFFERED"
+    AIO = "AIO"
+    AIO_BUFFERED = "AIO_BUFFERED"
+    PREAD = "PREAD"
+    PREAD_BUFFERED = "PREAD_BUFFERED"
+    MMAP = "MMAP"
+    CUFILE = "CUFILE"
+
+
+class BackendPolicy(enum.Enum):
+    """A family of backends.
+
+    BUFFERED: MMAP, URING_BUFFERED, PREAD_BUFFERED, AIO_BUFFERED (through the
+    page cache: best when the same model is loaded again soon).
+    DIRECT: URING, AIO, PREAD (O_DIRECT: best for a cold, one-off load).
+    """
+
+    BUFFERED = "BUFFERED"
+    DIRECT = "DIRECT"
+
+
+BackendArg = Union[Backend, BackendPolicy, str, Sequence[Union[Backend, BackendPolicy, str]], None]
+
+
+def _backend_names(backend: BackendArg) -> Optional[str]:
+    """`backend` as the comma-separated names Rust parses; None for automatic."""
+    if backend is None:
+        return None
+    items = [backend] if isinstance(backend, (Backend, BackendPolicy, str)) else list(backend)
+    names = []
+    for b in items:
+        if isinstance(b, (Backend, BackendPolicy)):
+            names.append(b.value)
+        elif isinstance(b, str):
+            names.append(b)
+        else:
+            raise BackendError(
+                f"backend must be a Backend, a BackendPolicy, a name, or a list of them; got {b!r}"
+            )
+    if not names:
+        raise BackendError("backend=[] names no backend; pass None for the automatic choice")
+    return ",".join(names)
+
+
+def _sources(filenames: Any) -> List[str]:
+    """One path or several, as strings."""
+    if isinstance(filenames, (str, bytes, os.PathLike)):
+        return [os.fsdecode(filenames)]
+    try:
+        paths = [os.fsdecode(f) for f in filenames]
+    except TypeError:
+        raise TypeError(
+            f"filenames must be a path or a list of paths, not {type(filenames).__name__}"
+        ) from None
+    if not paths:
+        raise SettingError("no files given")
+    return paths
+
+
+def _device(device: Any) -> str:
+    """The device as weightlift names it; only host memory is supported yet."""
+    if device is None:
+        return "cpu"
+    kind: Any = None
+    if isinstance(device, bool):
+        kind = None
+    elif isinstance(device, int):
+        kind = "cuda"
+    elif isinstance(device, str):
+        kind = device.split(":", 1)[0]
+    elif hasattr(device, "type") and hasattr(device, "index"):  # torch.device
+        kind = device.type
+    if kind == "cpu":
+        return "cpu"
+    if kind in ("cuda", "hip"):
+        raise DeviceError(
+            f"device {device!r}: this build of weightlift loads into host memory only; "
+            "use device='cpu' (load_into copies into tensors on any device)"
+        )
+    raise DeviceError(f"unknown device {device!r}: use 'cpu', 'cuda:N', N or a torch.device")
+
+
+def _selection(session: Any, keys: Any) -> Optional[List[str]]:
+    if keys is None:
+        return None
+    if callable(keys):
+        return [k for k in session.all_keys() if keys(k)]
+    if isinstance(keys, str):
+        return [keys]
+    return list(keys)
+
+
+@dataclass(frozen=True)
+class TensorMetadata:
+    """Where a tensor is and what it holds, as its header says."""
+
+    name: str
+    #: The safetensors dtype name, such as "BF16".
+    dtype: str
+    shape: Tuple[int, ...]
+    #: The shard holding it.
+    file: str
+    #: Its byte range relative to the shard's data section, as in the header.
+    data_offsets: Tuple[int, int]
+    #: The absolute offset of its first byte in the file.
+    offset: int
+
+
+class SafeOpen:
+    """An open checkpoint, made by `safe_open`; use it as a context manager.
+
+    Tensors it hands out own their memory (or keep alive the memory they
+    view): they stay valid after the handle is closed. A closed handle
+    raises ClosedError.
+    """
+
+    def __init__(
+        self,
+        filenames: Any,
+        framework: str = "pt",
+        device: Any = "cpu",
+        process_group: Any = None,
+        *,
+        backend: BackendArg = None,
+        copy: bool = True,
+        buffer_size: Optional[int] = None,
+        keys: Any = None,
+        progress: bool = False,
+    ) -> None:
+        self._framework = check_framework(framework)
+        self._device = _device(device)
+        if process_group is not None:
+            raise UnsupportedError(
+                "process_group: loading across a torch.distributed group is not available yet; "
+                "load on each rank with process_group=None"
+            )
+        if buffer_size is not None and (not isinstance(buffer_size, int) or buffer_size <= 0):
+            raise SettingError(f"buffer_size must be a positive number of bytes, not {buffer_size!r}")
+        self._session = _weightlift._Session(_sources(filenames), _backend_names(backend), buffer_size)
+        names = _selection(self._session, keys)
+        if names is not None:
+            self._session.select(names)
+        self._copy = bool(copy)
+        self._progress = bool(progress)
+        #: Staging memory for device copies, in bytes.
+        self.buffer_size: int = self._session.buffer_size
+        #: Bytes of the selected tensors.
+        self.total_tensor_size: int = self._session.total_bytes
+
+    def __enter__(self) -> "SafeOpen":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Cancel what is loading and free what was read ahead. Tensors
+        already handed out stay valid."""
+        self._session.close()
+
+    @property
+    def backend(self) -> Optional[str]:
+        """The backend of the latest load and its settings; None before one."""
+        return self._session.describe()
+
+    def keys(self) -> List[str]:
+        """The selected tensor names, sorted."""
+        return self._session.keys()
+
+    def offset_keys(self) -> List[str]:
+        """The selected tensor names in file order (shard, then offset)."""
+        return self._session.offset_keys()
+
+    def metadata(self) -> Optional[Dict[str, str]]:
+        """The shards' `__metadata__`, merged (the first shard with a key
+        gives its value); None when no shard has any."""
+        return self._session.metadata()
+
+    def _convert(self, name: str, dtype: str, shape: Sequence[int], buf: Any) -> Any:
+        return to_framework(self._framework, buf, dtype, shape, name)
+
+    def tensors(self) -> Iterator[Tuple[str, Any]]:
+        """Yield `(name, tensor)` for every selected tensor as it completes
+        (completion order). Each call is a new pass over all of them."""
+        stream = self._session.stream()
+        bar = _progress(self._progress, self.total_tensor_size)
+        try:
+            for name, dtype, shape, buf in stream:
+                tensor = self._convert(name, dtype, shape, buf)
+                bar.update(len(buf))
+                yield name, tensor
+        finally:
+            bar.close()
+
+    def get_tensor(self, name: str) -> Any:
+        """The selected tensor `name`; each call returns a new tensor."""
+        dtype, shape, buf = self._session.get(name)
+        return self._convert(name, dtype, shape, buf)
+
+    def get_tensors(self) -> Dict[str, Any]:
+        """Every selected tensor, by name (in sorted order)."""
+        loaded = dict(self.tensors())
+        return {k: loaded[k] for k in sorted(loaded)}
+
+    def get_slice(self, name: str) -> "TensorSlice":
+        """A tensor to index lazily: only the rows an index needs are read."""
+        dtype, shape, *_ = self._session.info(name)
+        return TensorSlice(self, name, dtype, tuple(shape))
+
+    def get_tensor_metadata(self, name: str) -> TensorMetadata:
+        """Where the selected tensor `name` is and what it holds."""
+        dtype, shape, file, start, end, data_start = self._session.info(name)
+        return TensorMetadata(
+            name=name,
+            dtype=dtype,
+            shape=tuple(shape),
+            file=os.fspath(file),
+            data_offsets=(start - data_start, end - data_start),
+            offset=start,
+        )
+
+
+class TensorSlice:
+    """A tensor indexed like safetensors' `get_slice`: `[0:10]`, `[:, 5:]`,
+    `[3]`, `[..., 1:2]`. Indexing reads only the rows of the first
+    dimension that the index touches, then indexes them."""
+
+    def __init__(self, handle: SafeOpen, name: str, dtype: str, shape: Tuple[int, ...]) -> None:
+        self._handle = handle
+        self._name = name
+        self._dtype = dtype
+        self._shape = shape
+
+    def get_shape(self) -> List[int]:
+        return list(self._shape)
+
+    def get_dtype(self) -> str:
+        return self._dtype
+
+    def __len__(self) -> int:
+        if not self._shape:
+            raise TypeError("len() of a 0-d tensor")
+        return self._shape[0]
+
+    def _rows(self, first: Any) -> Optional[Tuple[int, int, Any]]:
+        """For a first index component, the rows `lo..hi` to read and the
+        component relative to `lo`; None when all must be read."""
+        n = self._shape[0]
+        if isinstance(first, bool) or not isinstance(first, (int, slice)):
+            return None
+        if isinstance(first, int):
+            i = first + n if first < 0 else first
+            if not 0 <= i < n:
+                raise IndexError(f"index {first} is out of range for dimension 0 of size {n}")
+            return i, i + 1, 0
+        rows = range(*first.indices(n))
+        if not rows:
+            return 0, 0, slice(0, 0)
+        lo, hi = min(rows), max(rows) + 1
+        stop = rows.stop - lo
+        return lo, hi, slice(rows.start - lo, stop if stop >= 0 else None, rows.step)
+
+    def __getitem__(self, index: Any) -> Any:
+        parts = index if isinstance(index, tuple) else (index,)
+        bits = _BITS[self._dtype]
+        per_row = 1
+        for d in self._shape[1:]:
+            per_row *= d
+        row_bits = per_row * bits
+        rows = self._rows(parts[0]) if self._shape and parts and row_bits % 8 == 0 else None
+        if rows is None:
+            lo, hi, first = 0, (self._shape[0] if self._shape else 1), None
+            start, end = 0, _byte_len(self._shape, bits)
+        else:
+            lo, hi, first = rows
+            start, end = lo * row_bits // 8, hi * row_bits // 8
+        h = self._handle
+        buf = h._session.get_range(self._name, start, end)
+        shape = (hi - lo,) + self._shape[1:] if self._shape else ()
+        part = h._convert(self._name, self._dtype, shape, buf)
+        if rows is None:
+            return part[index]
+        return part[(first,) + tuple(parts[1:])]
+
+
+_BITS = {
+    "BOOL": 8, "U8": 8, "I8": 8, "F8_E4M3": 8, "F8_E5M2": 8, "F8_E8M0": 8,
+    "F8_E4M3FNUZ": 8, "F8_E5M2FNUZ": 8, "U16": 16, "I16": 16, "F16": 16,
+    "BF16": 16, "U32": 32, "I32": 32, "F32": 32, "U64": 64, "I64": 64,
+    "F64": 64, "C64": 64, "F6_E2M3": 6, "F6_E3M2": 6, "F4": 4,
+}  # fmt: skip
+
+
+def _byte_len(shape: Sequence[int], bits: int) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n * bits // 8
+
+
+def safe_open(
+    filenames: Any,
+    framework: str = "pt",
+    device: Any = "cpu",
+    process_group: Any = None,
+    *,
+    backend: BackendArg = None,
+    copy: bool = True,
+    buffer_size: Optional[int] = None,
+    keys: Union[Collection[str], Callable[[str], bool], None] = None,
+    progress: bool = False,
+) -> SafeOpen:
+    """Open a checkpoint for loading, as safetensors' and InstantTensor's
+    `safe_open` do.
+
+    Args:
+        filenames: a `.safetensors` file, a list of them, a directory (its
+            `*.safetensors.index.json` if it holds one, else every
+            `*.safetensors` file in it), or a `model.safetensors.index.json`;
+            str or os.PathLike.
+        framework: "pt" for torch tensors, "np" for numpy arrays (numpy has
+            no bfloat16, float8 or float4: those raise DtypeError).
+        device: "cpu" (or torch.device("cpu")). GPU devices ("cuda:N", N,
+            a torch.device) raise DeviceError in this build.
+        process_group: a torch.distributed group to share the reads with;
+            not available yet (raises UnsupportedError unless None).
+        backend: a Backend, a BackendPolicy, a name, or a list of them,
+            tried in order. None: the WEIGHTLIFT_BACKEND variable if set,
+            else chosen from where the files are (MMAP for tmpfs and cached
+            files, direct reads for cold files).
+        copy: InstantTensor's flag. Host tensors never view a reused ring,
+            so True and False behave alike: tensors stay valid.
+        buffer_size: staging memory for device copies, in bytes.
+        keys: load only these tensors: a collection of names or a predicate
+            on names. Only their bytes are read; keys() lists only them.
+        progress: show a progress bar (bytes, GB/s, time left) on stderr
+            while tensors() runs (tqdm's when installed).
+    """
+    return SafeOpen(
+        filenames,
+        framework,
+        device,
+        process_group,
+        backend=backend,
+        copy=copy,
+        buffer_size=buffer_size,
+        keys=keys,
+        progress=progress,
+    )
+
+
+def load_file(
+    filename: Any,
+    device: Any = "cpu",
+    *,
+    backend: BackendArg = None,
+    keys: Union[Collection[str], Callable[[str], bool], None] = None,
+    progress: bool = False,
+) -> Dict[str, Any]:
+    """Load every tensor of a checkpoint into a dict of torch tensors, as
+    `safetensors.torch.load_file` does. `filename` may also be a list of
+    files, a directory or an index; the other arguments are safe_open's."""
+    with safe_open(filename, "pt", device, backend=backend, keys=keys, progress=progress) as f:
+        return f.get_tensors()
+
+
+def load(
+    path: Any,
+    device: Any = "cpu",
+    *,
+    backend: BackendArg = None,
+    keys: Union[Collection[str], Callable[[str], bool], None] = None,
+    progress: bool = False,
+) -> Dict[str, Any]:
+    """Load a sharded checkpoint (a directory or a `model.safetensors.index.json`)
+    into a dict of torch tensors; the same as load_file."""
+    return load_file(path, device, backend=backend, keys=keys, progress=progress)
+
+
+class IncompatibleKeys(NamedTuple):
+    """What load_into found in only one of the target and the checkpoint."""
+
+    #: Names in the target that the checkpoint lacks.
+    missing_keys: List[str]
+    #: Names in the checkpoint that the target lacks.
+    unexpected_keys: List[str]
+
+
+def load_into(
+    target: Any,
+    filenames: Any,
+    *,
+    strict: bool = True,
+    backend: BackendArg = None,
+    progress: bool = False,
+) -> IncompatibleKeys:
+    """Copy a checkpoint's tensors into preallocated tensors, as each
+    completes, and return the names found on one side only.
+
+    Args:
+        target: a dict of tensors (on any device), or an nn.Module (its
+            parameters and persistent buffers, by state_dict names). Each
+            tensor is written in place (`copy_`), so its storage, device and
+            data_ptr stay the same.
+        filenames: as for safe_open.
+        strict: as in torch's load_state_dict: names in one side only raise
+            MismatchError; with False they are returned and the rest loaded.
+            A shape or dtype that differs is always an error, raised before
+            anything is read.
+        backend, progress: as for safe_open.
+    """
+    import torch
+
+    if isinstance(target, torch.nn.Module):
+        dests = target.state_dict(keep_vars=True)
+    elif isinstance(target, Mapping):
+        dests = dict(target)
+    else:
+        raise TypeError(f"target must be a dict of tensors or an nn.Module, not {type(target).__name__}")
+    with safe_open(filenames, "pt", "cpu", backend=backend, progress=progress) as f:
+        present = f._session.all_keys()
+        in_ckpt = set(present)
+        missing = sorted(k for k in dests if k not in in_ckpt)
+        unexpected = sorted(k for k in present if k not in dests)
+        if strict and (missing or unexpected):
+            raise MismatchError(
+                "load_into(strict=True): "
+                + "; ".join(
+                    part
+                    for part in (
+                        f"missing from the checkpoint: {_names(missing)}" if missing else "",
+                        f"not in the target: {_names(unexpected)}" if unexpected else "",
+                    )
+                    if part
+                )
+            )
+        common = [k for k in present if k in dests]
+        f._session.select(common)
+        for name in common:
+            dtype, shape, file, *_ = f._session.info(name)
+            want = torch_dtype(dtype, name)
+            want_shape = framework_shape(dtype, shape, name)
+            dest = dests[name]
+            if dest.dtype != want or tuple(dest.shape) != want_shape:
+                raise MismatchError(
+                    f"tensor {name!r} in {os.fspath(file)} is {dtype} {list(want_shape)}, "
+                    f"but the target's is {dest.dtype} {list(dest.shape)}"
+                )
+        with torch.no_grad():
+            for name, tensor in f.tensors():
+                dests[name].copy_(tensor)
+    return IncompatibleKeys(missing, unexpected)
+
+
+def _names(names: List[str], most: int = 5) -> str:
+    shown = ", ".join(repr(n) for n in names[:most])
+    return shown + (f" and {len(names) - most} more" if len(names) > most else "")

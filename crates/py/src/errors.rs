@@ -1,0 +1,75 @@
+//! Rust errors as Python exceptions of the `weightlift` hierarchy.
+//!
+//! The classes live in `weightlift/_errors.py`, where they can also derive
+//! from the built-in exception each resembles (`FileNotFoundError`,
+//! `KeyError`, ...); this module only picks the class.
+
+use std::io::ErrorKind;
+
+use pyo3::prelude::*;
+use weightlift_format::Error as FormatError;
+use weightlift_io::Error as IoError;
+
+/// An exception of class `class` (a name in `weightlift._errors`) with
+/// `message`.
+pub(crate) fn raise(py: Python<'_>, class: &str, message: String) -> PyErr {
+    let made = py
+        .import("weightlift._errors")
+        .and_then(|m| m.getattr(class))
+        .and_then(|cls| cls.call1((message.clone(),)));
+    match made {
+        Ok(exc) => PyErr::from_value(exc),
+        // The package is broken; still say what went wrong.
+        Err(e) => e,
+    }
+}
+
+/// The class for an error opening a checkpoint.
+fn format_class(e: &FormatError) -> &'static str {
+    match e {
+        FormatError::Io { source, .. } if source.kind() == ErrorKind::NotFound => {
+            "MissingFileError"
+        }
+        FormatError::Io { .. } | FormatError::Changed { .. } => "WeightliftIOError",
+        _ => "HeaderError",
+    }
+}
+
+/// The class for an error loading.
+fn io_class(e: &IoError) -> &'static str {
+    match e {
+        IoError::Tensor { source, .. } => io_class(source),
+        IoError::Open { source, .. } if source.kind() == ErrorKind::NotFound => "MissingFileError",
+        IoError::Select(_) => "TensorNotFoundError",
+        IoError::UnknownBackend { .. } | IoError::NoBackend { .. } => "BackendError",
+        IoError::Setting { .. } => "SettingError",
+        IoError::Cancelled => "WeightliftError",
+        _ => "WeightliftIOError",
+    }
+}
+
+/// A Python exception for an error opening a checkpoint.
+pub(crate) fn from_format(py: Python<'_>, e: FormatError) -> PyErr {
+    raise(py, format_class(&e), chain(&e))
+}
+
+/// A Python exception for an error loading.
+pub(crate) fn from_io(py: Python<'_>, e: IoError) -> PyErr {
+    raise(py, io_class(&e), chain(&e))
+}
+
+/// The error's message followed by its causes, as `a: b: c`, skipping a
+/// cause already spelled out in the message.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let more = c.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        cause = c.source();
+    }
+    text
+}
