@@ -73,6 +73,25 @@ impl EngineOptions {
     }
 }
 
+impl EngineOptions {
+    /// Bound staging memory to `bytes` (InstantTensor's `buffer_size`):
+    /// the ring gets `bytes`, and reads shrink to fit it when it holds less
+    /// than one slot (to a multiple of 4096; less than 4096 is refused).
+    pub fn with_buffer_size(mut self, bytes: usize) -> Result<Self, Error> {
+        if bytes < 4096 {
+            return Err(Error::Setting {
+                name: "buffer_size",
+                value: bytes as u64,
+                reason: "must be at least 4096 bytes (one aligned read)",
+            });
+        }
+        self.ring_bytes = bytes;
+        self.slot_size = self.slot_size.min(bytes / 4096 * 4096);
+        check_options(&self)?;
+        Ok(self)
+    }
+}
+
 /// `123`, `64K`, `4M`, `1G` (binary multiples; `KiB`, `MiB`, `GiB` too).
 fn parse_amount(s: &str) -> Option<usize> {
     let s = s.trim();
@@ -103,7 +122,24 @@ impl Default for EngineOptions {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_amount;
+    use super::{EngineOptions, Error, parse_amount};
+
+    #[test]
+    fn a_small_buffer_size_shrinks_reads_to_fit() {
+        let o = EngineOptions::default().with_buffer_size(5 << 20).unwrap();
+        assert_eq!((o.ring_bytes, o.slot_size), (5 << 20, 5 << 20));
+        let o = EngineOptions::default().with_buffer_size(10_000).unwrap();
+        assert_eq!((o.ring_bytes, o.slot_size), (10_000, 8192));
+        let o = EngineOptions::default().with_buffer_size(1 << 30).unwrap();
+        assert_eq!(o.slot_size, EngineOptions::DEFAULT_SLOT_SIZE);
+        assert!(matches!(
+            EngineOptions::default().with_buffer_size(4095),
+            Err(Error::Setting {
+                name: "buffer_size",
+                ..
+            })
+        ));
+    }
 
     #[test]
     fn amounts() {

@@ -5,7 +5,8 @@
 //! tensors:
 //!
 //! - [`Session::get`]: one tensor by name, any number of times, in any
-//!   order. The first request reads just that tensor. When requests walk
+//!   order. The first request reads just that tensor, on its own through
+//!   the page cache (or with the backends named, when some were). When requests walk
 //!   the names in sorted order (as `for k in f.keys(): f.get_tensor(k)`
 //!   does), the second one starts streaming every tensor not yet handed
 //!   out with [`host::load`], and later requests are
@@ -53,7 +54,7 @@ use weightlift_format::{Checkpoint, TensorId};
 use weightlift_plan::Selection;
 
 use crate::host::{self, HostLoad, HostTensor, check_unchanged};
-use crate::{EngineOptions, Error, OpenMode, ReadFile, Region};
+use crate::{Backend, EngineOptions, Error, OpenMode, ReadFile, Region};
 
 /// How long one wait lasts before the caller's `wait` callback is asked
 /// whether to go on.
@@ -86,6 +87,9 @@ pub struct Session {
     handed: HashSet<TensorId>,
     /// `Some(n)`: `get` was asked for exactly the first `n` sorted names, in order.
     walk: Option<usize>,
+    /// Backends were named (by the options or `WEIGHTLIFT_BACKEND`): single
+    /// tensors are read with them too, not alone through the page cache.
+    forced: bool,
     /// Opened for single reads, on first use.
     files: Option<Vec<ReadFile>>,
     describe: Option<String>,
@@ -148,6 +152,7 @@ impl Session {
             .filter(|&i| is_selected[i])
             .map(|i| TensorId(i as u32))
             .collect();
+        let forced = options.backends.is_some() || Backend::from_env()?.is_some();
         let mut sorted = selected.clone();
         sorted.sort_by(|a, b| ckpt.tensor(*a).name.cmp(&ckpt.tensor(*b).name));
         Ok(Self {
@@ -160,6 +165,7 @@ impl Session {
             streams: Vec::new(),
             handed: HashSet::new(),
             walk: Some(0),
+            forced,
             files: None,
             describe: None,
         })
@@ -227,7 +233,15 @@ impl Session {
                 .filter(|t| *t == id || (!self.handed.contains(t) && !self.is_pending(*t)))
                 .collect();
             self.start(rest)?;
+        } else if !owed && self.forced {
+            self.start(vec![id])?;
         } else if !owed {
+            if self.describe.is_none() {
+                self.describe = Some(format!(
+                    "{} (single tensors, read alone through the page cache)",
+                    Backend::PreadBuffered
+                ));
+            }
             return self.read_alone(id, 0..self.ckpt.tensor(id).len());
         }
         let s = self
@@ -345,11 +359,32 @@ impl Session {
 
     fn start(&mut self, ids: Vec<TensorId>) -> Result<(), Error> {
         let owed: HashSet<TensorId> = ids.iter().copied().collect();
-        let selection = Selection::Ids(ids.into_iter().collect::<BTreeSet<_>>());
-        let load = host::load(self.ckpt.clone(), &selection, &self.options)?;
+        let selection = Selection::Ids(ids.iter().copied().collect::<BTreeSet<_>>());
+        let load = host::load(self.ckpt.clone(), &selection, &self.options)
+            .map_err(|e| self.name_first(e, &ids))?;
         self.describe = Some(load.describe().to_owned());
         self.streams.push(Stream { load, owed });
         Ok(())
+    }
+
+    /// A failure about a whole file (it changed, it cannot be opened) names
+    /// the first tensor of `ids` in that file: the one the caller waits for.
+    fn name_first(&self, e: Error, ids: &[TensorId]) -> Error {
+        if e.tensor().is_some() {
+            return e;
+        }
+        let Some(file) = e.file() else { return e };
+        let first = ids
+            .iter()
+            .map(|&id| self.ckpt.tensor(id))
+            .find(|t| self.ckpt.shard(t.file).path() == file);
+        match first {
+            Some(t) => Error::Tensor {
+                tensor: t.name.clone(),
+                source: Box::new(e),
+            },
+            None => e,
+        }
     }
 
     /// The next tensor of stream `s`; `None` when it ended (it is then

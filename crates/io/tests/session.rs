@@ -42,7 +42,8 @@ fn single_reads_in_any_order_equal_a_plain_read_and_never_alias() {
         let t = s.get(name, &mut go).unwrap();
         assert_eq!(t.bytes(), plain[name], "{name}");
     }
-    assert_eq!(s.describe(), None, "no stream was started");
+    let described = s.describe().unwrap();
+    assert!(described.contains("read alone"), "{described}");
     let name = &names[3];
     let (a, b) = (s.get(name, &mut go).unwrap(), s.get(name, &mut go).unwrap());
     assert_eq!(a.bytes(), b.bytes());
@@ -69,10 +70,29 @@ fn walking_the_names_in_order_streams_the_rest() {
     for (i, name) in names.iter().enumerate() {
         let t = s.get(name, &mut go).unwrap();
         assert_eq!(t.bytes(), plain[name], "{name}");
-        assert_eq!(s.describe().is_some(), i >= 1, "streaming from the second");
+        let streaming = s.describe().is_some_and(|d| d.contains("queue depth"));
+        assert_eq!(streaming, i >= 1, "streaming from the second");
     }
     // Asked again: read again.
     assert_eq!(s.get(&names[5], &mut go).unwrap().bytes(), plain[&names[5]]);
+}
+
+#[test]
+fn named_backends_read_single_tensors_too() {
+    let (_dir, ckpt) = fixture("session-forced");
+    let plain = plain_bytes(&ckpt);
+    let options = only(
+        weightlift_io::Backend::PreadBuffered,
+        &EngineOptions::default(),
+    );
+    let mut s = Session::new(ckpt.clone(), &Selection::All, options).unwrap();
+    let name = &ckpt.tensors()[7].name;
+    assert_eq!(s.get(name, &mut go).unwrap().bytes(), plain[name]);
+    let described = s.describe().unwrap();
+    assert!(
+        described.starts_with("backend PREAD_BUFFERED"),
+        "{described}"
+    );
 }
 
 #[test]

@@ -81,14 +81,9 @@ impl PySession {
                 Some(Backend::parse_list(&list).map_err(|e| errors::from_io(py, e))?);
         }
         if let Some(n) = buffer_size {
-            if n == 0 {
-                return Err(errors::raise(
-                    py,
-                    "SettingError",
-                    "buffer_size must be at least 1 byte".into(),
-                ));
-            }
-            options.ring_bytes = n;
+            options = options
+                .with_buffer_size(n)
+                .map_err(|e| errors::from_io(py, e))?;
         }
         let opened = py.detach(|| match sources.as_slice() {
             [one] => Checkpoint::open(one),
