@@ -129,7 +129,7 @@ pub(crate) fn run(args: &mut Args) -> Result<()> {
     };
     loaders.extend(engine_backends.into_iter().map(Loader::Backend));
     if !no_python {
-        match load::python(python) {
+        match crate::py::python(python) {
             Ok(py) => loaders.push(Loader::Safetensors(py)),
             Err(e) => println!("safetensors: not measured: {e:#}"),
         }

@@ -9,6 +9,7 @@
 mod args;
 mod bench;
 mod load;
+mod py;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -21,7 +22,8 @@ const USAGE: &str = "\
 usage: cargo xtask <command> [options]
 
 commands:
-  test                    run every check and test (fmt, clippy, tests, doctests, docs, fuzz build)
+  test                    run every check and test (fmt, clippy, tests, doctests, docs,
+                          the wheel's pytest suite in target/venv, fuzz build)
   bench [options]         open, plan and load a checkpoint into host memory with
                           every backend and with safetensors, cold and warm
       --model PATH        a .safetensors file, a directory, or an index.json
@@ -40,7 +42,7 @@ commands:
       --pause SECONDS     rest before each cold load (default 2), so that
                           storage that throttles bursts treats all alike
       --python PATH       a Python with torch and safetensors (default: made
-                          in target/bench-venv on first use)
+                          in target/venv on first use)
       --no-python         skip the safetensors rows
   gen --out DIR [--size SIZE | --tensors N] [--shards N] [--seed N]
                           write a Llama-shaped (or, with --tensors, a
@@ -174,6 +176,9 @@ fn test() -> Result<()> {
             .args(["doc", "--workspace", "--no-deps", "--quiet"])
             .env("RUSTDOCFLAGS", "-D warnings"),
     )?;
+    let python = py::python(None)?;
+    py::install_wheel(&python)?;
+    py::pytest(&python)?;
     step(
         "cargo check of the fuzz targets",
         cargo().args([
