@@ -47,21 +47,13 @@ def test_list_order_is_shard_order(store, h):
 
 
 @pytest.mark.parametrize("as_type", [str, Path])
-def test_directory_with_index(store, h, as_type):
-    ck = store.get("sharded_dir")
+@pytest.mark.parametrize("kind", ["sharded_dir", "sharded_index"], ids=["directory", "index"])
+def test_directory_or_index(store, h, as_type, kind):
+    ck = store.get(kind)
     with weightlift.safe_open(as_type(ck.source)) as f:
         assert f.keys() == ck.names
-        h.assert_same_dict(f.get_tensors(), ck.expected, "dir")
-    h.assert_same_dict(weightlift.load(as_type(ck.source)), ck.expected, "load(dir)")
-
-
-@pytest.mark.parametrize("as_type", [str, Path])
-def test_index_file(store, h, as_type):
-    ck = store.get("sharded_index")
-    with weightlift.safe_open(as_type(ck.source)) as f:
-        assert f.keys() == ck.names
-        h.assert_same_dict(f.get_tensors(), ck.expected, "index")
-    h.assert_same_dict(weightlift.load(as_type(ck.source)), ck.expected, "load(index)")
+        h.assert_same_dict(f.get_tensors(), ck.expected, kind)
+    h.assert_same_dict(weightlift.load(as_type(ck.source)), ck.expected, f"load({kind})")
 
 
 def test_directory_without_index_takes_every_safetensors_file(store, h):

@@ -12,6 +12,15 @@ def _names_in(desc):
     return [n for n in ALL_NAMES if n in desc]
 
 
+def _both_raise(exc, path, **kw):
+    """safe_open (on its first load) and load_file both raise `exc`."""
+    with pytest.raises(exc):
+        with weightlift.safe_open(path, **kw) as f:
+            f.get_tensors()
+    with pytest.raises(exc):
+        weightlift.load_file(path, **kw)
+
+
 # --------------------------------------------------------------------------
 # Every backend, every checkpoint: byte-identical
 # --------------------------------------------------------------------------
@@ -116,11 +125,7 @@ def test_backend_list_with_policy(store, h):
 @pytest.mark.parametrize("arg", ["NOPE", "MMAPP", ["MMAP", "NOPE"]], ids=["NOPE", "MMAPP", "list"])
 def test_unknown_backend(store, arg):
     ck = store.get("metadata")
-    with pytest.raises(weightlift.BackendError):
-        with weightlift.safe_open(ck.source, backend=arg) as f:
-            f.get_tensors()
-    with pytest.raises(weightlift.BackendError):
-        weightlift.load_file(ck.source, backend=arg)
+    _both_raise(weightlift.BackendError, ck.source, backend=arg)
 
 
 # --------------------------------------------------------------------------
@@ -186,11 +191,7 @@ def test_device_cpu(store, h, device):
                          ids=["cuda:0", "int 0", "cuda", "torch.device"])
 def test_device_without_gpu(store, device):
     ck = store.get("metadata")
-    with pytest.raises(weightlift.DeviceError):
-        with weightlift.safe_open(ck.source, device=device) as f:
-            f.get_tensors()
-    with pytest.raises(weightlift.DeviceError):
-        weightlift.load_file(ck.source, device=device)
+    _both_raise(weightlift.DeviceError, ck.source, device=device)
 
 
 def test_process_group_not_supported(store):

@@ -35,23 +35,10 @@ _TORCH = {
     "F4": "float4_e2m1fn_x2",
 }
 
-# safetensors dtype -> numpy dtype name. numpy has no bfloat16, float8 or
-# float4: those raise DtypeError, as safetensors' numpy loader does.
-_NUMPY = {
-    "BOOL": "bool",
-    "U8": "uint8",
-    "I8": "int8",
-    "U16": "uint16",
-    "I16": "int16",
-    "F16": "float16",
-    "U32": "uint32",
-    "I32": "int32",
-    "F32": "float32",
-    "F64": "float64",
-    "U64": "uint64",
-    "I64": "int64",
-    "C64": "complex64",
-}
+# safetensors dtype -> numpy dtype name: torch's name where numpy has the
+# type. numpy has no bfloat16, float8 or float4: those raise DtypeError, as
+# safetensors' numpy loader does.
+_NUMPY = {k: v for k, v in _TORCH.items() if k != "BF16" and not k.startswith(("F8_", "F4"))}
 
 FRAMEWORKS = ("pt", "torch", "np", "numpy")
 
