@@ -1,107 +1,90 @@
 //! `cargo xtask bench`: the main job.
 //!
 //! Times opening a checkpoint (reading and validating every shard's header)
-//! and planning its reads, then loads it into host memory with each
-//! backend and with `safetensors`, cold and warm, each load in a fresh
-//! process, interleaved run by run, next to the storage limit measured in
-//! the same run. A Llama-shaped checkpoint is generated (and kept for the
+//! and planning its reads, then loads it with weightlift (its automatic
+//! choice and each backend), `safetensors` and the peers, cold and warm,
+//! each load in a fresh process, interleaved run by run, next to the
+//! hardware's limits measured in the same run, and writes the table, every
+//! run and a chart. A Llama-shaped checkpoint is generated (and kept for the
 //! next run) when none is given.
 
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, ensure};
+use anyhow::{Context, Result, bail, ensure};
 use weightlift_format::Checkpoint;
-use weightlift_io::{AlignedBuf, Backend, OpenMode, ReadFile, cache};
+use weightlift_io::{Backend, cache};
 use weightlift_plan::{Geometry, Selection, plan};
 use weightlift_tests::fixtures::{LlamaConfig, moe_specs, spec_bytes, write_checkpoint};
 
 use crate::args::Args;
-use crate::load::{self, Cache, Loader, Run};
+use crate::load::{self, Cache, Loader, Outcome, PEERS, Run, Target};
+use crate::report::{self, Limit, Report, Row, Section};
 
 /// Size of the checkpoint generated when none is given.
 pub(crate) const DEFAULT_SIZE: u64 = 3 << 30;
 
+/// Size of the checkpoint `--quick` generates.
+const QUICK_SIZE: u64 = 256 << 20;
+
 pub(crate) fn run(args: &mut Args) -> Result<()> {
+    let command = std::iter::once("cargo xtask bench".to_string())
+        .chain(std::env::args().skip(2))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let quick = args.flag("--quick");
     let model = args.value("--model")?.map(PathBuf::from);
-    let size = args.size("--size")?.unwrap_or(DEFAULT_SIZE);
+    let size = args
+        .size("--size")?
+        .unwrap_or(if quick { QUICK_SIZE } else { DEFAULT_SIZE });
     let tensors = args.number("--tensors")?;
-    let reps = args.number("--reps")?.unwrap_or(5).max(1);
+    let reps = args
+        .number("--reps")?
+        .unwrap_or(if quick { 2 } else { 3 })
+        .max(1) as usize;
+    let device = device(args.value("--device")?.as_deref().unwrap_or("cpu"))?;
+    let backends = args.value("--backends")?;
+    let peers = peers(args.value("--peers")?.as_deref())?;
+    let only_cold = args.flag("--cold");
+    let only_warm = args.flag("--warm");
+    let out = args.value("--out")?.map(PathBuf::from);
+    let verify = args.flag("--verify") || quick;
+    let pause = match args.value("--pause")? {
+        Some(p) => p
+            .parse::<f64>()
+            .ok()
+            .filter(|p| p.is_finite() && *p >= 0.0)
+            .with_context(|| format!("--pause {p:?} is not a number of seconds"))?,
+        None if quick => 0.5,
+        None => 2.0,
+    };
+    let python = args.value("--python")?.map(PathBuf::from);
+    let no_python = args.flag("--no-python");
     let alignment = args.size("--alignment")?.unwrap_or(4096);
     let max_extent = args
         .size("--max-extent")?
         .unwrap_or(Geometry::DEFAULT_MAX_EXTENT);
     let shares = args.number("--shares")?.unwrap_or(8).max(1) as u32;
-    let load_reps = args.number("--load-reps")?.unwrap_or(3).max(1) as usize;
-    let pause = Duration::from_secs_f64(args.number("--pause")?.unwrap_or(2) as f64);
-    let backends = args.value("--backends")?;
-    let python = args.value("--python")?.map(PathBuf::from);
-    let no_python = args.flag("--no-python");
-    let only_cold = args.flag("--cold");
-    let only_warm = args.flag("--warm");
     args.finish()?;
+    ensure!(
+        !(no_python && device != "cpu"),
+        "--device {device} loads through the wheel: drop --no-python"
+    );
+    ensure!(
+        !(no_python && verify),
+        "--verify compares the tensors the Python loaders return: drop --no-python"
+    );
 
     let path = match model {
         Some(p) => p,
         None => cached_fixture(Fixture::new(size, tensors))?,
     };
     let geometry = Geometry::new(alignment, max_extent).context("invalid read geometry")?;
-
     println!("weightlift bench: {}\n", path.display());
-
-    let mut open_times = Vec::new();
-    let mut plan_times = Vec::new();
-    let mut last = None;
-    for _ in 0..reps {
-        let t = Instant::now();
-        let ckpt =
-            Checkpoint::open(&path).with_context(|| format!("opening {}", path.display()))?;
-        open_times.push(t.elapsed());
-        let t = Instant::now();
-        let p = plan(&ckpt, &Selection::All, &geometry)?;
-        plan_times.push(t.elapsed());
-        last = Some((ckpt, p));
-    }
-    let (ckpt, p) = last.expect("at least one repetition");
-
-    println!(
-        "checkpoint: {} tensors in {} shards, {} ({} bytes)",
-        ckpt.len(),
-        ckpt.shards().len(),
-        human(ckpt.total_bytes()),
-        ckpt.total_bytes()
-    );
-    if let Some(index) = ckpt.index_path() {
-        println!("index:      {}", index.display());
-    }
-    if let Some(m) = ckpt.metadata() {
-        println!("metadata:   {m:?}");
-    }
-    println!(
-        "geometry:   alignment {alignment}, max extent {}, merge gap {}",
-        human(geometry.max_extent()),
-        human(geometry.merge_gap())
-    );
-    println!("plan:       {}\n", p.stats());
-
-    println!(
-        "{:<32} {:>12} {:>12} {:>12}",
-        "step (n = {reps})".replace("{reps}", &reps.to_string()),
-        "median",
-        "min",
-        "max"
-    );
-    for (name, times) in [
-        ("open (read + validate headers)", &mut open_times),
-        ("plan (all tensors)", &mut plan_times),
-    ] {
-        times.sort();
-        println!(
-            "{name:<32} {:>12} {:>12} {:>12}",
-            ms(times[times.len() / 2]),
-            ms(times[0]),
-            ms(times[times.len() - 1])
-        );
+    let (ckpt, preamble) = open_and_plan(&path, &geometry, reps.max(5), shares)?;
+    for line in &preamble {
+        println!("{line}");
     }
 
     let files: Vec<PathBuf> = ckpt
@@ -115,73 +98,297 @@ pub(crate) fn run(args: &mut Args) -> Result<()> {
         .collect::<Result<Vec<_>, _>>()?
         .into_iter()
         .all(|d| d);
+    let states: Vec<Cache> = match (only_cold, only_warm, on_disk) {
+        (true, false, false) => bail!(
+            "--cold: {} is in memory (tmpfs?): it cannot be evicted",
+            path.display()
+        ),
+        (true, false, true) => vec![Cache::Cold],
+        (false, true, _) | (_, _, false) => vec![Cache::Warm],
+        _ => vec![Cache::Cold, Cache::Warm],
+    };
+    if !on_disk {
+        println!("\nthe checkpoint is in memory (tmpfs?): warm loads only, no storage limit");
+    }
+
+    let py =
+        if no_python {
+            None
+        } else {
+            Some(crate::py::bench_python(python, &peers).context(
+                "setting up the Python loaders (--no-python measures the Rust API alone)",
+            )?)
+        };
     let mut loaders = Vec::new();
-    if on_disk {
+    if on_disk && states.contains(&Cache::Cold) {
         loaders.push(Loader::Raw);
     }
-    loaders.push(Loader::Auto);
+    let weightlift = |backend| match py {
+        Some(_) => Loader::Python {
+            runner: "weightlift",
+            backend,
+        },
+        None => Loader::Rust(backend),
+    };
+    loaders.push(weightlift(None));
     let engine_backends = match backends {
         Some(list) => Backend::parse_list(&list)?,
+        None if quick => Vec::new(),
         None => Backend::ALL
             .into_iter()
             .filter(|b| *b != Backend::Cufile)
             .collect(),
     };
-    loaders.extend(engine_backends.into_iter().map(Loader::Backend));
-    if !no_python {
-        match crate::py::python(python) {
-            Ok(py) => loaders.push(Loader::Safetensors(py)),
-            Err(e) => println!("safetensors: not measured: {e:#}"),
-        }
+    loaders.extend(engine_backends.into_iter().map(|b| weightlift(Some(b))));
+    if py.is_some() {
+        loaders.extend(
+            PEERS
+                .iter()
+                .filter(|p| peers.contains(&p.0))
+                .map(|p| Loader::Python {
+                    runner: p.1,
+                    backend: None,
+                }),
+        );
     }
-    let states: Vec<Cache> = match (only_cold, only_warm) {
-        (true, false) => vec![Cache::Cold],
-        (false, true) => vec![Cache::Warm],
-        _ => vec![Cache::Cold, Cache::Warm],
+
+    let target = Target {
+        model: &path,
+        files: &files,
+        device: &device,
+        python: py.as_deref(),
     };
-    load_table(
-        &path,
-        &files,
-        ckpt.total_bytes(),
+    let warm_limit = if device == "cpu" {
+        Limit {
+            name: "memcpy".into(),
+            what: "a 512 MiB memory copy split over every core, 5 times".into(),
+            rates: load::memcpy_rates(5),
+        }
+    } else {
+        crate::py::h2d_limit(py.as_deref().expect("a GPU device needs Python"), &device)?
+    };
+    let mut sections = measure(
+        &target,
         &loaders,
         &states,
-        load_reps,
-        pause,
+        reps,
+        Duration::from_secs_f64(pause),
+        verify,
+        ckpt.total_bytes(),
     )?;
-
-    println!("\nfirst extents of the plan:");
-    for e in p.extents().iter().take(4) {
-        let pieces = p.pieces(e);
-        println!(
-            "  {} @ {} + {}: {} piece(s), first {:?}",
-            ckpt.shard(e.file)
-                .path()
-                .file_name()
-                .map(|n| n.to_string_lossy())
-                .unwrap_or_default(),
-            e.offset,
-            human(e.len),
-            pieces.len(),
-            ckpt.tensor(pieces[0].tensor).name
-        );
+    for s in &mut sections {
+        s.limit = match s.state {
+            Cache::Warm => Some(warm_limit.clone()),
+            Cache::Cold => s.rows.iter().find(|r| r.loader == Loader::Raw).map(|r| Limit {
+                name: "raw O_DIRECT".into(),
+                what: "the storage's sequential read of the same files, 16 MiB O_DIRECT reads into one reused buffer, cold, interleaved with the loads".into(),
+                rates: r.runs.iter().map(Run::gbps).collect(),
+            }),
+        };
     }
-
-    let split = p.split(shares)?;
-    let target = p.read_bytes() as f64 / f64::from(shares);
-    println!(
-        "\nsplit into {shares} shares (bound: each within one extent, {}, of {}):",
-        human(p.stats().largest_extent),
-        human(target as u64)
-    );
-    for (k, s) in split.iter().enumerate() {
-        println!(
-            "  share {k}: {:>4} extents, {:>10} ({:+.2}% of an even share)",
-            s.extents().len(),
-            human(s.read_bytes()),
-            (s.read_bytes() as f64 / target - 1.0) * 100.0
-        );
+    let verified = verify.then(|| verify_digests(&sections));
+    let report = Report {
+        command,
+        checkpoint: format!(
+            "{} ({} tensors in {} shards, {})",
+            path.display(),
+            ckpt.len(),
+            ckpt.shards().len(),
+            human(ckpt.total_bytes())
+        ),
+        name: checkpoint_name(&path),
+        device: device.clone(),
+        payload: ckpt.total_bytes(),
+        reps,
+        sections,
+        preamble,
+        verify: verified.as_ref().map(|v| match v {
+            Ok(s) | Err(s) => s.clone(),
+        }),
+        machine: report::machine(&path, py.as_deref()),
+    };
+    println!("\n{}", report.tables());
+    if let Some(v) = &report.verify {
+        println!("verify: {v}");
+    }
+    let out = out.unwrap_or_else(default_out);
+    for line in report.write(&out, py.as_deref())? {
+        println!("wrote {line}");
+    }
+    let failed: Vec<String> = report
+        .sections
+        .iter()
+        .flat_map(|s| &s.rows)
+        .filter(|r| r.loader.is_weightlift() && matches!(r.stopped, Some(Outcome::Failed(_))))
+        .map(|r| r.loader.name())
+        .collect();
+    ensure!(failed.is_empty(), "failed: {}", failed.join(", "));
+    if let Some(Err(e)) = verified {
+        bail!("verify: {e}");
     }
     Ok(())
+}
+
+/// The name of a checkpoint's file, or of its directory for an index.
+fn checkpoint_name(path: &Path) -> String {
+    let named = if path.extension().is_some_and(|e| e == "json") {
+        path.parent().unwrap_or(path)
+    } else {
+        path
+    };
+    named.file_name().map_or_else(
+        || path.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    )
+}
+
+/// `cpu`, `cuda` or `cuda:N` (as `cuda:N`).
+fn device(s: &str) -> Result<String> {
+    match s {
+        "cpu" => Ok("cpu".into()),
+        "cuda" => Ok("cuda:0".into()),
+        _ => match s.strip_prefix("cuda:").map(str::parse::<u32>) {
+            Some(Ok(n)) => Ok(format!("cuda:{n}")),
+            _ => bail!("--device {s:?}: expected cpu, cuda or cuda:N"),
+        },
+    }
+}
+
+/// The peers `--peers` names (`all`, the default, or `none`, or a list).
+fn peers(arg: Option<&str>) -> Result<Vec<&'static str>> {
+    let mut known: Vec<&'static str> = PEERS.iter().map(|p| p.0).collect();
+    known.dedup();
+    match arg {
+        None | Some("all") => Ok(known),
+        Some("none") => Ok(Vec::new()),
+        Some(list) => list
+            .split(',')
+            .map(|name| {
+                let name = name.trim();
+                known
+                    .iter()
+                    .find(|k| k.eq_ignore_ascii_case(name))
+                    .copied()
+                    .with_context(|| {
+                        format!(
+                            "--peers: unknown peer {name:?} (known: {})",
+                            known.join(", ")
+                        )
+                    })
+            })
+            .collect(),
+    }
+}
+
+/// Time opening the checkpoint (reading and validating every header) and
+/// planning its reads `reps` times; the checkpoint and the lines that say
+/// how long each took.
+fn open_and_plan(
+    path: &Path,
+    geometry: &Geometry,
+    reps: usize,
+    shares: u32,
+) -> Result<(Checkpoint, Vec<String>)> {
+    let mut open_times = Vec::new();
+    let mut plan_times = Vec::new();
+    let mut last = None;
+    for _ in 0..reps {
+        let t = Instant::now();
+        let ckpt = Checkpoint::open(path).with_context(|| format!("opening {}", path.display()))?;
+        open_times.push(t.elapsed());
+        let t = Instant::now();
+        let p = plan(&ckpt, &Selection::All, geometry)?;
+        plan_times.push(t.elapsed());
+        last = Some((ckpt, p));
+    }
+    let (ckpt, p) = last.expect("at least one repetition");
+    let mut lines = vec![format!(
+        "checkpoint: {} tensors in {} shards, {} ({} bytes)",
+        ckpt.len(),
+        ckpt.shards().len(),
+        human(ckpt.total_bytes()),
+        ckpt.total_bytes()
+    )];
+    if let Some(index) = ckpt.index_path() {
+        lines.push(format!("index:      {}", index.display()));
+    }
+    lines.push(format!(
+        "geometry:   alignment {}, max extent {}, merge gap {}",
+        geometry.alignment(),
+        human(geometry.max_extent()),
+        human(geometry.merge_gap())
+    ));
+    lines.push(format!("plan:       {}", p.stats()));
+    lines.push(format!(
+        "{:<32} {:>12} {:>12} {:>12}",
+        format!("step (n = {reps})"),
+        "median",
+        "min",
+        "max"
+    ));
+    for (name, times) in [
+        ("open (read + validate headers)", &mut open_times),
+        ("plan (all tensors)", &mut plan_times),
+    ] {
+        times.sort();
+        lines.push(format!(
+            "{name:<32} {:>12} {:>12} {:>12}",
+            ms(times[times.len() / 2]),
+            ms(times[0]),
+            ms(times[times.len() - 1])
+        ));
+    }
+    let split = p.split(shares)?;
+    let target = p.read_bytes() as f64 / f64::from(shares);
+    let worst = split
+        .iter()
+        .map(|s| (s.read_bytes() as f64 / target - 1.0).abs() * 100.0)
+        .fold(0.0, f64::max);
+    lines.push(format!(
+        "split into {shares} shares: each within {worst:.2}% of an even share of {} (bound: one extent, {})",
+        human(target as u64),
+        human(p.stats().largest_extent),
+    ));
+    Ok((ckpt, lines))
+}
+
+/// `results/<date>-<host>` under the workspace.
+fn default_out() -> PathBuf {
+    let days = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() / 86_400) as i64;
+    let (y, m, d) = civil_from_days(days);
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default();
+    let host: String = host
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    crate::root().join("results").join(format!(
+        "{y:04}-{m:02}-{d:02}-{}",
+        if host.is_empty() { "host" } else { &host }
+    ))
+}
+
+/// The proleptic Gregorian date of a day counted from 1970-01-01 (Howard
+/// Hinnant's `civil_from_days`).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
 }
 
 /// A generated checkpoint: Llama-shaped of about `size` bytes, or
@@ -224,155 +431,123 @@ impl Fixture {
     }
 }
 
-/// Load with every loader, `reps` times per cache state, interleaved, and
-/// print a table per state.
-fn load_table(
-    model: &Path,
-    files: &[PathBuf],
-    payload: u64,
+/// Load with every loader `reps` times per cache state, interleaved,
+/// rotating the order each repetition; a loader that cannot run, or fails,
+/// is not tried again in that state. With `verify`, each loader's first run
+/// in each state hashes what it loaded (after its clock stopped).
+fn measure(
+    target: &Target<'_>,
     loaders: &[Loader],
     states: &[Cache],
     reps: usize,
     pause: Duration,
-) -> Result<()> {
-    let mut runs: Vec<Vec<Vec<Run>>> = vec![vec![Vec::new(); loaders.len()]; states.len()];
+    verify: bool,
+    payload: u64,
+) -> Result<Vec<Section>> {
+    let mut sections: Vec<Section> = states
+        .iter()
+        .map(|&state| Section {
+            state,
+            // Direct reads bypass the cache: the limit is the same warm.
+            rows: loaders
+                .iter()
+                .filter(|l| !(state == Cache::Warm && **l == Loader::Raw))
+                .cloned()
+                .map(Row::new)
+                .collect(),
+            limit: None,
+        })
+        .collect();
+    let total: usize = sections.iter().map(|s| s.rows.len()).sum::<usize>() * reps;
+    let mut done = 0;
+    let started = Instant::now();
+    // A progress line redrawn in place on a terminal; a line a repetition elsewhere.
+    let progress = std::io::stderr().is_terminal();
     for rep in 0..reps {
-        for (si, &state) in states.iter().enumerate() {
-            // Rotate the order each repetition, so that no loader always
-            // follows the same one (storage that throttles bursts favours
-            // whoever comes after a pause).
-            for k in 0..loaders.len() {
-                let li = (k + rep) % loaders.len();
-                let loader = &loaders[li];
-                if state == Cache::Warm && *loader == Loader::Raw {
-                    continue; // direct reads bypass the cache: the same as cold
+        if !progress {
+            eprintln!(
+                "  repetition {}/{reps} ({:.0} s)",
+                rep + 1,
+                started.elapsed().as_secs_f64()
+            );
+        }
+        for section in &mut sections {
+            let n = section.rows.len();
+            for k in 0..n {
+                // Rotate, so that no loader always follows the same one
+                // (storage that throttles bursts favours whoever comes
+                // after a pause).
+                let row = &mut section.rows[(k + rep) % n];
+                done += 1;
+                if row.stopped.is_some() {
+                    continue;
                 }
-                eprint!(
-                    "\r  rep {}/{reps} {state:?}: {:<32}",
-                    rep + 1,
-                    loader.name()
-                );
-                load::prepare(files, state)?;
-                if state == Cache::Cold {
-                    // Virtual disks throttle bursts: let each cold load
-                    // start from the same rested state, whoever ran before.
+                if progress {
+                    eprint!(
+                        "\r\x1b[K  [{done}/{total}, {:.0} s] rep {}/{reps} {}: {}",
+                        started.elapsed().as_secs_f64(),
+                        rep + 1,
+                        section.state.name(),
+                        row.loader.name()
+                    );
+                }
+                load::prepare(target.files, section.state)?;
+                if section.state == Cache::Cold {
                     std::thread::sleep(pause);
                 }
-                runs[si][li].push(load::run_once(loader, model, files)?);
+                let digest = verify && rep == 0;
+                match load::run_once(&row.loader, target, digest)? {
+                    Outcome::Ran(run) if row.loader != Loader::Raw && run.bytes != payload => {
+                        row.stopped = Some(Outcome::Failed(format!(
+                            "loaded {} bytes of {payload}",
+                            run.bytes
+                        )));
+                    }
+                    Outcome::Ran(run) => row.runs.push(run),
+                    other => row.stopped = Some(other),
+                }
             }
         }
     }
-    eprintln!();
-    let raw_rate =
-        median_rate(&runs[0][0], payload).filter(|_| loaders.first() == Some(&Loader::Raw));
-    for (si, state) in states.iter().enumerate() {
-        let st_rate = loaders
-            .iter()
-            .position(|l| matches!(l, Loader::Safetensors(_)))
-            .and_then(|i| median_rate(&runs[si][i], payload));
-        println!(
-            "\nload into host memory, {state:?} ({} per load, {} payload; n = {reps}; GB/s median [min, max]; clock stops when one byte of every page of every tensor was read)",
-            match state {
-                Cache::Cold => "every file evicted and confirmed cold",
-                Cache::Warm => "every file read into the page cache and confirmed warm",
-            },
-            human(payload)
-        );
-        println!(
-            "{:<28} {:<16} {:>10} {:>24} {:>9} {:>13}",
-            "loader", "backend", "seconds", "GB/s", "% limit", "× safetensors"
-        );
-        for (li, loader) in loaders.iter().enumerate() {
-            let r = &runs[si][li];
-            if r.is_empty() {
-                continue;
+    eprintln!(
+        "{}  {total} loads in {:.0} s",
+        if progress { "\r\x1b[K" } else { "" },
+        started.elapsed().as_secs_f64()
+    );
+    Ok(sections)
+}
+
+/// Whether every hashed load returned the same bytes: what was compared,
+/// or which loaders disagree.
+fn verify_digests(sections: &[Section]) -> Result<String, String> {
+    let mut groups: Vec<(String, Vec<String>)> = Vec::new();
+    for s in sections {
+        for r in &s.rows {
+            for d in r.runs.iter().filter_map(|run| run.digest.clone()) {
+                let who = format!("{} ({})", r.loader.name(), s.state.name());
+                match groups.iter_mut().find(|g| g.0 == d) {
+                    Some(g) => g.1.push(who),
+                    None => groups.push((d, vec![who])),
+                }
             }
-            let bytes = if *loader == Loader::Raw {
-                r[0].bytes
-            } else {
-                payload
-            };
-            let mut secs: Vec<f64> = r.iter().map(|x| x.seconds).collect();
-            secs.sort_by(f64::total_cmp);
-            let med = secs[secs.len() / 2];
-            let gbs = |s: f64| bytes as f64 / s / 1e9;
-            let rate = gbs(med);
-            println!(
-                "{:<28} {:<16} {:>10.3} {:>24} {:>9} {:>13}",
-                loader.name(),
-                r[0].backend,
-                med,
-                format!(
-                    "{:.2} [{:.2}, {:.2}]",
-                    rate,
-                    gbs(secs[secs.len() - 1]),
-                    gbs(secs[0])
-                ),
-                raw_rate.map_or("-".into(), |l| format!("{:.0}%", rate / l * 100.0)),
-                st_rate.map_or("-".into(), |s| format!("{:.2}", rate / s)),
-            );
         }
     }
-    if loaders.first() == Some(&Loader::Raw) {
-        println!(
-            "(limit: the raw O_DIRECT read of the same files, cold, one stream of 16 MiB reads into one reused buffer, measured interleaved with the loads)"
-        );
+    match groups.as_slice() {
+        [] => Err("no loader hashed its tensors".into()),
+        [(d, who)] => Ok(format!(
+            "{} loads returned the same bytes for every tensor (blake2b-128 {d}): {}",
+            who.len(),
+            who.join(", ")
+        )),
+        _ => Err(format!(
+            "loaders disagree: {}",
+            groups
+                .iter()
+                .map(|(d, who)| format!("{d}: {}", who.join(", ")))
+                .collect::<Vec<_>>()
+                .join("; ")
+        )),
     }
-    Ok(())
-}
-
-fn median_rate(runs: &[Run], payload: u64) -> Option<f64> {
-    let mut secs: Vec<f64> = runs.iter().map(|r| r.seconds).collect();
-    secs.sort_by(f64::total_cmp);
-    let med = *secs.get(secs.len() / 2)?;
-    let bytes = if runs[0].backend == "raw" {
-        runs[0].bytes
-    } else {
-        payload
-    };
-    Some(bytes as f64 / med / 1e9)
-}
-
-/// Read `files` start to end with 16 MiB direct reads, one at a time, into
-/// one reused buffer aligned for all of them (after evicting them and
-/// confirming they are cold, when `evict`). Returns the bytes read and the
-/// time.
-pub(crate) fn raw_direct_read(files: &[PathBuf], evict: bool) -> Result<(u64, Duration)> {
-    const CHUNK: usize = 16 << 20;
-    let mut opened = Vec::with_capacity(files.len());
-    for f in files {
-        if evict {
-            load::prepare(std::slice::from_ref(f), Cache::Cold)?;
-        }
-        let file = ReadFile::open(f, OpenMode::Direct)?;
-        if !file.alignment().reported {
-            eprintln!(
-                "note: {} does not report its direct-I/O alignment; assuming {}",
-                f.display(),
-                file.alignment().offset
-            );
-        }
-        opened.push(file);
-    }
-    let align = opened
-        .iter()
-        .map(|f| (f.alignment().offset as usize).max(f.alignment().memory))
-        .max()
-        .unwrap_or(4096)
-        .max(4096);
-    let mut buf = AlignedBuf::zeroed(CHUNK, align)?;
-    let mut bytes = 0u64;
-    let t = Instant::now();
-    for file in &opened {
-        let mut offset = 0;
-        while offset < file.size() {
-            let n = file.read_at(buf.as_mut_slice(), offset)?;
-            ensure!(n > 0, "{}: no progress at {offset}", file.path().display());
-            offset += n as u64;
-        }
-        bytes += offset;
-    }
-    Ok((bytes, t.elapsed()))
 }
 
 /// Write `fixture` into `dir`.

@@ -1,70 +1,224 @@
-//! Timed loads into host memory, each in a fresh process, cold and warm,
-//! interleaved with the storage limit and with `safetensors`.
+//! Timed loads, each in a fresh process: weightlift (through the wheel or
+//! the Rust API), `safetensors` and the peers through `bench_runner.py`,
+//! and the storage limit through `xtask load-once`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
+use serde::{Deserialize, Serialize};
 use weightlift_format::Checkpoint;
 use weightlift_io::{Backend, EngineOptions, cache, host};
 use weightlift_plan::Selection;
 
 use crate::args::Args;
 
-/// Python that loads with `safetensors.torch.load_file`, imports untimed,
-/// and touches one byte of every page of every tensor before the clock
-/// stops, as the Rust loads do.
-const SAFETENSORS_LOAD: &str = r#"
-import json, sys, time
-import torch
-from safetensors.torch import load_file
-files = sys.argv[1:]
-t = time.perf_counter()
-total = 0
-touched = 0
-for f in files:
-    for v in load_file(f).values():
-        if v.numel() == 0:
-            continue
-        b = v.reshape(-1).view(torch.uint8)
-        touched += int(b[::4096].sum())
-        total += b.numel()
-s = time.perf_counter() - t
-print(json.dumps({"seconds": s, "bytes": total, "backend": "safetensors", "checksum": touched}))
-"#;
-
 /// A way of loading the checkpoint.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Loader {
     /// The storage limit: one stream of 16 MiB `O_DIRECT` reads into one buffer.
     Raw,
-    /// weightlift with the automatic choice.
-    Auto,
-    /// weightlift with one backend.
-    Backend(Backend),
-    /// `safetensors.torch.load_file` under this Python.
-    Safetensors(PathBuf),
+    /// weightlift through the Rust API into host memory (`None`: the
+    /// automatic choice).
+    Rust(Option<Backend>),
+    /// A loader of `bench_runner.py`, by the name it knows it by; `backend`
+    /// only for weightlift.
+    Python {
+        runner: &'static str,
+        backend: Option<Backend>,
+    },
 }
+
+/// The runner's loaders other than weightlift, as `--peers` names them:
+/// (name, the runner's name, the row's label).
+pub(crate) const PEERS: &[(&str, &str, &str)] = &[
+    (
+        "safetensors",
+        "safetensors_load_file",
+        "safetensors load_file",
+    ),
+    (
+        "safetensors",
+        "safetensors_safe_open",
+        "safetensors safe_open",
+    ),
+    ("fastsafetensors", "fastsafetensors", "fastsafetensors"),
+    ("runai", "runai", "Run:ai streamer"),
+    ("instanttensor", "instanttensor", "InstantTensor"),
+];
 
 impl Loader {
     pub(crate) fn name(&self) -> String {
         match self {
             Loader::Raw => "raw O_DIRECT (limit)".into(),
-            Loader::Auto => "weightlift auto".into(),
-            Loader::Backend(b) => format!("weightlift {b}"),
-            Loader::Safetensors(_) => "safetensors load_file".into(),
+            Loader::Rust(None) => "weightlift auto (Rust)".into(),
+            Loader::Rust(Some(b)) => format!("weightlift {b} (Rust)"),
+            Loader::Python {
+                runner: "weightlift",
+                backend,
+            } => match backend {
+                None => "weightlift auto".into(),
+                Some(b) => format!("weightlift {b}"),
+            },
+            Loader::Python { runner, .. } => PEERS
+                .iter()
+                .find(|p| p.1 == *runner)
+                .map_or_else(|| (*runner).to_string(), |p| p.2.to_string()),
         }
+    }
+
+    /// weightlift with its automatic choice, whichever way it is driven.
+    pub(crate) fn is_weightlift_auto(&self) -> bool {
+        matches!(
+            self,
+            Loader::Rust(None)
+                | Loader::Python {
+                    runner: "weightlift",
+                    backend: None
+                }
+        )
+    }
+
+    pub(crate) fn is_weightlift(&self) -> bool {
+        matches!(
+            self,
+            Loader::Rust(_)
+                | Loader::Python {
+                    runner: "weightlift",
+                    ..
+                }
+        )
+    }
+
+    /// The baseline every speedup is quoted against.
+    pub(crate) fn is_baseline(&self) -> bool {
+        matches!(
+            self,
+            Loader::Python {
+                runner: "safetensors_load_file",
+                ..
+            }
+        )
     }
 }
 
-/// One measured run.
-#[derive(Debug, Clone)]
+/// One measured run, as a loader's process reports it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct Run {
     pub seconds: f64,
+    /// Payload bytes (for the limit: bytes read).
     pub bytes: u64,
+    #[serde(default)]
+    pub tensors: Option<u64>,
     pub backend: String,
+    /// Peak resident set of the loading process (`VmHWM`), bytes.
+    #[serde(default)]
+    pub peak_rss: Option<u64>,
+    /// Resident set just before the clock started, bytes.
+    #[serde(default)]
+    pub base_rss: Option<u64>,
+    /// Peak device memory used by the load, bytes.
+    #[serde(default)]
+    pub peak_gpu: Option<u64>,
+    /// A hash of every tensor's name and bytes, when asked for.
+    #[serde(default)]
+    pub digest: Option<String>,
+}
+
+impl Run {
+    pub(crate) fn gbps(&self) -> f64 {
+        self.bytes as f64 / self.seconds / 1e9
+    }
+}
+
+/// What came of asking a loader to run once.
+#[derive(Debug, Clone)]
+pub(crate) enum Outcome {
+    Ran(Run),
+    /// It cannot run here (not installed, needs a GPU, ...): why.
+    Unavailable(String),
+    /// It failed: the last lines it printed.
+    Failed(String),
+}
+
+/// Where and how the loads run.
+pub(crate) struct Target<'a> {
+    pub model: &'a Path,
+    pub files: &'a [PathBuf],
+    pub device: &'a str,
+    /// The Python with the wheel, torch and the peers (absent with `--no-python`).
+    pub python: Option<&'a Path>,
+}
+
+/// The script every Python loader runs in.
+pub(crate) fn runner() -> PathBuf {
+    crate::root().join("xtask/bench_runner.py")
+}
+
+/// Exit status with which the runner says a loader cannot run here.
+const UNAVAILABLE: i32 = 3;
+
+/// Run `loader` once in a fresh process; `digest` asks for a hash of every
+/// tensor, taken after the clock stopped.
+pub(crate) fn run_once(loader: &Loader, target: &Target<'_>, digest: bool) -> Result<Outcome> {
+    let mut cmd = match loader {
+        Loader::Python { runner, backend } => {
+            let python = target.python.context("a Python loader without a Python")?;
+            let mut c = Command::new(python);
+            c.arg(self::runner())
+                .args(["load", "--loader", runner, "--device", target.device]);
+            if let Some(b) = backend {
+                c.args(["--backend", b.name()]);
+            }
+            if digest {
+                c.arg("--digest");
+            }
+            c.arg("--model").arg(target.model).args(target.files);
+            c
+        }
+        Loader::Raw | Loader::Rust(_) => {
+            let mut c = Command::new(std::env::current_exe()?);
+            let name = match loader {
+                Loader::Rust(Some(b)) => b.name().to_string(),
+                Loader::Rust(None) => "auto".to_string(),
+                _ => "raw".to_string(),
+            };
+            c.args(["load-once", "--loader", &name, "--model"])
+                .arg(target.model);
+            c
+        }
+    };
+    // The choice must come from the loader's own default, not the caller's environment.
+    cmd.env_remove(weightlift_io::BACKEND_ENV);
+    let out = cmd
+        .output()
+        .with_context(|| format!("starting {}", loader.name()))?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let last = stdout.lines().last().unwrap_or_default();
+    if out.status.code() == Some(UNAVAILABLE) {
+        #[derive(Deserialize)]
+        struct Why {
+            unavailable: String,
+        }
+        let why =
+            serde_json::from_str::<Why>(last).map_or_else(|_| last.to_string(), |w| w.unavailable);
+        return Ok(Outcome::Unavailable(why));
+    }
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let tail: Vec<&str> = stderr.lines().rev().take(3).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        return Ok(Outcome::Failed(format!(
+            "{} ({})",
+            tail.join(" | "),
+            out.status
+        )));
+    }
+    let run: Run = serde_json::from_str(last)
+        .with_context(|| format!("{} printed {last:?}, not a run", loader.name()))?;
+    Ok(Outcome::Ran(run))
 }
 
 /// `xtask load-once --model P --loader auto|raw|NAME`: one load in this
@@ -81,11 +235,16 @@ pub(crate) fn load_once(args: &mut Args) -> Result<()> {
                 .iter()
                 .map(|s| s.path().to_path_buf())
                 .collect();
-            let (bytes, d) = crate::bench::raw_direct_read(&files, false)?;
+            let (bytes, d) = raw_direct_read(&files, false)?;
             Run {
                 seconds: d.as_secs_f64(),
                 bytes,
+                tensors: None,
                 backend: "raw".into(),
+                peak_rss: peak_rss(),
+                base_rss: None,
+                peak_gpu: None,
+                digest: None,
             }
         }
         name => {
@@ -101,16 +260,14 @@ pub(crate) fn load_once(args: &mut Args) -> Result<()> {
             load_and_touch(&ckpt, &opts)?
         }
     };
-    println!(
-        "{{\"seconds\": {}, \"bytes\": {}, \"backend\": \"{}\"}}",
-        run.seconds, run.bytes, run.backend
-    );
+    println!("{}", serde_json::to_string(&run)?);
     Ok(())
 }
 
 /// Load every tensor and read one byte of every page of each as it
 /// arrives; the clock stops when the last page was read.
 fn load_and_touch(ckpt: &Arc<Checkpoint>, opts: &EngineOptions) -> Result<Run> {
+    let base_rss = rss("VmRSS");
     let t = Instant::now();
     let load = host::load(ckpt.clone(), &Selection::All, opts)?;
     let backend = load.backend().to_string();
@@ -135,8 +292,94 @@ fn load_and_touch(ckpt: &Arc<Checkpoint>, opts: &EngineOptions) -> Result<Run> {
     Ok(Run {
         seconds,
         bytes,
+        tensors: Some(tensors.len() as u64),
         backend,
+        peak_rss: peak_rss(),
+        base_rss,
+        peak_gpu: None,
+        digest: None,
     })
+}
+
+fn peak_rss() -> Option<u64> {
+    rss("VmHWM")
+}
+
+/// A `/proc/self/status` memory line (`VmRSS`, `VmHWM`), in bytes.
+fn rss(key: &str) -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with(key))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// Read `files` start to end with 16 MiB direct reads, one at a time, into
+/// one reused buffer aligned for all of them (after evicting them and
+/// confirming they are cold, when `evict`). Returns the bytes read and the
+/// time.
+pub(crate) fn raw_direct_read(files: &[PathBuf], evict: bool) -> Result<(u64, Duration)> {
+    use weightlift_io::{AlignedBuf, OpenMode, ReadFile};
+    const CHUNK: usize = 16 << 20;
+    let mut opened = Vec::with_capacity(files.len());
+    for f in files {
+        if evict {
+            prepare(std::slice::from_ref(f), Cache::Cold)?;
+        }
+        let file = ReadFile::open(f, OpenMode::Direct)?;
+        if !file.alignment().reported {
+            eprintln!(
+                "note: {} does not report its direct-I/O alignment; assuming {}",
+                f.display(),
+                file.alignment().offset
+            );
+        }
+        opened.push(file);
+    }
+    let align = opened
+        .iter()
+        .map(|f| (f.alignment().offset as usize).max(f.alignment().memory))
+        .max()
+        .unwrap_or(4096)
+        .max(4096);
+    let mut buf = AlignedBuf::zeroed(CHUNK, align)?;
+    let mut bytes = 0u64;
+    let t = Instant::now();
+    for file in &opened {
+        let mut offset = 0;
+        while offset < file.size() {
+            let n = file.read_at(buf.as_mut_slice(), offset)?;
+            ensure!(n > 0, "{}: no progress at {offset}", file.path().display());
+            offset += n as u64;
+        }
+        bytes += offset;
+    }
+    Ok((bytes, t.elapsed()))
+}
+
+/// The memory bandwidth a copy out of the page cache is bounded by: `reps`
+/// copies of a 512 MiB buffer into another, split over every core, both
+/// touched beforehand. GB/s of bytes copied, one per repetition.
+pub(crate) fn memcpy_rates(reps: usize) -> Vec<f64> {
+    const LEN: usize = 512 << 20;
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let src = vec![0x5au8; LEN];
+    // Written once untimed: zeroed allocations are not backed by pages
+    // until first written.
+    let mut dst = vec![0xa5u8; LEN];
+    let chunk = LEN.div_ceil(threads);
+    (0..reps)
+        .map(|_| {
+            let t = Instant::now();
+            std::thread::scope(|s| {
+                for (d, c) in dst.chunks_mut(chunk).zip(src.chunks(chunk)) {
+                    s.spawn(move || d.copy_from_slice(c));
+                }
+            });
+            let secs = t.elapsed().as_secs_f64();
+            std::hint::black_box(&dst);
+            LEN as f64 / secs / 1e9
+        })
+        .collect()
 }
 
 /// Whether files are evicted (and confirmed cold) or read into the page
@@ -145,6 +388,15 @@ fn load_and_touch(ckpt: &Arc<Checkpoint>, opts: &EngineOptions) -> Result<Run> {
 pub(crate) enum Cache {
     Cold,
     Warm,
+}
+
+impl Cache {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Cache::Cold => "cold",
+            Cache::Warm => "warm",
+        }
+    }
 }
 
 /// Prepare the page cache for one run.
@@ -186,57 +438,4 @@ pub(crate) fn prepare(files: &[PathBuf], cache_state: Cache) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// Run `loader` once in a fresh process.
-pub(crate) fn run_once(loader: &Loader, model: &Path, files: &[PathBuf]) -> Result<Run> {
-    let mut cmd = match loader {
-        Loader::Safetensors(python) => {
-            let mut c = Command::new(python);
-            c.arg("-c").arg(SAFETENSORS_LOAD).args(files);
-            c
-        }
-        other => {
-            let mut c = Command::new(std::env::current_exe()?);
-            let name = match other {
-                Loader::Raw => "raw".to_string(),
-                Loader::Auto => "auto".to_string(),
-                Loader::Backend(b) => b.name().to_string(),
-                Loader::Safetensors(_) => unreachable!(),
-            };
-            c.arg("load-once")
-                .arg("--model")
-                .arg(model)
-                .arg("--loader")
-                .arg(name);
-            c
-        }
-    };
-    // The choice must come from the loader's own default, not the caller's environment.
-    cmd.env_remove(weightlift_io::BACKEND_ENV);
-    let out = cmd
-        .output()
-        .with_context(|| format!("starting {}", loader.name()))?;
-    if !out.status.success() {
-        bail!(
-            "{} failed: {}",
-            loader.name(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    let line = String::from_utf8_lossy(&out.stdout);
-    let line = line.lines().last().unwrap_or_default();
-    let field = |key: &str| -> Option<&str> {
-        let at = line.find(&format!("\"{key}\": "))? + key.len() + 4;
-        let rest = &line[at..];
-        let end = rest.find([',', '}']).unwrap_or(rest.len());
-        Some(rest[..end].trim().trim_matches('"'))
-    };
-    let seconds: f64 = field("seconds").context("no seconds")?.parse()?;
-    let bytes: u64 = field("bytes").context("no bytes")?.parse()?;
-    Ok(Run {
-        seconds,
-        bytes,
-        backend: field("backend").unwrap_or("?").to_string(),
-    })
 }

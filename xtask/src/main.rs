@@ -10,6 +10,7 @@ mod args;
 mod bench;
 mod load;
 mod py;
+mod report;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -24,26 +25,38 @@ usage: cargo xtask <command> [options]
 commands:
   test                    run every check and test (fmt, clippy, tests, doctests, docs,
                           the wheel's pytest suite in target/venv, fuzz build)
-  bench [options]         open, plan and load a checkpoint into host memory with
-                          every backend and with safetensors, cold and warm
+  bench [options]         load a checkpoint with weightlift (its automatic choice and
+                          each backend), safetensors and the peers, cold and warm,
+                          each load in a fresh process, next to the hardware's
+                          limits measured in the same run; print the table and
+                          write summary.md, raw.jsonl and chart.png
       --model PATH        a .safetensors file, a directory, or an index.json
                           (default: a generated Llama-shaped checkpoint)
       --size SIZE         size of the generated checkpoint (default 3GiB)
       --tensors N         generate a mixture-of-experts-shaped checkpoint of N
                           tiny tensors instead (one shard per 2,500 tensors)
-      --reps N            repetitions (default 5)
+      --reps N            timed loads per loader and cache state (default 3)
+      --device DEV        cpu (default) or cuda:N
+      --backends LIST     weightlift backends to time besides the automatic
+                          choice (default: all but CUFILE), such as URING,MMAP
+      --peers LIST        safetensors, fastsafetensors, runai, instanttensor,
+                          all (default) or none
+      --cold | --warm     only cold (files evicted) or only warm loads
+      --out DIR           where the results go (default results/<date>-<host>)
+      --verify            check that every loader returned the same bytes
+      --quick             a small run: a 256 MiB checkpoint, 2 repetitions,
+                          the automatic choice alone, --verify
+      --pause SECONDS     rest before each cold load (default 2; 0.5 with
+                          --quick), so that storage that throttles bursts
+                          treats all alike
+      --python PATH       a Python with torch and safetensors (default: made
+                          in target/venv on first use); the wheel and the
+                          peers are installed into it
+      --no-python         time weightlift through its Rust API alone (host
+                          memory, no peers)
       --alignment N       read alignment in bytes (default 4096)
       --max-extent SIZE   largest read (default 16MiB)
       --shares N          also split the plan into N shares (default 8)
-      --load-reps N       timed loads per loader and cache state (default 3)
-      --backends LIST     weightlift backends to time (default: all), such
-                          as URING,MMAP or BUFFERED
-      --cold | --warm     only cold (files evicted) or only warm loads
-      --pause SECONDS     rest before each cold load (default 2), so that
-                          storage that throttles bursts treats all alike
-      --python PATH       a Python with torch and safetensors (default: made
-                          in target/venv on first use)
-      --no-python         skip the safetensors rows
   gen --out DIR [--size SIZE | --tensors N] [--shards N] [--seed N]
                           write a Llama-shaped (or, with --tensors, a
                           mixture-of-experts-shaped) checkpoint with an index

@@ -6,14 +6,23 @@ use std::process::Command;
 
 use anyhow::{Context, Result, ensure};
 
+use crate::report::Limit;
 use crate::{root, step};
 
 /// What the environment holds: the reference library and the frameworks
-/// the tests compare against, the test runner, and the wheel's builder.
-const PACKAGES: &[&str] = &["torch", "safetensors", "numpy", "pytest", "maturin"];
+/// the tests compare against, the test runner, the wheel's builder, and the
+/// benchmark's chart library.
+const PACKAGES: &[&str] = &[
+    "torch",
+    "safetensors",
+    "numpy",
+    "pytest",
+    "maturin",
+    "matplotlib",
+];
 
 /// Imported to check that the environment is complete.
-const PROBE: &str = "import torch, safetensors, numpy, pytest, maturin";
+const PROBE: &str = "import torch, safetensors, numpy, pytest, maturin, matplotlib";
 
 /// A Python with torch, safetensors, numpy, pytest and maturin: `explicit`,
 /// `WEIGHTLIFT_PYTHON`, or the project's virtual environment
@@ -99,4 +108,70 @@ pub(crate) fn pytest(py: &Path) -> Result<()> {
             .current_dir(root().join("crates/py"))
             .args(["-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"]),
     )
+}
+
+/// The peers' packages: (peer, module, pip name).
+const BENCH_EXTRAS: &[(&str, &str, &str)] = &[
+    ("fastsafetensors", "fastsafetensors", "fastsafetensors"),
+    ("runai", "runai_model_streamer", "runai-model-streamer"),
+    ("instanttensor", "instanttensor", "instanttensor"),
+];
+
+/// The benchmark's Python: [`python`] with the wheel built from this tree
+/// installed, and the selected peers installed from PyPI on first use. A package that does not install is reported and left out:
+/// its row says why it did not run.
+pub(crate) fn bench_python(explicit: Option<PathBuf>, peers: &[&str]) -> Result<PathBuf> {
+    let py = python(explicit)?;
+    install_wheel(&py)?;
+    for &(peer, module, pip) in BENCH_EXTRAS {
+        if !peers.contains(&peer) || importable(&py, module) {
+            continue;
+        }
+        let installed = step(
+            &format!("pip install {pip}"),
+            Command::new(&py).args(["-m", "pip", "install", "--quiet", pip]),
+        );
+        if let Err(e) = installed {
+            eprintln!("note: {pip} is not installed ({e:#}); its row will say so");
+        }
+    }
+    Ok(py)
+}
+
+fn importable(py: &Path, module: &str) -> bool {
+    Command::new(py)
+        .args(["-c", &format!("import {module}")])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// The pinned host-to-device copy bandwidth of `device`, measured by the
+/// benchmark's runner with torch.
+pub(crate) fn h2d_limit(py: &Path, device: &str) -> Result<Limit> {
+    #[derive(serde::Deserialize)]
+    struct H2d {
+        rates: Vec<f64>,
+        bytes: u64,
+    }
+    let out = Command::new(py)
+        .arg(crate::load::runner())
+        .args(["h2d", "--device", device])
+        .output()
+        .context("starting the host-to-device measurement")?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let last = stdout.lines().last().unwrap_or_default();
+    ensure!(
+        out.status.success(),
+        "measuring the host-to-device bandwidth of {device}: {last} {}",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    let h: H2d = serde_json::from_str(last).with_context(|| format!("h2d printed {last:?}"))?;
+    Ok(Limit {
+        name: "pinned H2D".into(),
+        what: format!(
+            "copies of {} of pinned host memory to {device}, one in flight",
+            crate::bench::human(h.bytes)
+        ),
+        rates: h.rates,
+    })
 }

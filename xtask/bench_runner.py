@@ -1,0 +1,416 @@
+#!/usr/bin/env python3
+"""One measured load, for `cargo xtask bench`; also its H2D, chart and versions helpers.
+
+The benchmark runs this script in a FRESH PROCESS for every measured load, so
+no run inherits another's warm allocator, CUDA context, imported modules,
+mapped files or page-cache side effects from within the process (the page
+cache itself is the caller's to set up: cold or warm).
+
+Commands (the Rust side depends on them; each prints one JSON line, last):
+
+  load --loader NAME --device cpu|cuda:N [--backend B] [--digest] --model MODEL FILE [FILE ...]
+      MODEL is the path the user gave (a file, a directory or an index);
+      FILEs are its shards, in order. NAME is one of LOADERS below.
+      -> {"seconds", "bytes", "tensors", "backend", "peak_rss", "base_rss",
+          "peak_gpu", "digest", "checksum"}
+  h2d --device cuda:N [--bytes N]
+      pinned host-to-device copy bandwidth (1 warm-up + 5 timed copies)
+      -> {"rates": [GB/s per copy], "gbps_median", "gbps_min", "gbps_max", "bytes"}
+  chart --input SPEC.json --output OUT.png
+      horizontal GB/s bars (median, min-max error bars, a dashed limit line)
+      -> {"output": OUT.png}
+  versions
+      -> {package: installed version or null}
+
+A loader that cannot run here (not installed, needs a GPU, device not
+supported) prints {"unavailable": "why"} and exits with status 3; any other
+failure raises (non-zero exit, traceback on stderr).
+
+Method. Imports, argument checks and CUDA context creation happen before the
+clock. The clock starts right before the load and stops once every tensor is
+really there: on the host, one byte of every 4096-byte page of every tensor
+has been read, so a loader that only maps the file (or hands out lazily
+faulted memory) pays for the reads it deferred; on a GPU, after
+torch.cuda.synchronize. Every tensor is still held in a dict when the clock
+stops, so nothing has been freed early. The --digest hash (blake2b-128 over
+each name, a NUL and the tensor's bytes, names sorted) is taken after the
+clock stops: it checks that every loader read the same bytes without
+charging anyone for hashing.
+"""
+
+import argparse
+import hashlib
+import importlib
+import json
+import re
+import statistics
+import sys
+import threading
+import time
+
+import torch
+
+UNAVAILABLE = 3
+PAGE = 4096
+
+
+class Unavailable(Exception):
+    """The loader cannot run here; the message says why, for a user."""
+
+
+def _require(module, package):
+    """Import `module` (from the PyPI `package`), or say it is not installed."""
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        if e.name == module.split(".")[0]:
+            raise Unavailable(f"{package} not installed: pip install {package}") from None
+        raise Unavailable(f"{package} cannot be imported: {e}") from None
+    except ImportError as e:
+        raise Unavailable(f"{package} cannot be imported: {e}") from None
+
+
+def _cuda_only(name, device):
+    if device == "cpu":
+        raise Unavailable(f"{name}: loads to CUDA devices only (device 'cpu' is not supported)")
+
+
+# Loaders: each one imports and checks what it needs (untimed) and returns
+# `load()`, the timed part, which gives ({name: tensor}, backend description).
+
+
+def weightlift(a):
+    wl = _require("weightlift", "weightlift")
+
+    def load():
+        # The streaming API; `f.backend` then names the backend the load used.
+        try:
+            f = wl.safe_open(a.model, device=a.device, backend=a.backend)
+        except (wl.DeviceError, wl.UnsupportedError) as e:
+            if a.device == "cpu":
+                raise
+            raise Unavailable(f"weightlift: {e}") from None
+        with f:
+            tensors = dict(f.tensors())
+            # "backend MMAP (queue depth 16, ...), files Cached": the name is the row's.
+            return tensors, f.backend.removeprefix("backend ").split(" (")[0].split(",")[0]
+
+    return load
+
+
+def safetensors_load_file(a):
+    st = _require("safetensors.torch", "safetensors")
+
+    def load():
+        tensors = {}
+        for path in a.files:
+            tensors.update(st.load_file(path, device=a.device))
+        return tensors, "safetensors load_file"
+
+    return load
+
+
+def safetensors_safe_open(a):
+    st = _require("safetensors", "safetensors")
+
+    def load():
+        tensors = {}
+        for path in a.files:
+            with st.safe_open(path, framework="pt", device=a.device) as h:
+                for k in h.keys():
+                    tensors[k] = h.get_tensor(k)
+        return tensors, "safetensors safe_open"
+
+    return load
+
+
+def fastsafetensors(a):
+    fst = _require("fastsafetensors", "fastsafetensors")
+
+    def load():
+        # nogds: a thread pool preads each file (O_DIRECT on local disks)
+        # through host bounce buffers into one buffer per file on the device
+        # (malloc'd for the host). Tensors are views that share ownership of
+        # that buffer and stay valid after the `with` closes: nothing to clone.
+        with fst.fastsafe_open(filenames=list(a.files), framework="pt", device=a.device, nogds=True) as f:
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        return tensors, "fastsafetensors nogds"
+
+    return load
+
+
+def runai(a):
+    rms = _require("runai_model_streamer", "runai-model-streamer")
+    import inspect
+
+    # From 0.17, stream_files(owned=True) (the default) hands every host tensor
+    # over: its ring slot is replaced, never written again. Before, host
+    # tensors were views into one buffer the streamer refills once the
+    # checkpoint exceeds RUNAI_STREAMER_MEMORY_LIMIT, so a user who keeps
+    # them must clone each one as it arrives.
+    owned = "owned" in inspect.signature(rms.SafetensorsStreamer.stream_files).parameters
+    clone = a.device == "cpu" and not owned
+
+    def load():
+        tensors = {}
+        with rms.SafetensorsStreamer() as s:
+            # For a GPU the streamer reads into its host ring and yields each
+            # tensor `.to(device)` itself (the copy vLLM's weight loader makes),
+            # reusing the ring since the host copy is never handed out.
+            s.stream_files(list(a.files), device=a.device, **({"owned": True} if owned else {}))
+            for name, t in s.get_tensors():
+                tensors[name] = t.clone() if clone else t
+        return tensors, "runai"
+
+    return load
+
+
+def instanttensor(a):
+    _cuda_only("instanttensor", a.device)
+    it = _require("instanttensor", "instanttensor")
+
+    def load():
+        tensors = {}
+        # copy=True: each tensor is cloned out of the GPU ring and owns its memory.
+        with it.safe_open(list(a.files), framework="pt", device=a.device, copy=True) as f:
+            for name, t in f.tensors():
+                tensors[name] = t
+            return tensors, f"instanttensor {f.backend.name}"
+
+    return load
+
+
+LOADERS = {
+    f.__name__: f
+    for f in (weightlift, safetensors_load_file, safetensors_safe_open, fastsafetensors, runai, instanttensor)
+}
+
+
+def _proc_status(field):
+    """A /proc/self/status field (kB there), in bytes."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise KeyError(field)
+
+
+def _cuda_ready(device, who):
+    """Create the CUDA context (untimed), or say why there is none."""
+    if not torch.cuda.is_available():
+        raise Unavailable(f"{who}: needs CUDA (no GPU visible)")
+    index = torch.device(device).index
+    if index >= torch.cuda.device_count():
+        raise Unavailable(f"{who}: no {device} (only {torch.cuda.device_count()} GPU(s) visible)")
+    torch.cuda.init()
+    torch.cuda.set_device(device)  # streams and events without a device argument use it
+    torch.zeros(1, device=device)
+    torch.cuda.synchronize(device)
+
+
+class _GpuPeak:
+    """Device memory used by the load: mem_get_info polled every ~2 ms (sees
+    every allocator) and torch's own max_memory_allocated; the larger."""
+
+    def __init__(self, device):
+        self.device = torch.device(device)
+        self.stop_flag = threading.Event()
+        self.thread = threading.Thread(target=self._poll, daemon=True)
+        torch.cuda.reset_peak_memory_stats(self.device)
+        self.allocated0 = torch.cuda.memory_allocated(self.device)
+        self.used0 = self.peak = self._used()
+
+    def _used(self):
+        free, total = torch.cuda.mem_get_info(self.device)
+        return total - free
+
+    def _poll(self):
+        while not self.stop_flag.wait(0.002):
+            self.peak = max(self.peak, self._used())
+
+    def start(self):
+        self.thread.start()
+
+    def stop(self):
+        self.stop_flag.set()
+        self.thread.join()
+        self.peak = max(self.peak, self._used())
+        allocated = torch.cuda.max_memory_allocated(self.device) - self.allocated0
+        return max(self.peak - self.used0, allocated, 0)
+
+
+def _settle(tensors, device):
+    """Make the load real before the clock stops; returns the page checksum."""
+    want = torch.device(device)
+    s = 0
+    for name, t in tensors.items():
+        if t.device != want:
+            raise RuntimeError(f"{name} is on {t.device}, not {want}")
+        if t.device.type == "cpu" and t.numel() > 0:
+            b = t.detach().reshape(-1).contiguous().view(torch.uint8)
+            s += int(b[::PAGE].sum()) + int(b[-1])  # every page, the last one too
+    if want.type == "cuda":
+        torch.cuda.synchronize(want)
+    return s
+
+
+def _digest(tensors):
+    h = hashlib.blake2b(digest_size=16)
+    for name in sorted(tensors):
+        h.update(name.encode("utf-8"))
+        h.update(b"\0")
+        h.update(tensors[name].detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    return h.hexdigest()
+
+
+def cmd_load(a):
+    if a.device != "cpu":
+        _cuda_ready(a.device, a.loader)
+    load = LOADERS[a.loader](a)
+    gpu = _GpuPeak(a.device) if a.device != "cpu" else None
+    if gpu:
+        gpu.start()
+    base_rss = _proc_status("VmRSS")
+    t0 = time.perf_counter()
+    tensors, backend = load()
+    checksum = _settle(tensors, a.device)
+    seconds = time.perf_counter() - t0
+    peak_gpu = gpu.stop() if gpu else None
+    peak_rss = _proc_status("VmHWM")
+    return {
+        "seconds": seconds,
+        "bytes": sum(t.nbytes for t in tensors.values()),
+        "tensors": len(tensors),
+        "backend": backend,
+        "peak_rss": peak_rss,
+        "base_rss": base_rss,
+        "peak_gpu": peak_gpu,
+        "digest": _digest(tensors) if a.digest else None,
+        "checksum": checksum,
+    }
+
+
+def cmd_h2d(a):
+    _cuda_ready(a.device, "h2d")
+    host = torch.empty(a.bytes, dtype=torch.uint8, pin_memory=True).fill_(1)
+    dev = torch.empty(a.bytes, dtype=torch.uint8, device=a.device)
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    gbps = []
+    for i in range(6):  # the first is a warm-up
+        start.record()
+        dev.copy_(host, non_blocking=True)
+        end.record()
+        end.synchronize()
+        if i:
+            gbps.append(a.bytes / (start.elapsed_time(end) / 1e3) / 1e9)
+    return {"rates": gbps, "gbps_median": statistics.median(gbps), "gbps_min": min(gbps), "gbps_max": max(gbps),
+            "bytes": a.bytes}
+
+
+def cmd_chart(a):
+    try:
+        import matplotlib
+    except ModuleNotFoundError:
+        raise Unavailable("matplotlib not installed: pip install matplotlib") from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with open(a.input) as f:
+        spec = json.load(f)
+    panels = [(p, [r for r in p["rows"] if r.get("median") is not None]) for p in spec["panels"]]
+    heights = [max(len(rows), 1) * 0.45 + 1.1 for _, rows in panels]
+    fig, axes = plt.subplots(
+        len(panels), 1, figsize=(10, sum(heights) + 0.6), squeeze=False,
+        gridspec_kw={"height_ratios": heights},
+    )
+    for ax, (panel, rows) in zip(axes[:, 0], panels):
+        ax.set_title(panel["title"], loc="left", fontsize=11)
+        ax.set_xlabel("GB/s")
+        ax.grid(axis="x", alpha=0.3)
+        ax.set_axisbelow(True)
+        limit = panel.get("limit")
+        if not rows:
+            ax.text(0.5, 0.5, "no results", ha="center", va="center", transform=ax.transAxes, color="gray")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            continue
+        med = [r["median"] for r in rows]
+        lo = [r["median"] - (r.get("min") if r.get("min") is not None else r["median"]) for r in rows]
+        hi = [(r.get("max") if r.get("max") is not None else r["median"]) - r["median"] for r in rows]
+        colors = ["#1f6fb4" if r["name"].startswith("weightlift") else "#9aa5b1" for r in rows]
+        y = range(len(rows))
+        ax.barh(y, med, xerr=[lo, hi], color=colors, height=0.6, capsize=3,
+                error_kw={"elinewidth": 1, "ecolor": "#333"})
+        ax.set_yticks(list(y), [r["name"] for r in rows])
+        ax.invert_yaxis()
+        right = max(m + h for m, h in zip(med, hi))
+        if limit:
+            ax.axvline(limit["gbps"], color="#c0392b", linestyle="--", linewidth=1.5,
+                       label=f"{limit['name']} ({limit['gbps']:.1f} GB/s)")
+            ax.legend(loc="lower right", bbox_to_anchor=(1, 1), fontsize=9, frameon=False, borderaxespad=0.2)
+            right = max(right, limit["gbps"])
+        for i, (m, h) in enumerate(zip(med, hi)):
+            ax.text(m + h + right * 0.01, i, f"{m:.2f}", va="center", fontsize=9,
+                    bbox={"facecolor": "white", "edgecolor": "none", "pad": 0.5, "alpha": 0.8})
+        ax.set_xlim(0, right * 1.12)
+    fig.suptitle(spec.get("title", ""), fontsize=13, fontweight="bold")
+    fig.tight_layout()
+    fig.savefig(a.output, dpi=120)
+    return {"output": a.output}
+
+
+def cmd_versions(_a):
+    from importlib import metadata
+
+    out = {}
+    for name in ("torch", "safetensors", "weightlift", "fastsafetensors",
+                 "runai-model-streamer", "instanttensor", "matplotlib"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def _device(s):
+    if not re.fullmatch(r"cpu|cuda:\d+", s):
+        raise argparse.ArgumentTypeError(f"device must be cpu or cuda:N, not {s!r}")
+    return s
+
+
+def _parser():
+    p = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    load = sub.add_parser("load", help="one measured load")
+    load.add_argument("--loader", required=True, choices=sorted(LOADERS))
+    load.add_argument("--device", required=True, type=_device)
+    load.add_argument("--backend", help="weightlift only: a backend name (default: its automatic choice)")
+    load.add_argument("--digest", action="store_true", help="hash every tensor after the clock stops")
+    load.add_argument("--model", required=True, help="the path the user gave")
+    load.add_argument("files", nargs="+", help="the shard files, in order")
+    h2d = sub.add_parser("h2d", help="pinned host-to-device copy bandwidth")
+    h2d.add_argument("--device", required=True, type=_device)
+    h2d.add_argument("--bytes", type=int, default=1 << 30)
+    chart = sub.add_parser("chart", help="draw a GB/s chart")
+    chart.add_argument("--input", required=True)
+    chart.add_argument("--output", required=True)
+    sub.add_parser("versions", help="installed versions of torch, the loaders and matplotlib")
+    return p
+
+
+def main():
+    p = _parser()
+    a = p.parse_args()
+    if a.command == "load" and a.backend and a.loader != "weightlift":
+        p.error("--backend is for --loader weightlift only")
+    command = {"load": cmd_load, "h2d": cmd_h2d, "chart": cmd_chart, "versions": cmd_versions}[a.command]
+    try:
+        result = command(a)
+    except Unavailable as e:
+        print(json.dumps({"unavailable": str(e)}), flush=True)
+        sys.exit(UNAVAILABLE)
+    print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()
