@@ -1,7 +1,41 @@
-//! GPU devices for weightlift: the CUDA driver API and HIP, both loaded at
-//! run time so that nothing GPU-related is needed to build or import; pinned
-//! host memory, streams, events and asynchronous host-to-device copies.
+//! GPU devices for weightlift: what a device must offer to receive
+//! tensors (memory, page-locked staging memory, in-order streams of
+//! asynchronous copies, events), and the upload pipeline built on that
+//! alone.
 //!
-//! This crate knows devices and buffers, not files. It is a skeleton: the
-//! devices arrive with the GPU upload work, together with a host-memory
-//! device behind the same trait for testing without a GPU.
+//! This crate knows devices and buffers, not files. [`Uploader`] takes
+//! each tensor's host bytes through a bounded ring of staging slots into
+//! device memory, with several copies in flight over several streams, and
+//! hands a tensor back only once its copies have completed; a slot is
+//! refilled only after the event behind its copy has completed, on error
+//! paths and on drop too. [`HostDevice`] implements [`Device`] in host
+//! memory, with threads for streams, so that the pipeline is tested where
+//! there is no GPU; it can also slow copies down, limit memory and fail a
+//! copy, to open the windows a GPU keeps narrow.
+//!
+//! ```
+//! use weightlift_gpu::{HostDevice, UploadOptions, Uploader};
+//!
+//! let device = HostDevice::new();
+//! let mut up = Uploader::new(&device, UploadOptions::default())?;
+//! up.upload(0, "model.embed_tokens.weight", &[1, 2, 3, 4])?;
+//! up.upload(1, "model.norm.weight", &[5, 6])?;
+//! let mut done = up.finish()?;
+//! done.sort_by_key(|u| u.id);
+//! assert_eq!(done[1].memory.bytes(), &[5, 6]);
+//! # Ok::<(), weightlift_gpu::Error>(())
+//! ```
+//!
+//! No GPU implements [`Device`] yet: the CUDA and ROCm devices, loaded at
+//! run time, are the next step, and until then the Python package refuses
+//! GPU devices with a clear error.
+
+mod device;
+mod error;
+mod host;
+mod upload;
+
+pub use device::{Device, DeviceMemory, PinnedMemory};
+pub use error::Error;
+pub use host::{HostDevice, HostEvent, HostMemory, HostPinned, HostStream};
+pub use upload::{UploadOptions, Uploaded, Uploader};

@@ -1,0 +1,114 @@
+//! What a device offers the upload pipeline: memory, page-locked staging
+//! memory, streams that run copies in order, and events that say when the
+//! copies queued before them have finished.
+
+use crate::Error;
+
+/// Memory on a device, freed when dropped.
+pub trait DeviceMemory: Send {
+    /// Its length in bytes.
+    fn len(&self) -> usize;
+
+    /// Whether it is empty.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The device address of its first byte.
+    fn device_ptr(&self) -> u64;
+}
+
+/// Host memory a device can copy from asynchronously (page-locked on a GPU),
+/// freed when dropped.
+pub trait PinnedMemory: Send {
+    /// Its bytes, to fill before a copy.
+    fn as_mut_slice(&mut self) -> &mut [u8];
+
+    /// Its length in bytes.
+    fn len(&self) -> usize;
+
+    /// Whether it is empty.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A device that copies host memory into its own asynchronously.
+///
+/// Streams run their copies in the order they were queued; an event
+/// recorded on a stream completes once every copy queued on that stream
+/// before it has. The upload pipeline ([`crate::Uploader`]) is built on
+/// these alone, so the host-memory device ([`crate::HostDevice`]) tests it
+/// without a GPU.
+pub trait Device: Send + Sync {
+    /// Device memory.
+    type Memory: DeviceMemory;
+    /// Staging memory on the host.
+    type Pinned: PinnedMemory;
+    /// An in-order queue of copies. Dropping it waits for the copies
+    /// queued on it (the pipeline frees staging slots and device memory
+    /// right after).
+    type Stream: Send;
+    /// A point in a stream.
+    type Event: Send + Sync;
+
+    /// The device's name in messages (`cuda:0`, `host`).
+    fn name(&self) -> &str;
+
+    /// Allocate `len` bytes of device memory.
+    fn alloc(&self, len: usize) -> Result<Self::Memory, Error>;
+
+    /// Allocate `len` bytes of staging memory on the host.
+    fn alloc_pinned(&self, len: usize) -> Result<Self::Pinned, Error>;
+
+    /// A new stream.
+    fn stream(&self) -> Result<Self::Stream, Error>;
+
+    /// Queue a copy of `src[src_offset..src_offset + len]` into `dst` at
+    /// `dst_offset` on `stream`. Ranges outside either buffer are an
+    /// error, not a copy.
+    ///
+    /// # Safety
+    ///
+    /// Until an event recorded on `stream` after this call has completed
+    /// ([`Device::query`] returned `Ok(true)` or [`Device::wait`] returned),
+    /// `src` and `dst` must stay allocated, `src`'s range must not be
+    /// written, and `dst`'s range must be neither read nor written. If that
+    /// event reports an error, the same holds until it has completed.
+    unsafe fn copy_to_device(
+        &self,
+        stream: &Self::Stream,
+        dst: &Self::Memory,
+        dst_offset: usize,
+        src: &Self::Pinned,
+        src_offset: usize,
+        len: usize,
+    ) -> Result<(), Error>;
+
+    /// Record an event on `stream`, after everything queued so far.
+    fn record(&self, stream: &Self::Stream) -> Result<Self::Event, Error>;
+
+    /// Whether `event` has completed; an error if a copy before it failed.
+    fn query(&self, event: &Self::Event) -> Result<bool, Error>;
+
+    /// Block until `event` has completed; an error if a copy before it
+    /// failed (the event has completed all the same).
+    fn wait(&self, event: &Self::Event) -> Result<(), Error>;
+}
+
+/// Check that `offset..offset + len` lies within `size` bytes.
+pub(crate) fn check_range(
+    device: &str,
+    what: &str,
+    offset: usize,
+    len: usize,
+    size: usize,
+) -> Result<(), Error> {
+    match offset.checked_add(len) {
+        Some(end) if end <= size => Ok(()),
+        _ => Err(Error::Copy {
+            device: device.to_string(),
+            reason: format!("{what} range {offset} + {len} is outside its {size} bytes"),
+        }),
+    }
+}

@@ -1,0 +1,358 @@
+//! A device whose memory is host memory: each stream is a thread that runs
+//! its copies in order, and events complete as the thread passes them. It
+//! exists so that the upload pipeline (staging slots, events, ordering,
+//! errors, dropping mid-flight) is tested where there is no GPU, and it can
+//! widen the windows a GPU leaves narrow: a delay before every copy, a
+//! memory limit, a copy that fails.
+
+use std::alloc::{Layout, alloc_zeroed, dealloc};
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Sender, channel};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crate::device::check_range;
+use crate::{Device, DeviceMemory, Error, PinnedMemory};
+
+/// Alignment of every allocation, as device allocators give.
+const ALIGN: usize = 256;
+
+/// The host-memory device. `HostDevice::default()` has no limits and no
+/// delays; the builder methods add them for tests.
+#[derive(Debug, Default)]
+pub struct HostDevice {
+    capacity: Option<u64>,
+    copy_delay: Duration,
+    fail_copy: Option<u64>,
+    used: Arc<AtomicU64>,
+    copies: Arc<AtomicU64>,
+}
+
+impl HostDevice {
+    /// A device with no limit and no delay.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Refuse device allocations beyond `bytes` in all.
+    pub fn with_capacity(mut self, bytes: u64) -> Self {
+        self.capacity = Some(bytes);
+        self
+    }
+
+    /// Sleep `delay` before each copy, so that copies are still in flight
+    /// when the caller moves on.
+    pub fn with_copy_delay(mut self, delay: Duration) -> Self {
+        self.copy_delay = delay;
+        self
+    }
+
+    /// Fail the copy numbered `n` (from 0, counted over every stream), and
+    /// every later copy on its stream, as a GPU's sticky errors do.
+    pub fn with_failing_copy(mut self, n: u64) -> Self {
+        self.fail_copy = Some(n);
+        self
+    }
+
+    /// Device bytes allocated and not yet freed.
+    pub fn used(&self) -> u64 {
+        self.used.load(Ordering::SeqCst)
+    }
+
+    /// Copies run so far.
+    pub fn copies(&self) -> u64 {
+        self.copies.load(Ordering::SeqCst)
+    }
+}
+
+/// A zeroed, aligned heap allocation; `len` may be 0.
+struct Block {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: a Block is a uniquely owned heap allocation, like a Box<[u8]>.
+unsafe impl Send for Block {}
+// SAFETY: shared references only read the pointer and length; the bytes are
+// accessed through the contracts of `Device::copy_to_device` and the
+// accessors below.
+unsafe impl Sync for Block {}
+
+impl Block {
+    fn new(len: usize) -> Option<Self> {
+        let layout = Layout::from_size_align(len.max(1), ALIGN).ok()?;
+        // SAFETY: the layout's size is non-zero.
+        let ptr = NonNull::new(unsafe { alloc_zeroed(layout) })?;
+        Some(Block { ptr, len })
+    }
+}
+
+impl Drop for Block {
+    fn drop(&mut self) {
+        let layout =
+            Layout::from_size_align(self.len.max(1), ALIGN).expect("checked when allocated");
+        // SAFETY: allocated in `Block::new` with this layout.
+        unsafe { dealloc(self.ptr.as_ptr(), layout) }
+    }
+}
+
+/// Device memory of a [`HostDevice`].
+pub struct HostMemory {
+    block: Block,
+    used: Arc<AtomicU64>,
+}
+
+impl HostMemory {
+    /// Its bytes. Memory handed out by [`crate::Uploader`] has all its
+    /// copies completed; otherwise see [`Device::copy_to_device`].
+    pub fn bytes(&self) -> &[u8] {
+        // SAFETY: the block holds `len` initialized (zeroed, then copied)
+        // bytes; no copy writes them while this borrow is used, by the
+        // contract of `copy_to_device`.
+        unsafe { std::slice::from_raw_parts(self.block.ptr.as_ptr(), self.block.len) }
+    }
+}
+
+impl DeviceMemory for HostMemory {
+    fn len(&self) -> usize {
+        self.block.len
+    }
+
+    fn device_ptr(&self) -> u64 {
+        self.block.ptr.as_ptr() as u64
+    }
+}
+
+impl Drop for HostMemory {
+    fn drop(&mut self) {
+        self.used.fetch_sub(self.block.len as u64, Ordering::SeqCst);
+    }
+}
+
+/// Staging memory of a [`HostDevice`].
+pub struct HostPinned {
+    block: Block,
+}
+
+impl PinnedMemory for HostPinned {
+    fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: the block holds `len` initialized bytes and `&mut self`
+        // excludes other borrows; in-flight copies are the caller's to
+        // exclude (`copy_to_device`'s contract).
+        unsafe { std::slice::from_raw_parts_mut(self.block.ptr.as_ptr(), self.block.len) }
+    }
+
+    fn len(&self) -> usize {
+        self.block.len
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum State {
+    Pending,
+    Done,
+    Failed(String),
+}
+
+/// An event of a [`HostDevice`] stream.
+pub struct HostEvent {
+    state: Arc<(Mutex<State>, Condvar)>,
+}
+
+/// A copy's pointers, moved to the stream's thread.
+struct Copy {
+    dst: *mut u8,
+    src: *const u8,
+    len: usize,
+}
+
+// SAFETY: the pointers stay valid until the copy's event completes, by the
+// contract of `copy_to_device`; the thread touches them only until then.
+unsafe impl Send for Copy {}
+
+enum Op {
+    Copy(Copy),
+    Record(Arc<(Mutex<State>, Condvar)>),
+}
+
+/// A stream of a [`HostDevice`]: a thread running its copies in order.
+/// Dropping it waits for what was queued.
+pub struct HostStream {
+    ops: Option<Sender<Op>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Drop for HostStream {
+    fn drop(&mut self) {
+        drop(self.ops.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl HostDevice {
+    fn stopped(&self) -> Error {
+        Error::Copy {
+            device: self.name().to_string(),
+            reason: "the stream's thread has stopped".into(),
+        }
+    }
+}
+
+impl Device for HostDevice {
+    type Memory = HostMemory;
+    type Pinned = HostPinned;
+    type Stream = HostStream;
+    type Event = HostEvent;
+
+    fn name(&self) -> &str {
+        "host"
+    }
+
+    fn alloc(&self, len: usize) -> Result<HostMemory, Error> {
+        let oom = |free| Error::OutOfMemory {
+            device: self.name().to_string(),
+            kind: "device",
+            requested: len as u64,
+            free,
+        };
+        let reserved = self
+            .used
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |used| {
+                let after = used.checked_add(len as u64)?;
+                self.capacity.is_none_or(|c| after <= c).then_some(after)
+            });
+        if let Err(used) = reserved {
+            return Err(oom(self.capacity.map(|c| c.saturating_sub(used))));
+        }
+        let used = self.used.clone();
+        match Block::new(len) {
+            Some(block) => Ok(HostMemory { block, used }),
+            None => {
+                used.fetch_sub(len as u64, Ordering::SeqCst);
+                Err(oom(None))
+            }
+        }
+    }
+
+    fn alloc_pinned(&self, len: usize) -> Result<HostPinned, Error> {
+        Block::new(len)
+            .map(|block| HostPinned { block })
+            .ok_or_else(|| Error::OutOfMemory {
+                device: self.name().to_string(),
+                kind: "pinned host",
+                requested: len as u64,
+                free: None,
+            })
+    }
+
+    fn stream(&self) -> Result<HostStream, Error> {
+        let (tx, rx) = channel::<Op>();
+        let delay = self.copy_delay;
+        let fail = self.fail_copy;
+        let copies = self.copies.clone();
+        let thread = std::thread::Builder::new()
+            .name("weightlift-host-stream".into())
+            .spawn(move || {
+                let mut failed: Option<String> = None;
+                for op in rx {
+                    match op {
+                        Op::Copy(c) => {
+                            let n = copies.fetch_add(1, Ordering::SeqCst);
+                            if fail == Some(n) {
+                                failed = Some(format!("copy {n} failed (injected)"));
+                            }
+                            if failed.is_some() {
+                                continue;
+                            }
+                            std::thread::sleep(delay);
+                            // SAFETY: valid and unaliased until the next
+                            // event completes (`copy_to_device`'s contract);
+                            // ranges were checked when queued.
+                            unsafe { std::ptr::copy_nonoverlapping(c.src, c.dst, c.len) }
+                        }
+                        Op::Record(ev) => {
+                            let (state, cv) = &*ev;
+                            *lock(state) = match &failed {
+                                None => State::Done,
+                                Some(why) => State::Failed(why.clone()),
+                            };
+                            cv.notify_all();
+                        }
+                    }
+                }
+            })
+            .map_err(|e| Error::Copy {
+                device: self.name().to_string(),
+                reason: format!("starting a stream thread: {e}"),
+            })?;
+        Ok(HostStream {
+            ops: Some(tx),
+            thread: Some(thread),
+        })
+    }
+
+    unsafe fn copy_to_device(
+        &self,
+        stream: &HostStream,
+        dst: &HostMemory,
+        dst_offset: usize,
+        src: &HostPinned,
+        src_offset: usize,
+        len: usize,
+    ) -> Result<(), Error> {
+        check_range(self.name(), "destination", dst_offset, len, dst.len())?;
+        check_range(self.name(), "source", src_offset, len, src.len())?;
+        // SAFETY: both offsets were checked to lie within their blocks.
+        let (d, s) = unsafe {
+            (
+                dst.block.ptr.as_ptr().add(dst_offset),
+                src.block.ptr.as_ptr().add(src_offset).cast_const(),
+            )
+        };
+        let op = Op::Copy(Copy {
+            dst: d,
+            src: s,
+            len,
+        });
+        let sender = stream.ops.as_ref().ok_or_else(|| self.stopped())?;
+        sender.send(op).map_err(|_| self.stopped())
+    }
+
+    fn record(&self, stream: &HostStream) -> Result<HostEvent, Error> {
+        let state = Arc::new((Mutex::new(State::Pending), Condvar::new()));
+        let sender = stream.ops.as_ref().ok_or_else(|| self.stopped())?;
+        sender
+            .send(Op::Record(state.clone()))
+            .map_err(|_| self.stopped())?;
+        Ok(HostEvent { state })
+    }
+
+    fn query(&self, event: &HostEvent) -> Result<bool, Error> {
+        match &*lock(&event.state.0) {
+            State::Pending => Ok(false),
+            State::Done => Ok(true),
+            State::Failed(why) => Err(Error::Copy {
+                device: self.name().to_string(),
+                reason: why.clone(),
+            }),
+        }
+    }
+
+    fn wait(&self, event: &HostEvent) -> Result<(), Error> {
+        let (state, cv) = &*event.state;
+        let mut s = lock(state);
+        while *s == State::Pending {
+            s = cv.wait(s).unwrap_or_else(PoisonError::into_inner);
+        }
+        drop(s);
+        self.query(event).map(|_| ())
+    }
+}

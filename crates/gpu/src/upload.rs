@@ -1,0 +1,301 @@
+//! The upload pipeline: tensors' host bytes through a bounded ring of
+//! staging slots into device memory, several copies in flight over several
+//! streams, each tensor handed back only once its bytes are on the device.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use crate::{Device, Error, PinnedMemory};
+
+/// How the pipeline stages its copies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UploadOptions {
+    /// Bytes per staging slot: the largest single copy.
+    pub slot_size: usize,
+    /// Staging slots at most (allocated as needed): `slots * slot_size`
+    /// bounds the staging memory.
+    pub slots: usize,
+    /// Streams the copies are spread over (a tensor's copies share one).
+    pub streams: usize,
+}
+
+impl Default for UploadOptions {
+    fn default() -> Self {
+        UploadOptions {
+            slot_size: 16 << 20,
+            slots: 8,
+            streams: 2,
+        }
+    }
+}
+
+/// A tensor whose bytes are on the device.
+#[derive(Debug)]
+pub struct Uploaded<M> {
+    /// The caller's number for it.
+    pub id: usize,
+    /// Its device memory.
+    pub memory: M,
+}
+
+struct Pending<D: Device> {
+    id: usize,
+    name: String,
+    memory: D::Memory,
+    /// Recorded after its last copy; `None` for an empty tensor.
+    done: Option<Arc<D::Event>>,
+}
+
+/// Uploads tensors to a device through staging slots.
+///
+/// [`Uploader::upload`] copies a tensor's bytes into free slots and queues
+/// their copies; it waits only when every slot is in flight, and then for
+/// the oldest. [`Uploader::poll`] hands back the tensors whose copies have
+/// completed, in completion order; [`Uploader::finish`] waits for the rest.
+/// A slot is refilled only after the event recorded behind its copy has
+/// completed, and a tensor's memory leaves the pipeline only after its last
+/// copy has.
+///
+/// Dropping it, on an error path too, waits for every copy in flight before
+/// the staging slots and device memory are freed.
+pub struct Uploader<'d, D: Device> {
+    device: &'d D,
+    opts: UploadOptions,
+    // Declared first so that it drops first: dropping a stream waits for
+    // the copies queued on it, which read the slots and write the memory
+    // below.
+    streams: Vec<D::Stream>,
+    pending: VecDeque<Pending<D>>,
+    /// Slots whose copies are in flight, oldest first, with the name of
+    /// the tensor each carries.
+    busy: VecDeque<Busy<D>>,
+    free: Vec<D::Pinned>,
+    /// What a failed upload left that copies may still use: kept until
+    /// the streams have finished.
+    stranded: Vec<Stranded<D>>,
+    /// Slots allocated so far.
+    slots: usize,
+    next_stream: usize,
+}
+
+struct Busy<D: Device> {
+    event: Arc<D::Event>,
+    slot: D::Pinned,
+    tensor: Arc<str>,
+}
+
+enum Stranded<D: Device> {
+    Slot(#[allow(dead_code)] D::Pinned),
+    Memory(#[allow(dead_code)] D::Memory),
+}
+
+fn upload_error(name: &str, source: Error) -> Error {
+    Error::Upload {
+        tensor: name.to_string(),
+        source: Box::new(source),
+    }
+}
+
+impl<'d, D: Device> Uploader<'d, D> {
+    /// A pipeline onto `device`. Slots are allocated as the uploads need
+    /// them; the streams at once.
+    pub fn new(device: &'d D, opts: UploadOptions) -> Result<Self, Error> {
+        for (name, value) in [
+            ("slot_size", opts.slot_size),
+            ("slots", opts.slots),
+            ("streams", opts.streams),
+        ] {
+            if value == 0 {
+                return Err(Error::Setting {
+                    name,
+                    reason: "must be at least 1".into(),
+                });
+            }
+        }
+        let streams = (0..opts.streams)
+            .map(|_| device.stream())
+            .collect::<Result<_, _>>()?;
+        Ok(Uploader {
+            device,
+            opts,
+            streams,
+            pending: VecDeque::new(),
+            busy: VecDeque::new(),
+            free: Vec::new(),
+            stranded: Vec::new(),
+            slots: 0,
+            next_stream: 0,
+        })
+    }
+
+    /// Copy `bytes` into new device memory; `id` and `name` identify the
+    /// tensor when it comes back and in errors. Returns once every copy is
+    /// queued, not completed.
+    pub fn upload(&mut self, id: usize, name: &str, bytes: &[u8]) -> Result<(), Error> {
+        let memory = self
+            .device
+            .alloc(bytes.len())
+            .map_err(|e| upload_error(name, e))?;
+        self.pending.push_back(Pending {
+            id,
+            name: name.to_string(),
+            memory,
+            done: None,
+        });
+        self.queue_copies(name, bytes).map_err(|e| {
+            // Some of its copies may be in flight: its memory stays until
+            // the streams finish, and it is never handed back.
+            let p = self.pending.pop_back().expect("pushed above");
+            self.stranded.push(Stranded::Memory(p.memory));
+            match e {
+                // A copy of an earlier tensor failed: that one is named.
+                e @ Error::Upload { .. } => e,
+                e => upload_error(name, e),
+            }
+        })
+    }
+
+    /// Queue the copies of the last pending tensor's `bytes`.
+    fn queue_copies(&mut self, name: &str, bytes: &[u8]) -> Result<(), Error> {
+        let tensor: Arc<str> = Arc::from(name);
+        let stream = &self.streams[self.next_stream];
+        self.next_stream = (self.next_stream + 1) % self.streams.len();
+        let pending = self.pending.back_mut().expect("just pushed");
+        for (k, chunk) in bytes.chunks(self.opts.slot_size).enumerate() {
+            let mut slot = take_slot(
+                self.device,
+                &mut self.free,
+                &mut self.busy,
+                &mut self.slots,
+                &self.opts,
+            )?;
+            slot.as_mut_slice()[..chunk.len()].copy_from_slice(chunk);
+            // SAFETY: the slot goes into `busy` and the memory stays in
+            // `pending` until the event recorded next has completed: slots
+            // are refilled only after `wait` on it, memory leaves only after
+            // `query` or `wait` said it completed, and on drop the streams
+            // finish their copies before either is freed.
+            let queued = unsafe {
+                self.device.copy_to_device(
+                    stream,
+                    &pending.memory,
+                    k * self.opts.slot_size,
+                    &slot,
+                    0,
+                    chunk.len(),
+                )
+            };
+            if let Err(e) = queued {
+                // Nothing was queued from this slot.
+                self.free.push(slot);
+                return Err(e);
+            }
+            match self.device.record(stream) {
+                Ok(event) => {
+                    let event = Arc::new(event);
+                    self.busy.push_back(Busy {
+                        event: event.clone(),
+                        slot,
+                        tensor: tensor.clone(),
+                    });
+                    pending.done = Some(event);
+                }
+                Err(e) => {
+                    // The copy is queued with no event behind it: the slot
+                    // is not refilled, only freed after the streams finish.
+                    self.stranded.push(Stranded::Slot(slot));
+                    return Err(e);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The tensors whose copies have all completed, in completion order;
+    /// an error names the first tensor found whose copy failed.
+    pub fn poll(&mut self) -> Result<Vec<Uploaded<D::Memory>>, Error> {
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < self.pending.len() {
+            let p = &self.pending[i];
+            let done = match &p.done {
+                None => true,
+                Some(ev) => self
+                    .device
+                    .query(ev)
+                    .map_err(|e| upload_error(&p.name, e))?,
+            };
+            if done {
+                let p = self.pending.remove(i).expect("in range");
+                out.push(Uploaded {
+                    id: p.id,
+                    memory: p.memory,
+                });
+            } else {
+                i += 1;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Wait for every upload and hand back the rest, in upload order.
+    pub fn finish(mut self) -> Result<Vec<Uploaded<D::Memory>>, Error> {
+        let mut out = Vec::with_capacity(self.pending.len());
+        while let Some(p) = self.pending.front() {
+            if let Some(ev) = &p.done {
+                self.device.wait(ev).map_err(|e| upload_error(&p.name, e))?;
+            }
+            let p = self.pending.pop_front().expect("not empty");
+            out.push(Uploaded {
+                id: p.id,
+                memory: p.memory,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Tensors uploaded and not yet handed back.
+    pub fn in_flight(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Staging bytes allocated so far (at most `slots * slot_size`).
+    pub fn staging_bytes(&self) -> usize {
+        self.slots * self.opts.slot_size
+    }
+}
+
+/// A slot to fill: a free one, a new one while fewer than `opts.slots`
+/// exist, or else the oldest in flight once its copy has completed. If
+/// that copy failed, the error names the tensor it carried.
+fn take_slot<D: Device>(
+    device: &D,
+    free: &mut Vec<D::Pinned>,
+    busy: &mut VecDeque<Busy<D>>,
+    slots: &mut usize,
+    opts: &UploadOptions,
+) -> Result<D::Pinned, Error> {
+    if let Some(slot) = free.pop() {
+        return Ok(slot);
+    }
+    if *slots < opts.slots {
+        let slot = device.alloc_pinned(opts.slot_size)?;
+        *slots += 1;
+        return Ok(slot);
+    }
+    let Busy {
+        event,
+        slot,
+        tensor,
+    } = busy
+        .pop_front()
+        .expect("every slot allocated and none free: some are in flight");
+    // Completed, failed or not: the copy has finished with the slot.
+    match device.wait(&event) {
+        Ok(()) => Ok(slot),
+        Err(e) => {
+            free.push(slot);
+            Err(upload_error(&tensor, e))
+        }
+    }
+}

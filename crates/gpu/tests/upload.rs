@@ -1,0 +1,223 @@
+//! The upload pipeline on the host-memory device: every byte arrives, no
+//! tensor comes back before its copies completed, slots are reused only
+//! after their copies, errors name the tensor, and dropping mid-flight
+//! frees everything after the copies finish.
+
+use std::time::Duration;
+
+use weightlift_gpu::{
+    Device, DeviceMemory, Error, HostDevice, HostMemory, UploadOptions, Uploaded, Uploader,
+};
+
+/// Deterministic bytes, different per tensor.
+fn bytes(id: usize, len: usize) -> Vec<u8> {
+    let mut x = (id as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+fn opts(slot_size: usize, slots: usize, streams: usize) -> UploadOptions {
+    UploadOptions {
+        slot_size,
+        slots,
+        streams,
+    }
+}
+
+/// Upload `sizes`, polling as it goes, and check every tensor's bytes the
+/// moment it is handed back.
+fn upload_all(device: &HostDevice, o: UploadOptions, sizes: &[usize]) -> Vec<Uploaded<HostMemory>> {
+    let mut up = Uploader::new(device, o).unwrap();
+    let mut got = Vec::new();
+    let check = |u: &Uploaded<HostMemory>| {
+        assert_eq!(
+            u.memory.bytes(),
+            &bytes(u.id, sizes[u.id])[..],
+            "tensor {} handed back with the wrong bytes",
+            u.id
+        );
+    };
+    for (id, &len) in sizes.iter().enumerate() {
+        up.upload(id, &format!("t{id}"), &bytes(id, len)).unwrap();
+        for u in up.poll().unwrap() {
+            check(&u);
+            got.push(u);
+        }
+    }
+    for u in up.finish().unwrap() {
+        check(&u);
+        got.push(u);
+    }
+    got
+}
+
+#[test]
+fn every_byte_arrives() {
+    let device = HostDevice::new();
+    // Empty, tiny, exactly a slot, just over, many slots.
+    let sizes = [0, 1, 7, 4096, 4097, 12_288, 100_000, 1, 0, 65_536];
+    let got = upload_all(&device, opts(4096, 3, 2), &sizes);
+    let mut ids: Vec<usize> = got.iter().map(|u| u.id).collect();
+    ids.sort_unstable();
+    assert_eq!(ids, (0..sizes.len()).collect::<Vec<_>>());
+    for u in &got {
+        assert_eq!(u.memory.len(), sizes[u.id]);
+    }
+}
+
+#[test]
+fn slots_are_reused_only_after_their_copies() {
+    // One slot, slow copies: every chunk must wait for the previous copy,
+    // or the slot would be overwritten under it and the bytes would differ.
+    let device = HostDevice::new().with_copy_delay(Duration::from_millis(2));
+    let sizes: Vec<usize> = (0..12).map(|i| 1000 + 700 * i).collect();
+    upload_all(&device, opts(1024, 1, 3), &sizes);
+    let chunks: u64 = sizes.iter().map(|s| s.div_ceil(1024) as u64).sum();
+    assert_eq!(device.copies(), chunks);
+}
+
+#[test]
+fn many_tiny_tensors() {
+    let device = HostDevice::new();
+    let sizes: Vec<usize> = (0..20_000).map(|i| i % 17).collect();
+    let got = upload_all(&device, opts(64 << 10, 4, 4), &sizes);
+    assert_eq!(got.len(), sizes.len());
+}
+
+#[test]
+fn nothing_comes_back_before_its_copies_complete() {
+    let device = HostDevice::new().with_copy_delay(Duration::from_millis(20));
+    let mut up = Uploader::new(&device, opts(1 << 20, 4, 1)).unwrap();
+    up.upload(0, "slow", &bytes(0, 1000)).unwrap();
+    // The copy sleeps 20 ms before it runs: right now it cannot be done.
+    assert!(up.poll().unwrap().is_empty());
+    assert_eq!(up.in_flight(), 1);
+    let done = up.finish().unwrap();
+    assert_eq!(done[0].memory.bytes(), &bytes(0, 1000)[..]);
+}
+
+#[test]
+fn staging_stays_within_its_bound() {
+    let device = HostDevice::new();
+    let mut up = Uploader::new(&device, opts(4096, 3, 2)).unwrap();
+    up.upload(0, "small", &bytes(0, 10)).unwrap();
+    assert_eq!(up.staging_bytes(), 4096, "slots are allocated as needed");
+    up.upload(1, "big", &bytes(1, 1 << 20)).unwrap();
+    assert_eq!(up.staging_bytes(), 3 * 4096);
+    drop(up);
+}
+
+#[test]
+fn out_of_memory_names_the_tensor_and_leaves_the_device_usable() {
+    let device = HostDevice::new().with_capacity(10_000);
+    let mut up = Uploader::new(&device, opts(4096, 2, 2)).unwrap();
+    up.upload(0, "fits", &bytes(0, 6000)).unwrap();
+    let err = up.upload(1, "too.big", &bytes(1, 6000)).unwrap_err();
+    match &err {
+        Error::Upload { tensor, source } => {
+            assert_eq!(tensor, "too.big");
+            assert!(
+                matches!(
+                    **source,
+                    Error::OutOfMemory {
+                        requested: 6000,
+                        free: Some(4000),
+                        ..
+                    }
+                ),
+                "{source:?}"
+            );
+        }
+        other => panic!("expected an upload error, got {other:?}"),
+    }
+    assert!(err.to_string().contains("too.big"), "{err}");
+    // What fit is still delivered whole.
+    let done = up.finish().unwrap();
+    assert_eq!(done.len(), 1);
+    assert_eq!(done[0].memory.bytes(), &bytes(0, 6000)[..]);
+    drop(done);
+    assert_eq!(device.used(), 0, "everything is freed");
+    // The device takes the next load.
+    upload_all(&device, opts(4096, 2, 2), &[9000]);
+}
+
+#[test]
+fn a_failed_copy_names_its_tensor_and_nothing_leaks() {
+    // Copy 3 fails: tensors 0 and 1 take one chunk each, tensor 2 two.
+    let device = HostDevice::new()
+        .with_copy_delay(Duration::from_millis(1))
+        .with_failing_copy(3);
+    let mut up = Uploader::new(&device, opts(1024, 2, 1)).unwrap();
+    let mut failure = None;
+    for (id, len) in [1000, 1000, 2000, 1000, 1000].into_iter().enumerate() {
+        if let Err(e) = up.upload(id, &format!("layer.{id}"), &bytes(id, len)) {
+            failure = Some(e);
+            break;
+        }
+    }
+    let err = match failure {
+        Some(e) => {
+            drop(up);
+            e
+        }
+        None => up.finish().map(|_| ()).unwrap_err(),
+    };
+    let Error::Upload { tensor, source } = &err else {
+        panic!("expected an upload error, got {err:?}");
+    };
+    // Copy 3 is tensor 2's second chunk: the error names tensor 2, even
+    // when a later upload is the one that notices.
+    assert_eq!(tensor, "layer.2", "{err}");
+    assert!(matches!(**source, Error::Copy { .. }), "{source:?}");
+    assert_eq!(device.used(), 0, "memory of failed uploads is freed");
+}
+
+#[test]
+fn dropping_mid_flight_waits_then_frees() {
+    let device = HostDevice::new().with_copy_delay(Duration::from_millis(5));
+    let mut up = Uploader::new(&device, opts(2048, 2, 2)).unwrap();
+    for id in 0..6 {
+        up.upload(id, "t", &bytes(id, 3000)).unwrap();
+    }
+    assert!(device.used() > 0);
+    drop(up);
+    assert_eq!(device.used(), 0);
+    // Every queued copy ran before the slots went away.
+    assert_eq!(device.copies(), 12);
+}
+
+#[test]
+fn zero_settings_are_refused() {
+    let device = HostDevice::new();
+    for (o, name) in [
+        (opts(0, 1, 1), "slot_size"),
+        (opts(1, 0, 1), "slots"),
+        (opts(1, 1, 0), "streams"),
+    ] {
+        match Uploader::new(&device, o) {
+            Err(Error::Setting { name: n, .. }) => assert_eq!(n, name),
+            Err(e) => panic!("{name}: unexpected {e:?}"),
+            Ok(_) => panic!("{name} = 0 accepted"),
+        }
+    }
+}
+
+#[test]
+fn the_device_checks_copy_ranges() {
+    let device = HostDevice::new();
+    let stream = device.stream().unwrap();
+    let dst = device.alloc(10).unwrap();
+    let src = device.alloc_pinned(10).unwrap();
+    // SAFETY: the copy is refused before anything is queued.
+    let r = unsafe { device.copy_to_device(&stream, &dst, 5, &src, 0, 6) };
+    assert!(matches!(r, Err(Error::Copy { .. })), "{r:?}");
+    // SAFETY: as above.
+    let r = unsafe { device.copy_to_device(&stream, &dst, 0, &src, usize::MAX, 2) };
+    assert!(matches!(r, Err(Error::Copy { .. })), "{r:?}");
+}
