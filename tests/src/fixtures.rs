@@ -286,3 +286,27 @@ mod tests {
         assert_eq!(names.len(), 100_000);
     }
 }
+
+/// A fresh directory under the system's temporary directory, removed with
+/// everything in it when dropped. Its path is the field.
+#[derive(Debug)]
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    /// Create `weightlift-<label>-<pid>-<nanos>`.
+    pub fn new(label: &str) -> Self {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let path =
+            std::env::temp_dir().join(format!("weightlift-{label}-{}-{nanos}", std::process::id()));
+        std::fs::create_dir_all(&path).expect("create a temporary directory");
+        TempDir(path)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

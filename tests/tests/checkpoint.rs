@@ -8,25 +8,7 @@ use std::path::{Path, PathBuf};
 use weightlift_format::{
     Checkpoint, Dtype, Error, FileAt, Fs, HeaderError, Source, StdFs, TensorSpec,
 };
-use weightlift_tests::fixtures::{LlamaConfig, write_checkpoint, write_noise};
-
-/// A fresh directory under the system temp dir, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> Self {
-        let p = std::env::temp_dir().join(format!("wl-ckpt-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        Self(p)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+use weightlift_tests::fixtures::{LlamaConfig, TempDir, write_checkpoint, write_noise};
 
 fn write_file(path: &Path, specs: &[TensorSpec]) {
     let enc = weightlift_format::encode_header(specs, None).unwrap();

@@ -10,6 +10,7 @@ use weightlift_format::{
     Checkpoint, Error, FIRST_READ_LEN, Header, HeaderError, PREFIX_LEN, Parsed,
 };
 use weightlift_tests::corpus::{Entry, Expect, entries, readme};
+use weightlift_tests::fixtures::TempDir;
 
 /// Hostile files on which the reference crate (safetensors 0.8) panics in
 /// debug builds, and why. A panic counts as a rejection here.
@@ -215,27 +216,6 @@ fn the_reference_library_agrees() {
                 e.name
             ),
         }
-    }
-}
-
-/// A directory under the system's temporary directory, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(label: &str) -> Self {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
-        let path =
-            std::env::temp_dir().join(format!("weightlift-{label}-{}-{nanos}", std::process::id()));
-        std::fs::create_dir(&path).expect("create a temporary directory");
-        TempDir(path)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 

@@ -4,7 +4,6 @@
 //! reference `safetensors` crate reads from the same file.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,21 +11,7 @@ use weightlift_format::{Checkpoint, TensorId};
 use weightlift_gpu::{HostDevice, UploadOptions, Uploaded, Uploader};
 use weightlift_io::{EngineOptions, host};
 use weightlift_plan::Selection;
-use weightlift_tests::fixtures::{LlamaConfig, moe_specs, write_checkpoint};
-
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn temp(tag: &str) -> TempDir {
-    let p = std::env::temp_dir().join(format!("wl-upload-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&p);
-    TempDir(p)
-}
+use weightlift_tests::fixtures::{LlamaConfig, TempDir, moe_specs, write_checkpoint};
 
 /// Load `index` and upload each tensor the moment it is loaded; returns
 /// the uploads by tensor.
@@ -82,7 +67,7 @@ fn check_against_reference(
 
 #[test]
 fn a_llama_checkpoint_arrives_whole() {
-    let dir = temp("llama");
+    let dir = TempDir::new("llama");
     let index = write_checkpoint(&dir.0, &LlamaConfig::for_size(24 << 20).specs(), 2, 7).unwrap();
     let ckpt = Arc::new(Checkpoint::open(&index).unwrap());
     let device = HostDevice::new();
@@ -100,7 +85,7 @@ fn a_llama_checkpoint_arrives_whole() {
 
 #[test]
 fn many_tiny_tensors_with_slow_copies() {
-    let dir = temp("moe");
+    let dir = TempDir::new("moe");
     let index = write_checkpoint(&dir.0, &moe_specs(3000), 2, 9).unwrap();
     let ckpt = Arc::new(Checkpoint::open(&index).unwrap());
     let device = HostDevice::new().with_copy_delay(Duration::from_micros(50));

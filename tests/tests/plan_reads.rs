@@ -4,25 +4,10 @@
 
 use std::collections::HashMap;
 use std::os::unix::fs::FileExt;
-use std::path::PathBuf;
 
 use weightlift_format::{Checkpoint, Dtype, TensorId, TensorSpec};
 use weightlift_plan::{Geometry, ReadPlan, Selection, plan};
-use weightlift_tests::fixtures::{LlamaConfig, moe_specs, write_checkpoint};
-
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn temp(tag: &str) -> TempDir {
-    let p = std::env::temp_dir().join(format!("wl-reads-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&p);
-    TempDir(p)
-}
+use weightlift_tests::fixtures::{LlamaConfig, TempDir, moe_specs, write_checkpoint};
 
 /// Run a plan the simplest way: read each extent (short at the end of a
 /// file), copy each piece into its tensor's buffer.
@@ -91,7 +76,7 @@ fn geometries() -> Vec<Geometry> {
 
 #[test]
 fn llama_checkpoint_loads_byte_for_byte() {
-    let dir = temp("llama");
+    let dir = TempDir::new("llama");
     let index = write_checkpoint(&dir.0, &LlamaConfig::for_size(24 << 20).specs(), 3, 5).unwrap();
     let c = Checkpoint::open(&index).unwrap();
     for g in geometries() {
@@ -104,7 +89,7 @@ fn llama_checkpoint_loads_byte_for_byte() {
 
 #[test]
 fn selections_and_shares_load_byte_for_byte() {
-    let dir = temp("moe");
+    let dir = TempDir::new("moe");
     let mut specs = moe_specs(3000);
     // Odd sizes and empty tensors, so that boundaries are unaligned.
     specs.push(TensorSpec::new("odd", Dtype::U8, [4099]));
