@@ -40,14 +40,25 @@ pub trait PinnedMemory: Send {
 /// before it has. The upload pipeline ([`crate::Uploader`]) is built on
 /// these alone, so the host-memory device ([`crate::HostDevice`]) tests it
 /// without a GPU.
-pub trait Device: Send + Sync {
+///
+/// # Safety
+///
+/// The pipeline frees and refills memory on the word of these methods, so
+/// an implementation must keep it:
+/// - [`Device::query`] returns `Ok(true)`, and [`Device::wait`] returns,
+///   only once every copy queued on the event's stream before it has
+///   finished reading its source and writing its destination (an `Err`
+///   says one of them failed; they have finished all the same, except for
+///   `query`'s `Err`, which says nothing of completion);
+/// - [`Device::synchronize`] returns only once every copy queued on the
+///   stream has finished, whatever it returns;
+/// - [`Device::copy_to_device`] returning `Err` queued nothing.
+pub unsafe trait Device: Send + Sync {
     /// Device memory.
     type Memory: DeviceMemory;
     /// Staging memory on the host.
     type Pinned: PinnedMemory;
-    /// An in-order queue of copies. Dropping it waits for the copies
-    /// queued on it (the pipeline frees staging slots and device memory
-    /// right after).
+    /// An in-order queue of copies.
     type Stream: Send;
     /// A point in a stream.
     type Event: Send + Sync;
@@ -66,7 +77,7 @@ pub trait Device: Send + Sync {
 
     /// Queue a copy of `src[src_offset..src_offset + len]` into `dst` at
     /// `dst_offset` on `stream`. Ranges outside either buffer are an
-    /// error, not a copy.
+    /// error, not a copy; an error queues nothing.
     ///
     /// # Safety
     ///
@@ -94,6 +105,10 @@ pub trait Device: Send + Sync {
     /// Block until `event` has completed; an error if a copy before it
     /// failed (the event has completed all the same).
     fn wait(&self, event: &Self::Event) -> Result<(), Error>;
+
+    /// Block until every copy queued on `stream` has finished; an error if
+    /// one failed (all have finished all the same).
+    fn synchronize(&self, stream: &Self::Stream) -> Result<(), Error>;
 }
 
 /// Check that `offset..offset + len` lies within `size` bytes.

@@ -2,8 +2,13 @@
 //! its copies in order, and events complete as the thread passes them. It
 //! exists so that the upload pipeline (staging slots, events, ordering,
 //! errors, dropping mid-flight) is tested where there is no GPU, and it can
-//! widen the windows a GPU leaves narrow: a delay before every copy, a
-//! memory limit, a copy that fails.
+//! widen the windows a GPU leaves narrow: a delay before every copy (per
+//! stream), a memory limit, a copy that fails. It also counts every use of
+//! memory while a copy on it is in flight (reading device memory, refilling
+//! a staging slot, freeing either): a correct caller makes none
+//! ([`HostDevice::violations`]), and the device leaks rather than frees
+//! memory a copy may still touch, so a test of a broken caller fails
+//! instead of corrupting memory.
 
 use std::alloc::{Layout, alloc_zeroed, dealloc};
 use std::ptr::NonNull;
@@ -24,10 +29,13 @@ const ALIGN: usize = 256;
 #[derive(Debug, Default)]
 pub struct HostDevice {
     capacity: Option<u64>,
-    copy_delay: Duration,
+    /// Delay before each copy, by stream number (cycled).
+    delays: Vec<Duration>,
     fail_copy: Option<u64>,
     used: Arc<AtomicU64>,
     copies: Arc<AtomicU64>,
+    streams: AtomicU64,
+    violations: Arc<AtomicU64>,
 }
 
 impl HostDevice {
@@ -44,8 +52,14 @@ impl HostDevice {
 
     /// Sleep `delay` before each copy, so that copies are still in flight
     /// when the caller moves on.
-    pub fn with_copy_delay(mut self, delay: Duration) -> Self {
-        self.copy_delay = delay;
+    pub fn with_copy_delay(self, delay: Duration) -> Self {
+        self.with_stream_delays(&[delay])
+    }
+
+    /// Sleep `delays[k % delays.len()]` before each copy on the `k`-th
+    /// stream made, so that streams finish out of order.
+    pub fn with_stream_delays(mut self, delays: &[Duration]) -> Self {
+        self.delays = delays.to_vec();
         self
     }
 
@@ -65,12 +79,26 @@ impl HostDevice {
     pub fn copies(&self) -> u64 {
         self.copies.load(Ordering::SeqCst)
     }
+
+    /// Uses of memory while a copy on it was in flight: device memory
+    /// read, a staging slot handed out for writing, or either dropped.
+    /// Each breaks [`Device::copy_to_device`]'s contract.
+    pub fn violations(&self) -> u64 {
+        self.violations.load(Ordering::SeqCst)
+    }
+
+    fn block(&self, len: usize) -> Option<Block> {
+        Block::new(len, &self.violations)
+    }
 }
 
-/// A zeroed, aligned heap allocation; `len` may be 0.
+/// A zeroed, aligned heap allocation; `len` may be 0. It counts the copies
+/// in flight on it.
 struct Block {
     ptr: NonNull<u8>,
     len: usize,
+    in_flight: Arc<AtomicU64>,
+    violations: Arc<AtomicU64>,
 }
 
 // SAFETY: a Block is a uniquely owned heap allocation, like a Box<[u8]>.
@@ -81,16 +109,34 @@ unsafe impl Send for Block {}
 unsafe impl Sync for Block {}
 
 impl Block {
-    fn new(len: usize) -> Option<Self> {
+    fn new(len: usize, violations: &Arc<AtomicU64>) -> Option<Self> {
         let layout = Layout::from_size_align(len.max(1), ALIGN).ok()?;
         // SAFETY: the layout's size is non-zero.
         let ptr = NonNull::new(unsafe { alloc_zeroed(layout) })?;
-        Some(Block { ptr, len })
+        Some(Block {
+            ptr,
+            len,
+            in_flight: Arc::new(AtomicU64::new(0)),
+            violations: violations.clone(),
+        })
+    }
+
+    /// Count a use while a copy is in flight; whether there was none.
+    fn check_idle(&self) -> bool {
+        let busy = self.in_flight.load(Ordering::SeqCst) > 0;
+        if busy {
+            self.violations.fetch_add(1, Ordering::SeqCst);
+        }
+        !busy
     }
 }
 
 impl Drop for Block {
     fn drop(&mut self) {
+        if !self.check_idle() {
+            // A copy may still touch it: leak it rather than free it.
+            return;
+        }
         let layout =
             Layout::from_size_align(self.len.max(1), ALIGN).expect("checked when allocated");
         // SAFETY: allocated in `Block::new` with this layout.
@@ -108,6 +154,7 @@ impl HostMemory {
     /// Its bytes. Memory handed out by [`crate::Uploader`] has all its
     /// copies completed; otherwise see [`Device::copy_to_device`].
     pub fn bytes(&self) -> &[u8] {
+        self.block.check_idle();
         // SAFETY: the block holds `len` initialized (zeroed, then copied)
         // bytes; no copy writes them while this borrow is used, by the
         // contract of `copy_to_device`.
@@ -138,6 +185,7 @@ pub struct HostPinned {
 
 impl PinnedMemory for HostPinned {
     fn as_mut_slice(&mut self) -> &mut [u8] {
+        self.block.check_idle();
         // SAFETY: the block holds `len` initialized bytes and `&mut self`
         // excludes other borrows; in-flight copies are the caller's to
         // exclude (`copy_to_device`'s contract).
@@ -161,11 +209,21 @@ pub struct HostEvent {
     state: Arc<(Mutex<State>, Condvar)>,
 }
 
-/// A copy's pointers, moved to the stream's thread.
+/// A copy's pointers, moved to the stream's thread, and the in-flight
+/// counts of the blocks they point into.
 struct Copy {
     dst: *mut u8,
     src: *const u8,
     len: usize,
+    counts: [Arc<AtomicU64>; 2],
+}
+
+impl Copy {
+    fn finished(&self) {
+        for c in &self.counts {
+            c.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
 }
 
 // SAFETY: the pointers stay valid until the copy's event completes, by the
@@ -206,7 +264,11 @@ impl HostDevice {
     }
 }
 
-impl Device for HostDevice {
+// SAFETY: a stream's thread runs its operations in order, so an event is
+// marked done or failed only after every copy queued before it ran or was
+// skipped; `synchronize` waits on such an event; `copy_to_device` queues
+// nothing when it returns an error.
+unsafe impl Device for HostDevice {
     type Memory = HostMemory;
     type Pinned = HostPinned;
     type Stream = HostStream;
@@ -233,7 +295,7 @@ impl Device for HostDevice {
             return Err(oom(self.capacity.map(|c| c.saturating_sub(used))));
         }
         let used = self.used.clone();
-        match Block::new(len) {
+        match self.block(len) {
             Some(block) => Ok(HostMemory { block, used }),
             None => {
                 used.fetch_sub(len as u64, Ordering::SeqCst);
@@ -243,7 +305,7 @@ impl Device for HostDevice {
     }
 
     fn alloc_pinned(&self, len: usize) -> Result<HostPinned, Error> {
-        Block::new(len)
+        self.block(len)
             .map(|block| HostPinned { block })
             .ok_or_else(|| Error::OutOfMemory {
                 device: self.name().to_string(),
@@ -255,7 +317,11 @@ impl Device for HostDevice {
 
     fn stream(&self) -> Result<HostStream, Error> {
         let (tx, rx) = channel::<Op>();
-        let delay = self.copy_delay;
+        let k = self.streams.fetch_add(1, Ordering::SeqCst) as usize;
+        let delay = match self.delays.len() {
+            0 => Duration::ZERO,
+            n => self.delays[k % n],
+        };
         let fail = self.fail_copy;
         let copies = self.copies.clone();
         let thread = std::thread::Builder::new()
@@ -269,14 +335,16 @@ impl Device for HostDevice {
                             if fail == Some(n) {
                                 failed = Some(format!("copy {n} failed (injected)"));
                             }
-                            if failed.is_some() {
-                                continue;
+                            if failed.is_none() {
+                                std::thread::sleep(delay);
+                                // SAFETY: valid and unaliased until the next
+                                // event completes (`copy_to_device`'s
+                                // contract; a block with a copy in flight is
+                                // leaked, not freed); ranges were checked
+                                // when queued.
+                                unsafe { std::ptr::copy_nonoverlapping(c.src, c.dst, c.len) }
                             }
-                            std::thread::sleep(delay);
-                            // SAFETY: valid and unaliased until the next
-                            // event completes (`copy_to_device`'s contract);
-                            // ranges were checked when queued.
-                            unsafe { std::ptr::copy_nonoverlapping(c.src, c.dst, c.len) }
+                            c.finished();
                         }
                         Op::Record(ev) => {
                             let (state, cv) = &*ev;
@@ -317,13 +385,24 @@ impl Device for HostDevice {
                 src.block.ptr.as_ptr().add(src_offset).cast_const(),
             )
         };
-        let op = Op::Copy(Copy {
+        let sender = stream.ops.as_ref().ok_or_else(|| self.stopped())?;
+        let counts = [dst.block.in_flight.clone(), src.block.in_flight.clone()];
+        for c in &counts {
+            c.fetch_add(1, Ordering::SeqCst);
+        }
+        let op = Copy {
             dst: d,
             src: s,
             len,
-        });
-        let sender = stream.ops.as_ref().ok_or_else(|| self.stopped())?;
-        sender.send(op).map_err(|_| self.stopped())
+            counts,
+        };
+        sender.send(Op::Copy(op)).map_err(|e| {
+            // Not queued after all.
+            if let Op::Copy(c) = e.0 {
+                c.finished();
+            }
+            self.stopped()
+        })
     }
 
     fn record(&self, stream: &HostStream) -> Result<HostEvent, Error> {
@@ -354,5 +433,10 @@ impl Device for HostDevice {
         }
         drop(s);
         self.query(event).map(|_| ())
+    }
+
+    fn synchronize(&self, stream: &HostStream) -> Result<(), Error> {
+        let event = self.record(stream)?;
+        self.wait(&event)
     }
 }

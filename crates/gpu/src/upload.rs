@@ -61,17 +61,15 @@ struct Pending<D: Device> {
 pub struct Uploader<'d, D: Device> {
     device: &'d D,
     opts: UploadOptions,
-    // Declared first so that it drops first: dropping a stream waits for
-    // the copies queued on it, which read the slots and write the memory
-    // below.
     streams: Vec<D::Stream>,
     pending: VecDeque<Pending<D>>,
     /// Slots whose copies are in flight, oldest first, with the name of
     /// the tensor each carries.
     busy: VecDeque<Busy<D>>,
     free: Vec<D::Pinned>,
-    /// What a failed upload left that copies may still use: kept until
-    /// the streams have finished.
+    /// What copies may still use but nothing waits on: a failed upload's
+    /// memory, and a slot between its copy and the event behind it. Freed
+    /// only after the streams are synchronized.
     stranded: Vec<Stranded<D>>,
     /// Slots allocated so far.
     slots: usize,
@@ -170,11 +168,12 @@ impl<'d, D: Device> Uploader<'d, D> {
                 &self.opts,
             )?;
             slot.as_mut_slice()[..chunk.len()].copy_from_slice(chunk);
-            // SAFETY: the slot goes into `busy` and the memory stays in
-            // `pending` until the event recorded next has completed: slots
-            // are refilled only after `wait` on it, memory leaves only after
-            // `query` or `wait` said it completed, and on drop the streams
-            // finish their copies before either is freed.
+            // SAFETY: from here the slot is owned by `self` (`stranded`,
+            // then `busy`) and the memory stays in `pending` (or `stranded`)
+            // until the event recorded next has completed: slots are
+            // refilled only after `wait` on it, memory leaves only after
+            // `query` or `wait` said it completed, and dropping `self`
+            // synchronizes every stream before anything is freed.
             let queued = unsafe {
                 self.device.copy_to_device(
                     stream,
@@ -186,11 +185,17 @@ impl<'d, D: Device> Uploader<'d, D> {
                 )
             };
             if let Err(e) = queued {
-                // Nothing was queued from this slot.
+                // Nothing was queued from this slot (the trait's contract).
                 self.free.push(slot);
                 return Err(e);
             }
-            match self.device.record(stream) {
+            // Owned by `self` while `record` runs, should it unwind.
+            self.stranded.push(Stranded::Slot(slot));
+            let recorded = self.device.record(stream);
+            let Some(Stranded::Slot(slot)) = self.stranded.pop() else {
+                unreachable!("the slot pushed above")
+            };
+            match recorded {
                 Ok(event) => {
                     let event = Arc::new(event);
                     self.busy.push_back(Busy {
@@ -201,9 +206,13 @@ impl<'d, D: Device> Uploader<'d, D> {
                     pending.done = Some(event);
                 }
                 Err(e) => {
-                    // The copy is queued with no event behind it: the slot
-                    // is not refilled, only freed after the streams finish.
+                    // No event behind the copy: wait for the whole stream,
+                    // after which the slot is free again.
                     self.stranded.push(Stranded::Slot(slot));
+                    let _ = self.device.synchronize(stream);
+                    if let Some(Stranded::Slot(slot)) = self.stranded.pop() {
+                        self.free.push(slot);
+                    }
                     return Err(e);
                 }
             }
@@ -265,6 +274,17 @@ impl<'d, D: Device> Uploader<'d, D> {
     }
 }
 
+impl<D: Device> Drop for Uploader<'_, D> {
+    fn drop(&mut self) {
+        // Copies in flight read the slots and write the memory this is
+        // about to free: let them finish. `synchronize` returns only once
+        // they have, whatever it reports.
+        for stream in &self.streams {
+            let _ = self.device.synchronize(stream);
+        }
+    }
+}
+
 /// A slot to fill: a free one, a new one while fewer than `opts.slots`
 /// exist, or else the oldest in flight once its copy has completed. If
 /// that copy failed, the error names the tensor it carried.
@@ -283,15 +303,19 @@ fn take_slot<D: Device>(
         *slots += 1;
         return Ok(slot);
     }
-    let Busy {
-        event,
-        slot,
-        tensor,
-    } = busy
-        .pop_front()
-        .expect("every slot allocated and none free: some are in flight");
+    let Some(oldest) = busy.front() else {
+        return Err(Error::Setting {
+            name: "slots",
+            reason: "every staging slot is held and none is in flight".into(),
+        });
+    };
+    // Wait before taking the slot out, so that it stays owned by the
+    // pipeline, and freed only after the streams finish, should `wait`
+    // unwind.
+    let waited = device.wait(&oldest.event);
+    let Busy { slot, tensor, .. } = busy.pop_front().expect("looked at above");
     // Completed, failed or not: the copy has finished with the slot.
-    match device.wait(&event) {
+    match waited {
         Ok(()) => Ok(slot),
         Err(e) => {
             free.push(slot);

@@ -1,7 +1,9 @@
 //! The upload pipeline on the host-memory device: every byte arrives, no
 //! tensor comes back before its copies completed, slots are reused only
 //! after their copies, errors name the tensor, and dropping mid-flight
-//! frees everything after the copies finish.
+//! frees everything after the copies finish. The device counts every use
+//! of memory while a copy on it is in flight; each test ends by checking
+//! that there was none.
 
 use std::time::Duration;
 
@@ -54,7 +56,19 @@ fn upload_all(device: &HostDevice, o: UploadOptions, sizes: &[usize]) -> Vec<Upl
         check(&u);
         got.push(u);
     }
+    assert_eq!(device.violations(), 0);
     got
+}
+
+/// After the pipeline is gone: nothing was used while a copy was in flight,
+/// and every byte of device memory was freed (once `kept` is dropped).
+fn assert_clean(device: &HostDevice) {
+    assert_eq!(
+        device.violations(),
+        0,
+        "memory used or freed with a copy in flight"
+    );
+    assert_eq!(device.used(), 0, "device memory left allocated");
 }
 
 #[test]
@@ -69,6 +83,8 @@ fn every_byte_arrives() {
     for u in &got {
         assert_eq!(u.memory.len(), sizes[u.id]);
     }
+    drop(got);
+    assert_clean(&device);
 }
 
 #[test]
@@ -80,6 +96,18 @@ fn slots_are_reused_only_after_their_copies() {
     upload_all(&device, opts(1024, 1, 3), &sizes);
     let chunks: u64 = sizes.iter().map(|s| s.div_ceil(1024) as u64).sum();
     assert_eq!(device.copies(), chunks);
+    assert_clean(&device);
+}
+
+#[test]
+fn the_oldest_slot_is_waited_for_when_streams_finish_out_of_order() {
+    // Stream 0 is slow, stream 1 fast; tensors alternate between them. With
+    // two slots, the third tensor must wait for the first (slow) copy, not
+    // for the second (fast) one, before refilling the first slot.
+    let device = HostDevice::new().with_stream_delays(&[Duration::from_millis(30), Duration::ZERO]);
+    let sizes = vec![3000; 8];
+    upload_all(&device, opts(4096, 2, 2), &sizes);
+    assert_clean(&device);
 }
 
 #[test]
@@ -88,18 +116,22 @@ fn many_tiny_tensors() {
     let sizes: Vec<usize> = (0..20_000).map(|i| i % 17).collect();
     let got = upload_all(&device, opts(64 << 10, 4, 4), &sizes);
     assert_eq!(got.len(), sizes.len());
+    drop(got);
+    assert_clean(&device);
 }
 
 #[test]
 fn nothing_comes_back_before_its_copies_complete() {
-    let device = HostDevice::new().with_copy_delay(Duration::from_millis(20));
-    let mut up = Uploader::new(&device, opts(1 << 20, 4, 1)).unwrap();
-    up.upload(0, "slow", &bytes(0, 1000)).unwrap();
-    // The copy sleeps 20 ms before it runs: right now it cannot be done.
+    let device = HostDevice::new().with_copy_delay(Duration::from_millis(300));
+    let mut up = Uploader::new(&device, opts(1024, 4, 1)).unwrap();
+    up.upload(0, "slow", &bytes(0, 3000)).unwrap();
+    // Each copy sleeps 300 ms before it runs: right now none can be done.
     assert!(up.poll().unwrap().is_empty());
     assert_eq!(up.in_flight(), 1);
     let done = up.finish().unwrap();
-    assert_eq!(done[0].memory.bytes(), &bytes(0, 1000)[..]);
+    assert_eq!(done[0].memory.bytes(), &bytes(0, 3000)[..]);
+    drop(done);
+    assert_clean(&device);
 }
 
 #[test]
@@ -111,6 +143,7 @@ fn staging_stays_within_its_bound() {
     up.upload(1, "big", &bytes(1, 1 << 20)).unwrap();
     assert_eq!(up.staging_bytes(), 3 * 4096);
     drop(up);
+    assert_clean(&device);
 }
 
 #[test]
@@ -145,6 +178,7 @@ fn out_of_memory_names_the_tensor_and_leaves_the_device_usable() {
     assert_eq!(device.used(), 0, "everything is freed");
     // The device takes the next load.
     upload_all(&device, opts(4096, 2, 2), &[9000]);
+    assert_clean(&device);
 }
 
 #[test]
@@ -175,7 +209,7 @@ fn a_failed_copy_names_its_tensor_and_nothing_leaks() {
     // when a later upload is the one that notices.
     assert_eq!(tensor, "layer.2", "{err}");
     assert!(matches!(**source, Error::Copy { .. }), "{source:?}");
-    assert_eq!(device.used(), 0, "memory of failed uploads is freed");
+    assert_clean(&device);
 }
 
 #[test]
@@ -187,9 +221,9 @@ fn dropping_mid_flight_waits_then_frees() {
     }
     assert!(device.used() > 0);
     drop(up);
-    assert_eq!(device.used(), 0);
-    // Every queued copy ran before the slots went away.
+    // Every queued copy ran before the slots and memory went away.
     assert_eq!(device.copies(), 12);
+    assert_clean(&device);
 }
 
 #[test]
