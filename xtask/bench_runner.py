@@ -33,7 +33,7 @@ has been read, so a loader that only maps the file (or hands out lazily
 faulted memory) pays for the reads it deferred; on a GPU, after
 torch.cuda.synchronize. Every tensor is still held in a dict when the clock
 stops, so nothing has been freed early. The --digest hash (blake2b-128 over
-each name, a NUL and the tensor's bytes, names sorted) is taken after the
+each name, dtype and shape, then the tensor's bytes, names sorted) is taken after the
 clock stops: it checks that every loader read the same bytes without
 charging anyone for hashing.
 """
@@ -87,11 +87,20 @@ def weightlift(a):
         try:
             f = wl.safe_open(a.model, device=a.device, backend=a.backend)
         except (wl.DeviceError, wl.UnsupportedError) as e:
+            # Refused when opened: this build cannot load onto that device.
+            # (Running out of memory during the load is a failure.)
             if a.device == "cpu":
                 raise
             raise Unavailable(f"weightlift: {e}") from None
         with f:
-            tensors = dict(f.tensors())
+            try:
+                tensors = dict(f.tensors())
+            except wl.BackendError as e:
+                # A backend asked for by name that this machine refuses
+                # (io_uring disabled, say); the automatic choice must work.
+                if a.backend is None:
+                    raise
+                raise Unavailable(f"weightlift {a.backend}: {e}") from None
             # "backend MMAP (queue depth 16, ...), files Cached": the name is the row's.
             return tensors, f.backend.removeprefix("backend ").split(" (")[0].split(",")[0]
 
@@ -257,9 +266,11 @@ def _settle(tensors, device):
 def _digest(tensors):
     h = hashlib.blake2b(digest_size=16)
     for name in sorted(tensors):
-        h.update(name.encode("utf-8"))
-        h.update(b"\0")
-        h.update(tensors[name].detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+        t = tensors[name]
+        # The name, the dtype and the shape, then the bytes: a loader that
+        # returns the right bytes under the wrong type or shape disagrees.
+        h.update(f"{name}\0{t.dtype}\0{tuple(t.shape)}\0".encode("utf-8"))
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
     return h.hexdigest()
 
 

@@ -39,10 +39,7 @@ pub(crate) fn run(args: &mut Args) -> Result<()> {
         .size("--size")?
         .unwrap_or(if quick { QUICK_SIZE } else { DEFAULT_SIZE });
     let tensors = args.number("--tensors")?;
-    let reps = args
-        .number("--reps")?
-        .unwrap_or(if quick { 2 } else { 3 })
-        .max(1) as usize;
+    let reps = args.number("--reps")?.unwrap_or(if quick { 2 } else { 3 }) as usize;
     let device = device(args.value("--device")?.as_deref().unwrap_or("cpu"))?;
     let backends = args.value("--backends")?;
     let peers = peers(args.value("--peers")?.as_deref())?;
@@ -67,6 +64,7 @@ pub(crate) fn run(args: &mut Args) -> Result<()> {
         .unwrap_or(Geometry::DEFAULT_MAX_EXTENT);
     let shares = args.number("--shares")?.unwrap_or(8).max(1) as u32;
     args.finish()?;
+    ensure!(reps > 0, "--reps 0: nothing would be measured");
     ensure!(
         !(no_python && device != "cpu"),
         "--device {device} loads through the wheel: drop --no-python"
@@ -144,7 +142,7 @@ pub(crate) fn run(args: &mut Args) -> Result<()> {
         loaders.extend(
             PEERS
                 .iter()
-                .filter(|p| peers.contains(&p.0))
+                .filter(|p| p.0 == BASELINE || peers.contains(&p.0))
                 .map(|p| Loader::Python {
                     runner: p.1,
                     backend: None,
@@ -159,11 +157,12 @@ pub(crate) fn run(args: &mut Args) -> Result<()> {
         python: py.as_deref(),
     };
     let warm_limit = if device == "cpu" {
-        Limit {
-            name: "memcpy".into(),
-            what: "a 512 MiB memory copy split over every core, 5 times".into(),
-            rates: load::memcpy_rates(5),
-        }
+        Limit::new(
+            "memcpy",
+            "a 512 MiB memory copy split over every core, 5 times".into(),
+            load::memcpy_rates(5),
+        )
+        .context("memcpy measured nothing")?
     } else {
         crate::py::h2d_limit(py.as_deref().expect("a GPU device needs Python"), &device)?
     };
@@ -179,11 +178,17 @@ pub(crate) fn run(args: &mut Args) -> Result<()> {
     for s in &mut sections {
         s.limit = match s.state {
             Cache::Warm => Some(warm_limit.clone()),
-            Cache::Cold => s.rows.iter().find(|r| r.loader == Loader::Raw).map(|r| Limit {
-                name: "raw O_DIRECT".into(),
-                what: "the storage's sequential read of the same files, 16 MiB O_DIRECT reads into one reused buffer, cold, interleaved with the loads".into(),
-                rates: r.runs.iter().map(Run::gbps).collect(),
-            }),
+            Cache::Cold => s
+                .rows
+                .iter()
+                .find(|r| r.loader == Loader::Raw)
+                .and_then(|r| Some((r.rates()?, r.runs.iter().map(Run::gbps).collect())))
+                .map(|(stats, rates)| Limit {
+                    name: "raw O_DIRECT".into(),
+                    what: "the storage's sequential read of the same files by one stream of 16 MiB O_DIRECT reads into one reused buffer, cold, interleaved with the loads (a loader with many reads in flight can pass it)".into(),
+                    rates,
+                    stats,
+                }),
         };
     }
     let verified = verify.then(|| verify_digests(&sections));
@@ -211,15 +216,27 @@ pub(crate) fn run(args: &mut Args) -> Result<()> {
     if let Some(v) = &report.verify {
         println!("verify: {v}");
     }
-    let out = out.unwrap_or_else(default_out);
+    let out = out.unwrap_or_else(|| default_out(if quick { "-quick" } else { "" }));
     for line in report.write(&out, py.as_deref())? {
         println!("wrote {line}");
     }
+    // weightlift must run on the host: there, "cannot run" is a failure
+    // too (a wheel that does not import, say), except for a backend named
+    // explicitly that this machine refuses.
     let failed: Vec<String> = report
         .sections
         .iter()
         .flat_map(|s| &s.rows)
-        .filter(|r| r.loader.is_weightlift() && matches!(r.stopped, Some(Outcome::Failed(_))))
+        .filter(|r| {
+            r.loader.is_weightlift()
+                && match &r.stopped {
+                    Some(Outcome::Failed(_)) => true,
+                    Some(Outcome::Unavailable(_)) => {
+                        device == "cpu" && r.loader.is_weightlift_auto()
+                    }
+                    _ => false,
+                }
+        })
         .map(|r| r.loader.name())
         .collect();
     ensure!(failed.is_empty(), "failed: {}", failed.join(", "));
@@ -254,9 +271,18 @@ fn device(s: &str) -> Result<String> {
     }
 }
 
-/// The peers `--peers` names (`all`, the default, or `none`, or a list).
+/// The loaders every Python run measures: the baseline for the speedups
+/// and the reference for `--verify`.
+const BASELINE: &str = "safetensors";
+
+/// The peers `--peers` names (`all`, the default, or `none`, or a list);
+/// safetensors, the baseline, is always measured.
 fn peers(arg: Option<&str>) -> Result<Vec<&'static str>> {
-    let mut known: Vec<&'static str> = PEERS.iter().map(|p| p.0).collect();
+    let mut known: Vec<&'static str> = PEERS
+        .iter()
+        .map(|p| p.0)
+        .filter(|&p| p != BASELINE)
+        .collect();
     known.dedup();
     match arg {
         None | Some("all") => Ok(known),
@@ -265,6 +291,9 @@ fn peers(arg: Option<&str>) -> Result<Vec<&'static str>> {
             .split(',')
             .map(|name| {
                 let name = name.trim();
+                if name.eq_ignore_ascii_case(BASELINE) {
+                    return Ok(BASELINE);
+                }
                 known
                     .iter()
                     .find(|k| k.eq_ignore_ascii_case(name))
@@ -352,8 +381,8 @@ fn open_and_plan(
     Ok((ckpt, lines))
 }
 
-/// `results/<date>-<host>` under the workspace.
-fn default_out() -> PathBuf {
+/// `results/<date>-<host><suffix>` under the workspace.
+fn default_out(suffix: &str) -> PathBuf {
     let days = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() / 86_400) as i64;
@@ -372,7 +401,7 @@ fn default_out() -> PathBuf {
         })
         .collect();
     crate::root().join("results").join(format!(
-        "{y:04}-{m:02}-{d:02}-{}",
+        "{y:04}-{m:02}-{d:02}-{}{suffix}",
         if host.is_empty() { "host" } else { &host }
     ))
 }
@@ -474,9 +503,10 @@ fn measure(
         for section in &mut sections {
             let n = section.rows.len();
             for k in 0..n {
-                // Rotate, so that no loader always follows the same one
-                // (storage that throttles bursts favours whoever comes
-                // after a pause).
+                // Rotate the starting point each repetition, so that no
+                // loader always runs first or last in a round (storage
+                // that throttles bursts favours whoever comes after a
+                // rest).
                 let row = &mut section.rows[(k + rep) % n];
                 done += 1;
                 if row.stopped.is_some() {
@@ -517,36 +547,49 @@ fn measure(
     Ok(sections)
 }
 
-/// Whether every hashed load returned the same bytes: what was compared,
-/// or which loaders disagree.
+/// Whether every load that ran returned what safetensors' `load_file`
+/// returned: each loader's first run in each state hashes its tensors
+/// (names, dtypes, shapes, bytes); the baseline's hash is the reference.
+/// What was compared, or which loaders disagree or did not hash.
 fn verify_digests(sections: &[Section]) -> Result<String, String> {
-    let mut groups: Vec<(String, Vec<String>)> = Vec::new();
+    let reference = sections
+        .iter()
+        .flat_map(|s| &s.rows)
+        .filter(|r| r.loader.is_baseline())
+        .find_map(|r| r.runs.iter().find_map(|run| run.digest.clone()))
+        .ok_or("safetensors load_file did not run, so there is nothing to compare with")?;
+    let (mut same, mut differ, mut unhashed) = (Vec::new(), Vec::new(), Vec::new());
     for s in sections {
-        for r in &s.rows {
-            for d in r.runs.iter().filter_map(|run| run.digest.clone()) {
-                let who = format!("{} ({})", r.loader.name(), s.state.name());
-                match groups.iter_mut().find(|g| g.0 == d) {
-                    Some(g) => g.1.push(who),
-                    None => groups.push((d, vec![who])),
-                }
+        for r in s.rows.iter().filter(|r| r.loader != Loader::Raw) {
+            let who = format!("{} ({})", r.loader.name(), s.state.name());
+            match r.runs.iter().find_map(|run| run.digest.as_deref()) {
+                Some(d) if d == reference => same.push(who),
+                Some(d) => differ.push(format!("{who}: {d}")),
+                None if !r.runs.is_empty() => unhashed.push(who),
+                None => {}
             }
         }
     }
-    match groups.as_slice() {
-        [] => Err("no loader hashed its tensors".into()),
-        [(d, who)] => Ok(format!(
-            "{} loads returned the same bytes for every tensor (blake2b-128 {d}): {}",
-            who.len(),
-            who.join(", ")
-        )),
-        _ => Err(format!(
-            "loaders disagree: {}",
-            groups
-                .iter()
-                .map(|(d, who)| format!("{d}: {}", who.join(", ")))
-                .collect::<Vec<_>>()
-                .join("; ")
-        )),
+    if differ.is_empty() && unhashed.is_empty() {
+        Ok(format!(
+            "{} loads returned the same names, dtypes, shapes and bytes as safetensors load_file (blake2b-128 {reference}): {}",
+            same.len(),
+            same.join(", ")
+        ))
+    } else {
+        Err(format!(
+            "against safetensors load_file ({reference}): {}{}",
+            if differ.is_empty() {
+                String::new()
+            } else {
+                format!("differ: {}. ", differ.join("; "))
+            },
+            if unhashed.is_empty() {
+                String::new()
+            } else {
+                format!("not hashed: {}", unhashed.join(", "))
+            }
+        ))
     }
 }
 

@@ -192,12 +192,21 @@ pub(crate) fn run_once(loader: &Loader, target: &Target<'_>, digest: bool) -> Re
     };
     // The choice must come from the loader's own default, not the caller's environment.
     cmd.env_remove(weightlift_io::BACKEND_ENV);
-    let out = cmd
-        .output()
-        .with_context(|| format!("starting {}", loader.name()))?;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let last = stdout.lines().last().unwrap_or_default();
-    if out.status.code() == Some(UNAVAILABLE) {
+    let out = output_within(&mut cmd, RUN_TIMEOUT)
+        .with_context(|| format!("running {}", loader.name()))?;
+    let Some((status, stdout, stderr)) = out else {
+        return Ok(Outcome::Failed(format!(
+            "no result within {} s: killed",
+            RUN_TIMEOUT.as_secs()
+        )));
+    };
+    // The result is the last JSON line: a library may print after it.
+    let last = stdout
+        .lines()
+        .rev()
+        .find(|l| l.trim_start().starts_with('{'))
+        .unwrap_or_default();
+    if status.code() == Some(UNAVAILABLE) {
         #[derive(Deserialize)]
         struct Why {
             unavailable: String,
@@ -206,19 +215,75 @@ pub(crate) fn run_once(loader: &Loader, target: &Target<'_>, digest: bool) -> Re
             serde_json::from_str::<Why>(last).map_or_else(|_| last.to_string(), |w| w.unavailable);
         return Ok(Outcome::Unavailable(why));
     }
-    if !out.status.success() {
-        let stderr = String::from_utf8_lossy(&out.stderr);
+    if !status.success() {
         let tail: Vec<&str> = stderr.lines().rev().take(3).collect();
         let tail: Vec<&str> = tail.into_iter().rev().collect();
-        return Ok(Outcome::Failed(format!(
-            "{} ({})",
-            tail.join(" | "),
-            out.status
-        )));
+        return Ok(Outcome::Failed(format!("{} ({status})", tail.join(" | "))));
     }
-    let run: Run = serde_json::from_str(last)
-        .with_context(|| format!("{} printed {last:?}, not a run", loader.name()))?;
-    Ok(Outcome::Ran(run))
+    Ok(match serde_json::from_str::<Run>(last) {
+        Ok(run) => Outcome::Ran(run),
+        Err(e) => Outcome::Failed(format!("printed no result ({e}): {last:?}")),
+    })
+}
+
+/// How long one load may take before it is killed and counted as failed.
+const RUN_TIMEOUT: Duration = Duration::from_secs(900);
+
+/// Run `cmd` to completion, collecting its output, or kill it after
+/// `timeout` (`None`).
+fn output_within(
+    cmd: &mut Command,
+    timeout: Duration,
+) -> Result<Option<(std::process::ExitStatus, String, String)>> {
+    use std::io::Read;
+    use std::process::Stdio;
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    // Drain both pipes while waiting, so a chatty child cannot block on a
+    // full pipe.
+    let drain = |pipe: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            if let Some(mut p) = pipe {
+                let mut bytes = Vec::new();
+                let _ = p.read_to_end(&mut bytes);
+                text = String::from_utf8_lossy(&bytes).into_owned();
+            }
+            text
+        })
+    };
+    let out = drain(
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let err = drain(
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break Some(status);
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let (out, err) = (
+        out.join().unwrap_or_default(),
+        err.join().unwrap_or_default(),
+    );
+    Ok(status.map(|s| (s, out, err)))
 }
 
 /// `xtask load-once --model P --loader auto|raw|NAME`: one load in this
@@ -277,7 +342,10 @@ fn load_and_touch(ckpt: &Arc<Checkpoint>, opts: &EngineOptions) -> Result<Run> {
     for tensor in load {
         let tensor = tensor?;
         let b = tensor.bytes();
+        // One byte of every page, and the last byte (the last page of a
+        // tensor that does not start on a page boundary).
         sum += b.iter().step_by(4096).map(|&x| u64::from(x)).sum::<u64>();
+        sum += b.last().map_or(0, |&x| u64::from(x));
         bytes += b.len() as u64;
         tensors.push(tensor);
     }

@@ -39,11 +39,13 @@ commands:
       --device DEV        cpu (default) or cuda:N
       --backends LIST     weightlift backends to time besides the automatic
                           choice (default: all but CUFILE), such as URING,MMAP
-      --peers LIST        safetensors, fastsafetensors, runai, instanttensor,
-                          all (default) or none
+      --peers LIST        fastsafetensors, runai, instanttensor, all (default)
+                          or none; safetensors, the baseline, always runs
       --cold | --warm     only cold (files evicted) or only warm loads
-      --out DIR           where the results go (default results/<date>-<host>)
-      --verify            check that every loader returned the same bytes
+      --out DIR           where the results go (default results/<date>-<host>,
+                          or results/<date>-<host>-quick)
+      --verify            check that every loader returned what safetensors
+                          load_file did (names, dtypes, shapes, bytes)
       --quick             a small run: a 256 MiB checkpoint, 2 repetitions,
                           the automatic choice alone, --verify
       --pause SECONDS     rest before each cold load (default 2; 0.5 with

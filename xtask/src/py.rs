@@ -166,12 +166,13 @@ pub(crate) fn h2d_limit(py: &Path, device: &str) -> Result<Limit> {
         String::from_utf8_lossy(&out.stderr).trim()
     );
     let h: H2d = serde_json::from_str(last).with_context(|| format!("h2d printed {last:?}"))?;
-    Ok(Limit {
-        name: "pinned H2D".into(),
-        what: format!(
+    Limit::new(
+        "pinned H2D",
+        format!(
             "copies of {} of pinned host memory to {device}, one in flight",
             crate::bench::human(h.bytes)
         ),
-        rates: h.rates,
-    })
+        h.rates,
+    )
+    .context("h2d measured nothing")
 }

@@ -60,8 +60,27 @@ impl Row {
         }
     }
 
+    /// GB/s, from the seconds: the median rate is the median time's, so
+    /// the two columns agree for any number of runs.
     pub(crate) fn rates(&self) -> Option<Stats> {
-        Stats::of(self.runs.iter().map(Run::gbps))
+        let secs = self.seconds()?;
+        let bytes = self.runs[0].bytes as f64;
+        Some(Stats {
+            median: bytes / secs.median / 1e9,
+            min: bytes / secs.max / 1e9,
+            max: bytes / secs.min / 1e9,
+        })
+    }
+
+    /// The backends its runs used, in order of first use.
+    fn backends(&self) -> String {
+        let mut seen: Vec<&str> = Vec::new();
+        for r in &self.runs {
+            if !seen.contains(&r.backend.as_str()) {
+                seen.push(&r.backend);
+            }
+        }
+        seen.join(" / ")
     }
 
     fn seconds(&self) -> Option<Stats> {
@@ -74,12 +93,25 @@ impl Row {
     }
 }
 
-/// A hardware limit measured in the same run: GB/s, one per repetition.
+/// A hardware limit measured in the same run: GB/s, one per repetition,
+/// and their summary.
 #[derive(Debug, Clone)]
 pub(crate) struct Limit {
     pub name: String,
     pub what: String,
     pub rates: Vec<f64>,
+    pub stats: Stats,
+}
+
+impl Limit {
+    pub(crate) fn new(name: &str, what: String, rates: Vec<f64>) -> Option<Self> {
+        Some(Limit {
+            name: name.into(),
+            what,
+            stats: Stats::of(rates.iter().copied())?,
+            rates,
+        })
+    }
 }
 
 /// The rows of one cache state and the limit they are held against.
@@ -100,10 +132,7 @@ impl Section {
 
     /// The Markdown table of this section.
     pub(crate) fn table(&self, device: &str, payload: u64, reps: usize) -> String {
-        let limit = self
-            .limit
-            .as_ref()
-            .and_then(|l| Stats::of(l.rates.iter().copied()));
+        let limit = self.limit.as_ref().map(|l| l.stats);
         let base = self.baseline();
         let mut s = String::new();
         let _ = writeln!(
@@ -136,10 +165,22 @@ impl Section {
                 let _ = writeln!(s, "| {name} | {} | | | | | | |", why.replace('|', "/"));
                 continue;
             };
+            let mut backend = row.backends();
+            match &row.stopped {
+                Some(Outcome::Failed(why)) => backend.push_str(&format!(
+                    " ({} of {reps} runs, then failed: {why})",
+                    row.runs.len()
+                )),
+                Some(Outcome::Unavailable(why)) => backend.push_str(&format!(
+                    " ({} of {reps} runs, then not run: {why})",
+                    row.runs.len()
+                )),
+                _ => {}
+            }
             let _ = writeln!(
                 s,
                 "| {name} | {} | {} | {} | {} | {} | {} | {} |",
-                row.runs[0].backend.replace('|', "/"),
+                backend.replace('|', "/"),
                 format_args!("{:.3} [{:.3}, {:.3}]", secs.median, secs.min, secs.max),
                 rate.show(),
                 limit.map_or("".into(), |l| format!(
@@ -156,17 +197,24 @@ impl Section {
                 row.peak(|r| r.peak_gpu).map_or("".into(), human),
             );
         }
-        if let (Some(l), Some(stats)) = (&self.limit, limit) {
-            let _ = writeln!(s, "\nLimit: {} {} GB/s: {}.", l.name, stats.show(), l.what);
+        if let Some(l) = &self.limit {
+            let _ = writeln!(
+                s,
+                "\nLimit: {} {} GB/s: {}.",
+                l.name,
+                l.stats.show(),
+                l.what
+            );
         }
         s
     }
 
     /// This section as a panel of the chart (GB/s per loader, the limit a line).
     fn panel(&self, device: &str) -> serde_json::Value {
-        let limit = self.limit.as_ref().and_then(|l| {
-            Stats::of(l.rates.iter().copied()).map(|s| json!({"name": l.name, "gbps": s.median}))
-        });
+        let limit = self
+            .limit
+            .as_ref()
+            .map(|l| json!({"name": l.name, "gbps": l.stats.median}));
         let rows: Vec<_> = self
             .rows
             .iter()
