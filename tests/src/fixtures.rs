@@ -310,3 +310,35 @@ impl Drop for TempDir {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// Assert that, for each of `ids`, `ours` gives the bytes the reference
+/// `safetensors` crate reads for that tensor from `ckpt`'s files (`None`
+/// counts as no bytes).
+pub fn assert_same_as_reference<'a>(
+    ckpt: &weightlift_format::Checkpoint,
+    ids: impl IntoIterator<Item = weightlift_format::TensorId>,
+    ours: impl Fn(weightlift_format::TensorId) -> Option<&'a [u8]>,
+) {
+    let files: Vec<Vec<u8>> = ckpt
+        .shards()
+        .iter()
+        .map(|s| std::fs::read(s.path()).expect("read a shard"))
+        .collect();
+    let refs: Vec<safetensors::SafeTensors<'_>> = files
+        .iter()
+        .map(|f| safetensors::SafeTensors::deserialize(f).expect("the reference reads it"))
+        .collect();
+    for id in ids {
+        let t = ckpt.tensor(id);
+        let r = refs[t.file.index()]
+            .tensor(&t.name)
+            .expect("the reference has the tensor");
+        let got = ours(id).unwrap_or(&[]);
+        assert_eq!(got.len(), r.data().len(), "{}: length", t.name);
+        assert!(
+            got == r.data(),
+            "{}: bytes differ from the reference",
+            t.name
+        );
+    }
+}

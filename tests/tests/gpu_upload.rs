@@ -11,7 +11,9 @@ use weightlift_format::{Checkpoint, TensorId};
 use weightlift_gpu::{HostDevice, UploadOptions, Uploaded, Uploader};
 use weightlift_io::{EngineOptions, host};
 use weightlift_plan::Selection;
-use weightlift_tests::fixtures::{LlamaConfig, TempDir, moe_specs, write_checkpoint};
+use weightlift_tests::fixtures::{
+    LlamaConfig, TempDir, assert_same_as_reference, moe_specs, write_checkpoint,
+};
 
 /// Load `index` and upload each tensor the moment it is loaded; returns
 /// the uploads by tensor.
@@ -45,24 +47,9 @@ fn check_against_reference(
     got: &HashMap<TensorId, Uploaded<weightlift_gpu::HostMemory>>,
 ) {
     assert_eq!(got.len(), ckpt.len());
-    let files: Vec<Vec<u8>> = ckpt
-        .shards()
-        .iter()
-        .map(|s| std::fs::read(s.path()).unwrap())
-        .collect();
-    let refs: Vec<safetensors::SafeTensors<'_>> = files
-        .iter()
-        .map(|f| safetensors::SafeTensors::deserialize(f).unwrap())
-        .collect();
-    for (&id, u) in got {
-        let t = ckpt.tensor(id);
-        let r = refs[t.file.index()].tensor(&t.name).unwrap();
-        assert!(
-            u.memory.bytes() == r.data(),
-            "{}: device bytes differ from the reference",
-            t.name
-        );
-    }
+    assert_same_as_reference(ckpt, (0..ckpt.len() as u32).map(TensorId), |id| {
+        got.get(&id).map(|u| u.memory.bytes())
+    });
 }
 
 #[test]

@@ -7,7 +7,9 @@ use std::os::unix::fs::FileExt;
 
 use weightlift_format::{Checkpoint, Dtype, TensorId, TensorSpec};
 use weightlift_plan::{Geometry, ReadPlan, Selection, plan};
-use weightlift_tests::fixtures::{LlamaConfig, TempDir, moe_specs, write_checkpoint};
+use weightlift_tests::fixtures::{
+    LlamaConfig, TempDir, assert_same_as_reference, moe_specs, write_checkpoint,
+};
 
 /// Run a plan the simplest way: read each extent (short at the end of a
 /// file), copy each piece into its tensor's buffer.
@@ -37,26 +39,7 @@ fn execute(c: &Checkpoint, p: &ReadPlan, out: &mut HashMap<TensorId, Vec<u8>>) {
 
 /// Every tensor `p` delivers equals what the reference reads.
 fn check_against_reference(c: &Checkpoint, got: &HashMap<TensorId, Vec<u8>>, ids: &[TensorId]) {
-    let files: Vec<Vec<u8>> = c
-        .shards()
-        .iter()
-        .map(|s| std::fs::read(s.path()).unwrap())
-        .collect();
-    let refs: Vec<safetensors::SafeTensors<'_>> = files
-        .iter()
-        .map(|f| safetensors::SafeTensors::deserialize(f).unwrap())
-        .collect();
-    for &id in ids {
-        let t = c.tensor(id);
-        let r = refs[t.file.index()].tensor(&t.name).unwrap();
-        let ours = got.get(&id).map(Vec::as_slice).unwrap_or(&[]);
-        assert_eq!(ours.len(), r.data().len(), "{}", t.name);
-        assert!(
-            ours == r.data(),
-            "{}: bytes differ from the reference",
-            t.name
-        );
-    }
+    assert_same_as_reference(c, ids.iter().copied(), |id| got.get(&id).map(Vec::as_slice));
     assert_eq!(
         got.len(),
         ids.iter().filter(|&&id| !c.tensor(id).is_empty()).count()
