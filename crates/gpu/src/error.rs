@@ -6,6 +6,13 @@ use std::fmt;
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Error {
+    /// A GPU library could not be loaded or initialized.
+    Unavailable {
+        /// What: `"CUDA driver"`.
+        api: &'static str,
+        /// Why, as the loader or the library said.
+        reason: String,
+    },
     /// An allocation did not fit in the device's free memory.
     OutOfMemory {
         /// The device.
@@ -43,6 +50,7 @@ pub enum Error {
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            Error::Unavailable { api, reason } => write!(f, "{api} unavailable: {reason}"),
             Error::OutOfMemory {
                 device,
                 kind,

@@ -26,15 +26,18 @@
 //! # Ok::<(), weightlift_gpu::Error>(())
 //! ```
 //!
-//! No GPU implements [`Device`] yet: the CUDA and ROCm devices, loaded at
-//! run time, are the next step, and until then the Python package refuses
-//! GPU devices with a clear error.
+//! [`CudaDriver`] finds the CUDA driver at run time and says what is
+//! missing when it cannot. No GPU implements [`Device`] yet: the CUDA and
+//! ROCm devices are the next step, and until then the Python package
+//! refuses GPU devices with a clear error.
 
+mod cuda;
 mod device;
 mod error;
 mod host;
 mod upload;
 
+pub use cuda::CudaDriver;
 pub use device::{Device, DeviceMemory, PinnedMemory};
 pub use error::Error;
 pub use host::{HostDevice, HostEvent, HostMemory, HostPinned, HostStream};

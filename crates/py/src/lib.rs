@@ -348,12 +348,32 @@ fn backend_names() -> Vec<&'static str> {
     Backend::ALL.iter().map(|b| b.name()).collect()
 }
 
+/// The CUDA driver this process can load, described ("CUDA 12.8 driver,
+/// 1 device: NVIDIA H100 80GB HBM3"); `DeviceError` saying what is missing
+/// when there is none.
+#[pyfunction]
+fn cuda_driver(py: Python<'_>) -> PyResult<String> {
+    match py.detach(weightlift_gpu::CudaDriver::load) {
+        Ok(d) => {
+            let (major, minor) = d.version();
+            let n = d.devices().len();
+            Ok(format!(
+                "CUDA {major}.{minor} driver, {n} device{}: {}",
+                if n == 1 { "" } else { "s" },
+                d.devices().join(", ")
+            ))
+        }
+        Err(e) => Err(errors::raise(py, "DeviceError", e.to_string())),
+    }
+}
+
 #[pymodule]
 fn _weightlift(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PySession>()?;
     m.add_class::<PyPass>()?;
     m.add_class::<Buffer>()?;
     m.add_function(wrap_pyfunction!(backend_names, m)?)?;
+    m.add_function(wrap_pyfunction!(cuda_driver, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

@@ -224,3 +224,12 @@ def test_progress_safe_open(store, h, capfd):
     h.assert_same_dict(got, ck.expected, "safe_open progress=True")
     assert capfd.readouterr().err.strip(), "progress=True wrote nothing to stderr"
 
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="only without a GPU")
+def test_device_error_says_what_is_missing(store):
+    """Without a GPU, the error names the missing driver or the failing call."""
+    ck = store.get("metadata")
+    with pytest.raises(weightlift.DeviceError, match="libcuda|CUresult") as ei:
+        weightlift.load_file(ck.source, device="cuda:0")
+    assert "device='cpu'" in str(ei.value)

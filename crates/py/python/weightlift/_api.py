@@ -101,9 +101,14 @@ def _device(device: Any) -> str:
     if kind == "cpu":
         return "cpu"
     if kind in ("cuda", "hip"):
+        advice = "use device='cpu' (load_into copies into tensors on any device)"
+        try:
+            found = _weightlift.cuda_driver()
+        except DeviceError as e:
+            raise DeviceError(f"device {device!r}: {e}; {advice}") from None
         raise DeviceError(
-            f"device {device!r}: this build of weightlift loads into host memory only; "
-            "use device='cpu' (load_into copies into tensors on any device)"
+            f"device {device!r}: found the {found}, but this build of weightlift loads into "
+            f"host memory only; {advice}"
         )
     raise DeviceError(f"unknown device {device!r}: use 'cpu', 'cuda:N', N or a torch.device")
 
