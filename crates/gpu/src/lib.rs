@@ -27,8 +27,9 @@
 //! ```
 //!
 //! [`CudaDriver`] finds the CUDA driver at run time and says what is
-//! missing when it cannot. No GPU implements [`Device`] yet: the CUDA and
-//! ROCm devices are the next step, and until then the Python package
+//! missing when it cannot; [`CudaDevice`] implements [`Device`] on a GPU's
+//! primary context. The ROCm device, torch's allocator and streams, and
+//! loading onto GPUs from Python are not built yet: the Python package
 //! refuses GPU devices with a clear error.
 
 mod cuda;
@@ -37,7 +38,7 @@ mod error;
 mod host;
 mod upload;
 
-pub use cuda::CudaDriver;
+pub use cuda::{CudaDevice, CudaDriver, CudaEvent, CudaMemory, CudaPinned, CudaStream};
 pub use device::{Device, DeviceMemory, PinnedMemory};
 pub use error::Error;
 pub use host::{HostDevice, HostEvent, HostMemory, HostPinned, HostStream};
