@@ -34,6 +34,7 @@ pub struct HostDevice {
     fail_copy: Option<u64>,
     used: Arc<AtomicU64>,
     copies: Arc<AtomicU64>,
+    queued: AtomicU64,
     streams: AtomicU64,
     violations: Arc<AtomicU64>,
 }
@@ -63,8 +64,9 @@ impl HostDevice {
         self
     }
 
-    /// Fail the copy numbered `n` (from 0, counted over every stream), and
-    /// every later copy on its stream, as a GPU's sticky errors do.
+    /// Fail the `n`-th copy queued (from 0, counted over every stream, in
+    /// the order `copy_to_device` was called), and every later copy on its
+    /// stream, as a GPU's sticky errors do.
     pub fn with_failing_copy(mut self, n: u64) -> Self {
         self.fail_copy = Some(n);
         self
@@ -216,6 +218,8 @@ struct Copy {
     src: *const u8,
     len: usize,
     counts: [Arc<AtomicU64>; 2],
+    /// Whether this copy is the one to fail.
+    fail: bool,
 }
 
 impl Copy {
@@ -322,7 +326,6 @@ unsafe impl Device for HostDevice {
             0 => Duration::ZERO,
             n => self.delays[k % n],
         };
-        let fail = self.fail_copy;
         let copies = self.copies.clone();
         let thread = std::thread::Builder::new()
             .name("weightlift-host-stream".into())
@@ -331,9 +334,9 @@ unsafe impl Device for HostDevice {
                 for op in rx {
                     match op {
                         Op::Copy(c) => {
-                            let n = copies.fetch_add(1, Ordering::SeqCst);
-                            if fail == Some(n) {
-                                failed = Some(format!("copy {n} failed (injected)"));
+                            copies.fetch_add(1, Ordering::SeqCst);
+                            if c.fail {
+                                failed = Some("a copy failed (injected)".into());
                             }
                             if failed.is_none() {
                                 std::thread::sleep(delay);
@@ -390,11 +393,13 @@ unsafe impl Device for HostDevice {
         for c in &counts {
             c.fetch_add(1, Ordering::SeqCst);
         }
+        let n = self.queued.fetch_add(1, Ordering::SeqCst);
         let op = Copy {
             dst: d,
             src: s,
             len,
             counts,
+            fail: self.fail_copy == Some(n),
         };
         sender.send(Op::Copy(op)).map_err(|e| {
             // Not queued after all.

@@ -220,19 +220,26 @@ impl<'d, D: Device> Uploader<'d, D> {
         Ok(())
     }
 
-    /// The tensors whose copies have all completed, in completion order;
-    /// an error names the first tensor found whose copy failed.
+    /// The tensors whose copies have all completed, in completion order.
+    /// A failed copy is reported (naming its tensor) by a call that has
+    /// nothing completed to hand back first.
     pub fn poll(&mut self) -> Result<Vec<Uploaded<D::Memory>>, Error> {
         let mut out = Vec::new();
+        let mut failed = None;
         let mut i = 0;
         while i < self.pending.len() {
             let p = &self.pending[i];
             let done = match &p.done {
                 None => true,
-                Some(ev) => self
-                    .device
-                    .query(ev)
-                    .map_err(|e| upload_error(&p.name, e))?,
+                Some(ev) => match self.device.query(ev) {
+                    Ok(done) => done,
+                    Err(e) => {
+                        // It stays pending: reported below if nothing
+                        // completed, or by the next call.
+                        failed.get_or_insert_with(|| upload_error(&p.name, e));
+                        false
+                    }
+                },
             };
             if done {
                 let p = self.pending.remove(i).expect("in range");
@@ -244,7 +251,10 @@ impl<'d, D: Device> Uploader<'d, D> {
                 i += 1;
             }
         }
-        Ok(out)
+        match failed {
+            Some(e) if out.is_empty() => Err(e),
+            _ => Ok(out),
+        }
     }
 
     /// Wait for every upload and hand back the rest, in upload order.

@@ -255,3 +255,33 @@ fn the_device_checks_copy_ranges() {
     let r = unsafe { device.copy_to_device(&stream, &dst, 0, &src, usize::MAX, 2) };
     assert!(matches!(r, Err(Error::Copy { .. })), "{r:?}");
 }
+
+#[test]
+fn a_failure_does_not_swallow_tensors_that_completed() {
+    // Two streams; copy 1 (tensor 1, on stream 1) fails, tensors 0 and 2
+    // (stream 0) complete.
+    let device = HostDevice::new().with_failing_copy(1);
+    let mut up = Uploader::new(&device, opts(4096, 4, 2)).unwrap();
+    for id in 0..3 {
+        up.upload(id, &format!("t{id}"), &bytes(id, 100)).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    let mut delivered = Vec::new();
+    let err = loop {
+        match up.poll() {
+            Ok(done) => delivered.extend(done.into_iter().map(|u| {
+                assert_eq!(u.memory.bytes(), &bytes(u.id, 100)[..]);
+                u.id
+            })),
+            Err(e) => break e,
+        }
+    };
+    delivered.sort_unstable();
+    assert_eq!(delivered, [0, 2], "the completed tensors are handed back");
+    assert!(
+        matches!(&err, Error::Upload { tensor, .. } if tensor == "t1"),
+        "{err:?}"
+    );
+    drop(up);
+    assert_clean(&device);
+}
