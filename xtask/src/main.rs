@@ -59,6 +59,11 @@ commands:
       --alignment N       read alignment in bytes (default 4096)
       --max-extent SIZE   largest read (default 16MiB)
       --shares N          also split the plan into N shares (default 8)
+  gpu-test [--python PATH]
+                          the GPU tests, with WEIGHTLIFT_REQUIRE_GPU=1 so that a
+                          missing GPU fails them instead of skipping: the gpu
+                          crate's (the CUDA driver and device) and the wheel's
+                          (pytest -m gpu)
   gen --out DIR [--size SIZE | --tensors N] [--shards N] [--seed N]
                           write a Llama-shaped (or, with --tensors, a
                           mixture-of-experts-shaped) checkpoint with an index
@@ -84,6 +89,11 @@ fn run() -> Result<()> {
         "test" => {
             args.finish()?;
             test()
+        }
+        "gpu-test" => {
+            let python = args.value("--python")?.map(PathBuf::from);
+            args.finish()?;
+            gpu_test(python)
         }
         "bench" => bench::run(&mut args),
         "load-once" => load::load_once(&mut args),
@@ -154,6 +164,35 @@ fn ensure_components() -> Result<()> {
         )?;
     }
     Ok(())
+}
+
+/// The GPU tests, required to find a GPU.
+fn gpu_test(python: Option<PathBuf>) -> Result<()> {
+    const REQUIRE: &str = "WEIGHTLIFT_REQUIRE_GPU";
+    step(
+        "cargo test -p weightlift-gpu (WEIGHTLIFT_REQUIRE_GPU=1)",
+        cargo()
+            .args(["test", "-p", "weightlift-gpu"])
+            .env(REQUIRE, "1"),
+    )?;
+    let python = py::python(python)?;
+    py::install_wheel(&python)?;
+    step(
+        "pytest -m gpu crates/py/tests (WEIGHTLIFT_REQUIRE_GPU=1)",
+        std::process::Command::new(&python)
+            .current_dir(root().join("crates/py"))
+            .args([
+                "-m",
+                "pytest",
+                "-q",
+                "-p",
+                "no:cacheprovider",
+                "-m",
+                "gpu",
+                "tests",
+            ])
+            .env(REQUIRE, "1"),
+    )
 }
 
 fn test() -> Result<()> {
