@@ -143,6 +143,17 @@ pub(crate) enum Outcome {
     Failed(String),
 }
 
+impl Outcome {
+    /// Why it did not run, for a table: `not run: ...` or `failed: ...`.
+    pub(crate) fn why(&self) -> Option<String> {
+        match self {
+            Outcome::Ran(_) => None,
+            Outcome::Unavailable(why) => Some(format!("not run: {why}")),
+            Outcome::Failed(why) => Some(format!("failed: {why}")),
+        }
+    }
+}
+
 /// Where and how the loads run.
 pub(crate) struct Target<'a> {
     pub model: &'a Path,
@@ -200,12 +211,7 @@ pub(crate) fn run_once(loader: &Loader, target: &Target<'_>, digest: bool) -> Re
             RUN_TIMEOUT.as_secs()
         )));
     };
-    // The result is the last JSON line: a library may print after it.
-    let last = stdout
-        .lines()
-        .rev()
-        .find(|l| l.trim_start().starts_with('{'))
-        .unwrap_or_default();
+    let last = result_line(&stdout);
     if status.code() == Some(UNAVAILABLE) {
         #[derive(Deserialize)]
         struct Why {
@@ -224,6 +230,16 @@ pub(crate) fn run_once(loader: &Loader, target: &Target<'_>, digest: bool) -> Re
         Ok(run) => Outcome::Ran(run),
         Err(e) => Outcome::Failed(format!("printed no result ({e}): {last:?}")),
     })
+}
+
+/// The runner's result: the last JSON line of its output (a library may
+/// print after it), or "" when there is none.
+pub(crate) fn result_line(stdout: &str) -> &str {
+    stdout
+        .lines()
+        .rev()
+        .find(|l| l.trim_start().starts_with('{'))
+        .unwrap_or_default()
 }
 
 /// How long one load may take before it is killed and counted as failed.

@@ -21,10 +21,7 @@ const PACKAGES: &[&str] = &[
     "matplotlib",
 ];
 
-/// Imported to check that the environment is complete.
-const PROBE: &str = "import torch, safetensors, numpy, pytest, maturin, matplotlib";
-
-/// A Python with torch, safetensors, numpy, pytest and maturin: `explicit`,
+/// A Python with [`PACKAGES`] (each imports under its own name): `explicit`,
 /// `WEIGHTLIFT_PYTHON`, or the project's virtual environment
 /// (`target/venv`), made and filled on first use.
 pub(crate) fn python(explicit: Option<PathBuf>) -> Result<PathBuf> {
@@ -33,13 +30,8 @@ pub(crate) fn python(explicit: Option<PathBuf>) -> Result<PathBuf> {
     }
     let venv = root().join("target/venv");
     let py = venv.join("bin/python");
-    let complete = |py: &Path| {
-        Command::new(py)
-            .args(["-c", PROBE])
-            .output()
-            .is_ok_and(|o| o.status.success())
-    };
-    if py.exists() && complete(&py) {
+    let modules = PACKAGES.join(", ");
+    if py.exists() && importable(&py, &modules) {
         return Ok(py);
     }
     if !py.exists() {
@@ -58,8 +50,8 @@ pub(crate) fn python(explicit: Option<PathBuf>) -> Result<PathBuf> {
             .args(PACKAGES),
     )?;
     ensure!(
-        complete(&py),
-        "{} still cannot `{PROBE}` after installing",
+        importable(&py, &modules),
+        "{} still cannot `import {modules}` after installing",
         py.display()
     );
     Ok(py)
@@ -118,8 +110,9 @@ const BENCH_EXTRAS: &[(&str, &str, &str)] = &[
 ];
 
 /// The benchmark's Python: [`python`] with the wheel built from this tree
-/// installed, and the selected peers installed from PyPI on first use. A package that does not install is reported and left out:
-/// its row says why it did not run.
+/// installed, and the selected peers installed from PyPI on first use. A
+/// package that does not install is reported and left out: its row says
+/// why it did not run.
 pub(crate) fn bench_python(explicit: Option<PathBuf>, peers: &[&str]) -> Result<PathBuf> {
     let py = python(explicit)?;
     install_wheel(&py)?;
@@ -138,9 +131,10 @@ pub(crate) fn bench_python(explicit: Option<PathBuf>, peers: &[&str]) -> Result<
     Ok(py)
 }
 
-fn importable(py: &Path, module: &str) -> bool {
+/// Whether `py` can `import {modules}` (a comma-separated list).
+fn importable(py: &Path, modules: &str) -> bool {
     Command::new(py)
-        .args(["-c", &format!("import {module}")])
+        .args(["-c", &format!("import {modules}")])
         .output()
         .is_ok_and(|o| o.status.success())
 }
@@ -159,7 +153,7 @@ pub(crate) fn h2d_limit(py: &Path, device: &str) -> Result<Limit> {
         .output()
         .context("starting the host-to-device measurement")?;
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let last = stdout.lines().last().unwrap_or_default();
+    let last = crate::load::result_line(&stdout);
     ensure!(
         out.status.success(),
         "measuring the host-to-device bandwidth of {device}: {last} {}",

@@ -156,26 +156,15 @@ impl Section {
             } else {
                 row.loader.name()
             };
+            let why = row.stopped.as_ref().and_then(Outcome::why);
             let (Some(rate), Some(secs)) = (row.rates(), row.seconds()) else {
-                let why = match &row.stopped {
-                    Some(Outcome::Unavailable(why)) => format!("not run: {why}"),
-                    Some(Outcome::Failed(why)) => format!("failed: {why}"),
-                    _ => "not run".into(),
-                };
+                let why = why.unwrap_or_else(|| "not run".into());
                 let _ = writeln!(s, "| {name} | {} | | | | | | |", why.replace('|', "/"));
                 continue;
             };
             let mut backend = row.backends();
-            match &row.stopped {
-                Some(Outcome::Failed(why)) => backend.push_str(&format!(
-                    " ({} of {reps} runs, then failed: {why})",
-                    row.runs.len()
-                )),
-                Some(Outcome::Unavailable(why)) => backend.push_str(&format!(
-                    " ({} of {reps} runs, then not run: {why})",
-                    row.runs.len()
-                )),
-                _ => {}
+            if let Some(why) = why {
+                backend.push_str(&format!(" ({} of {reps} runs, then {why})", row.runs.len()));
             }
             let _ = writeln!(
                 s,

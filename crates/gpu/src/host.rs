@@ -213,7 +213,7 @@ pub struct HostEvent {
 
 /// A copy's pointers, moved to the stream's thread, and the in-flight
 /// counts of the blocks they point into.
-struct Copy {
+struct CopyOp {
     dst: *mut u8,
     src: *const u8,
     len: usize,
@@ -222,7 +222,7 @@ struct Copy {
     fail: bool,
 }
 
-impl Copy {
+impl CopyOp {
     fn finished(&self) {
         for c in &self.counts {
             c.fetch_sub(1, Ordering::SeqCst);
@@ -232,10 +232,10 @@ impl Copy {
 
 // SAFETY: the pointers stay valid until the copy's event completes, by the
 // contract of `copy_to_device`; the thread touches them only until then.
-unsafe impl Send for Copy {}
+unsafe impl Send for CopyOp {}
 
 enum Op {
-    Copy(Copy),
+    Copy(CopyOp),
     Record(Arc<(Mutex<State>, Condvar)>),
 }
 
@@ -394,7 +394,7 @@ unsafe impl Device for HostDevice {
             c.fetch_add(1, Ordering::SeqCst);
         }
         let n = self.queued.fetch_add(1, Ordering::SeqCst);
-        let op = Copy {
+        let op = CopyOp {
             dst: d,
             src: s,
             len,

@@ -40,10 +40,19 @@ pub struct Uploaded<M> {
 
 struct Pending<D: Device> {
     id: usize,
-    name: String,
+    name: Arc<str>,
     memory: D::Memory,
     /// Recorded after its last copy; `None` for an empty tensor.
     done: Option<Arc<D::Event>>,
+}
+
+impl<D: Device> Pending<D> {
+    fn uploaded(self) -> Uploaded<D::Memory> {
+        Uploaded {
+            id: self.id,
+            memory: self.memory,
+        }
+    }
 }
 
 /// Uploads tensors to a device through staging slots.
@@ -67,10 +76,11 @@ pub struct Uploader<'d, D: Device> {
     /// the tensor each carries.
     busy: VecDeque<Busy<D>>,
     free: Vec<D::Pinned>,
-    /// What copies may still use but nothing waits on: a failed upload's
-    /// memory, and a slot between its copy and the event behind it. Freed
+    /// What copies may still use but nothing waits on: a slot between its
+    /// copy and the event behind it, and a failed upload's memory. Freed
     /// only after the streams are synchronized.
-    stranded: Vec<Stranded<D>>,
+    stranded_slots: Vec<D::Pinned>,
+    stranded_memory: Vec<D::Memory>,
     /// Slots allocated so far.
     slots: usize,
     next_stream: usize,
@@ -80,11 +90,6 @@ struct Busy<D: Device> {
     event: Arc<D::Event>,
     slot: D::Pinned,
     tensor: Arc<str>,
-}
-
-enum Stranded<D: Device> {
-    Slot(#[allow(dead_code)] D::Pinned),
-    Memory(#[allow(dead_code)] D::Memory),
 }
 
 fn upload_error(name: &str, source: Error) -> Error {
@@ -120,7 +125,8 @@ impl<'d, D: Device> Uploader<'d, D> {
             pending: VecDeque::new(),
             busy: VecDeque::new(),
             free: Vec::new(),
-            stranded: Vec::new(),
+            stranded_slots: Vec::new(),
+            stranded_memory: Vec::new(),
             slots: 0,
             next_stream: 0,
         })
@@ -134,28 +140,28 @@ impl<'d, D: Device> Uploader<'d, D> {
             .device
             .alloc(bytes.len())
             .map_err(|e| upload_error(name, e))?;
+        let name: Arc<str> = Arc::from(name);
         self.pending.push_back(Pending {
             id,
-            name: name.to_string(),
+            name: name.clone(),
             memory,
             done: None,
         });
-        self.queue_copies(name, bytes).map_err(|e| {
+        self.queue_copies(&name, bytes).map_err(|e| {
             // Some of its copies may be in flight: its memory stays until
             // the streams finish, and it is never handed back.
             let p = self.pending.pop_back().expect("pushed above");
-            self.stranded.push(Stranded::Memory(p.memory));
+            self.stranded_memory.push(p.memory);
             match e {
                 // A copy of an earlier tensor failed: that one is named.
                 e @ Error::Upload { .. } => e,
-                e => upload_error(name, e),
+                e => upload_error(&name, e),
             }
         })
     }
 
     /// Queue the copies of the last pending tensor's `bytes`.
-    fn queue_copies(&mut self, name: &str, bytes: &[u8]) -> Result<(), Error> {
-        let tensor: Arc<str> = Arc::from(name);
+    fn queue_copies(&mut self, tensor: &Arc<str>, bytes: &[u8]) -> Result<(), Error> {
         let stream = &self.streams[self.next_stream];
         self.next_stream = (self.next_stream + 1) % self.streams.len();
         let pending = self.pending.back_mut().expect("just pushed");
@@ -168,8 +174,8 @@ impl<'d, D: Device> Uploader<'d, D> {
                 &self.opts,
             )?;
             slot.as_mut_slice()[..chunk.len()].copy_from_slice(chunk);
-            // SAFETY: from here the slot is owned by `self` (`stranded`,
-            // then `busy`) and the memory stays in `pending` (or `stranded`)
+            // SAFETY: from here the slot is owned by `self`
+            // (`stranded_slots`, then `busy`) and the memory stays in `pending` (or `stranded`)
             // until the event recorded next has completed: slots are
             // refilled only after `wait` on it, memory leaves only after
             // `query` or `wait` said it completed, and dropping `self`
@@ -189,12 +195,15 @@ impl<'d, D: Device> Uploader<'d, D> {
                 self.free.push(slot);
                 return Err(e);
             }
-            // Owned by `self` while `record` runs, should it unwind.
-            self.stranded.push(Stranded::Slot(slot));
+            // Owned by `self` while the device is called, should it unwind.
+            self.stranded_slots.push(slot);
             let recorded = self.device.record(stream);
-            let Some(Stranded::Slot(slot)) = self.stranded.pop() else {
-                unreachable!("the slot pushed above")
-            };
+            if recorded.is_err() {
+                // No event behind the copy: wait for the whole stream,
+                // after which the slot is free again.
+                let _ = self.device.synchronize(stream);
+            }
+            let slot = self.stranded_slots.pop().expect("pushed above");
             match recorded {
                 Ok(event) => {
                     let event = Arc::new(event);
@@ -206,13 +215,7 @@ impl<'d, D: Device> Uploader<'d, D> {
                     pending.done = Some(event);
                 }
                 Err(e) => {
-                    // No event behind the copy: wait for the whole stream,
-                    // after which the slot is free again.
-                    self.stranded.push(Stranded::Slot(slot));
-                    let _ = self.device.synchronize(stream);
-                    if let Some(Stranded::Slot(slot)) = self.stranded.pop() {
-                        self.free.push(slot);
-                    }
+                    self.free.push(slot);
                     return Err(e);
                 }
             }
@@ -242,11 +245,7 @@ impl<'d, D: Device> Uploader<'d, D> {
                 },
             };
             if done {
-                let p = self.pending.remove(i).expect("in range");
-                out.push(Uploaded {
-                    id: p.id,
-                    memory: p.memory,
-                });
+                out.push(self.pending.remove(i).expect("in range").uploaded());
             } else {
                 i += 1;
             }
@@ -264,11 +263,7 @@ impl<'d, D: Device> Uploader<'d, D> {
             if let Some(ev) = &p.done {
                 self.device.wait(ev).map_err(|e| upload_error(&p.name, e))?;
             }
-            let p = self.pending.pop_front().expect("not empty");
-            out.push(Uploaded {
-                id: p.id,
-                memory: p.memory,
-            });
+            out.push(self.pending.pop_front().expect("not empty").uploaded());
         }
         Ok(out)
     }
