@@ -54,6 +54,7 @@ struct Api {
     event_record: unsafe extern "C" fn(Event, Stream) -> CuResult,
     event_query: unsafe extern "C" fn(Event) -> CuResult,
     event_synchronize: unsafe extern "C" fn(Event) -> CuResult,
+    stream_wait_event: unsafe extern "C" fn(Stream, Event, c_uint) -> CuResult,
     copy_htod_async: unsafe extern "C" fn(DevPtr, *const c_void, usize, Stream) -> CuResult,
     copy_dtoh: unsafe extern "C" fn(*mut c_void, DevPtr, usize) -> CuResult,
     // Last, so that it is unloaded after nothing can call into it.
@@ -101,6 +102,7 @@ impl Api {
                 event_record: symbol(&lib, b"cuEventRecord\0")?,
                 event_query: symbol(&lib, b"cuEventQuery\0")?,
                 event_synchronize: symbol(&lib, b"cuEventSynchronize\0")?,
+                stream_wait_event: symbol(&lib, b"cuStreamWaitEvent\0")?,
                 copy_htod_async: symbol(&lib, b"cuMemcpyHtoDAsync_v2\0")?,
                 copy_dtoh: symbol(&lib, b"cuMemcpyDtoH_v2\0")?,
                 _library: lib,
@@ -280,6 +282,26 @@ impl CudaDevice {
         Ok(out)
     }
 
+    /// A new event recorded on `stream`, a stream handle of this context.
+    fn record_on(&self, stream: Stream) -> Result<CudaEvent, Error> {
+        self.current()?;
+        let mut raw: Event = std::ptr::null_mut();
+        // SAFETY: writes one event handle; the context is current.
+        check(&self.name, "cuEventCreate", unsafe {
+            (self.api().event_create)(&mut raw, EVENT_DISABLE_TIMING)
+        })?;
+        let event = CudaEvent {
+            ctx: self.ctx.clone(),
+            raw,
+        };
+        // SAFETY: an event of this context and a stream of it (the
+        // callers' contracts).
+        check(&self.name, "cuEventRecord", unsafe {
+            (self.api().event_record)(event.raw, stream)
+        })?;
+        Ok(event)
+    }
+
     fn free_bytes(&self) -> Option<u64> {
         let (mut free, mut total) = (0usize, 0usize);
         // SAFETY: writes two sizes; the context is current.
@@ -288,11 +310,13 @@ impl CudaDevice {
     }
 }
 
-/// Device memory from `cuMemAlloc`.
+/// Device memory from `cuMemAlloc`, or borrowed from its owner.
 pub struct CudaMemory {
     ctx: Arc<Context>,
     ptr: DevPtr,
     len: usize,
+    /// Allocated here, and so freed here.
+    owned: bool,
 }
 
 impl DeviceMemory for CudaMemory {
@@ -307,7 +331,7 @@ impl DeviceMemory for CudaMemory {
 
 impl Drop for CudaMemory {
     fn drop(&mut self) {
-        if self.ptr != 0 {
+        if self.owned && self.ptr != 0 {
             // SAFETY: allocated by cuMemAlloc in this context; the pipeline
             // frees it only after its copies completed.
             unsafe {
@@ -440,6 +464,22 @@ unsafe impl Device for CudaDevice {
             ctx: self.ctx.clone(),
             ptr,
             len,
+            owned: true,
+        })
+    }
+
+    unsafe fn borrow(&self, ptr: u64, len: usize) -> Result<CudaMemory, Error> {
+        if ptr == 0 && len > 0 {
+            return Err(Error::Setting {
+                name: "destination",
+                reason: format!("a null device pointer for {len} bytes"),
+            });
+        }
+        Ok(CudaMemory {
+            ctx: self.ctx.clone(),
+            ptr,
+            len,
+            owned: false,
         })
     }
 
@@ -507,22 +547,19 @@ unsafe impl Device for CudaDevice {
         })
     }
 
+    unsafe fn wait_external(&self, stream: &CudaStream, external: u64) -> Result<(), Error> {
+        // An event recorded on the external stream, which `stream` waits
+        // for on the device; destroying it at once is allowed (its
+        // resources go once it completes).
+        let marker = self.record_on(external as Stream)?;
+        // SAFETY: a stream and an event of this context.
+        check(&self.name, "cuStreamWaitEvent", unsafe {
+            (self.api().stream_wait_event)(stream.raw, marker.raw, 0)
+        })
+    }
+
     fn record(&self, stream: &CudaStream) -> Result<CudaEvent, Error> {
-        self.current()?;
-        let mut raw: Event = std::ptr::null_mut();
-        // SAFETY: writes one event handle; the context is current.
-        check(&self.name, "cuEventCreate", unsafe {
-            (self.api().event_create)(&mut raw, EVENT_DISABLE_TIMING)
-        })?;
-        let event = CudaEvent {
-            ctx: self.ctx.clone(),
-            raw,
-        };
-        // SAFETY: an event and a stream of this context.
-        check(&self.name, "cuEventRecord", unsafe {
-            (self.api().event_record)(event.raw, stream.raw)
-        })?;
-        Ok(event)
+        self.record_on(stream.raw)
     }
 
     fn query(&self, event: &CudaEvent) -> Result<bool, Error> {

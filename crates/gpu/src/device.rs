@@ -4,6 +4,56 @@
 
 use crate::Error;
 
+/// The methods of [`Device`], forwarded to `**self`.
+macro_rules! forward_device {
+    () => {
+        fn name(&self) -> &str {
+            (**self).name()
+        }
+        fn alloc(&self, len: usize) -> Result<Self::Memory, Error> {
+            (**self).alloc(len)
+        }
+        unsafe fn borrow(&self, ptr: u64, len: usize) -> Result<Self::Memory, Error> {
+            // SAFETY: the caller keeps the contract, which is the same.
+            unsafe { (**self).borrow(ptr, len) }
+        }
+        fn alloc_pinned(&self, len: usize) -> Result<Self::Pinned, Error> {
+            (**self).alloc_pinned(len)
+        }
+        fn stream(&self) -> Result<Self::Stream, Error> {
+            (**self).stream()
+        }
+        unsafe fn copy_to_device(
+            &self,
+            stream: &Self::Stream,
+            dst: &Self::Memory,
+            dst_offset: usize,
+            src: &Self::Pinned,
+            src_offset: usize,
+            len: usize,
+        ) -> Result<(), Error> {
+            // SAFETY: the caller keeps the contract, which is the same.
+            unsafe { (**self).copy_to_device(stream, dst, dst_offset, src, src_offset, len) }
+        }
+        unsafe fn wait_external(&self, stream: &Self::Stream, external: u64) -> Result<(), Error> {
+            // SAFETY: the caller keeps the contract, which is the same.
+            unsafe { (**self).wait_external(stream, external) }
+        }
+        fn record(&self, stream: &Self::Stream) -> Result<Self::Event, Error> {
+            (**self).record(stream)
+        }
+        fn query(&self, event: &Self::Event) -> Result<bool, Error> {
+            (**self).query(event)
+        }
+        fn wait(&self, event: &Self::Event) -> Result<(), Error> {
+            (**self).wait(event)
+        }
+        fn synchronize(&self, stream: &Self::Stream) -> Result<(), Error> {
+            (**self).synchronize(stream)
+        }
+    };
+}
+
 /// Memory on a device, freed when dropped.
 pub trait DeviceMemory: Send {
     /// Its length in bytes.
@@ -23,6 +73,12 @@ pub trait DeviceMemory: Send {
 pub trait PinnedMemory: Send {
     /// Its bytes, to fill before a copy.
     fn as_mut_slice(&mut self) -> &mut [u8];
+
+    /// Bytes `offset..offset + len`, to fill while copies from other
+    /// ranges may be in flight. Panics if the range is outside.
+    fn range_mut(&mut self, offset: usize, len: usize) -> &mut [u8] {
+        &mut self.as_mut_slice()[offset..offset + len]
+    }
 
     /// Its length in bytes.
     fn len(&self) -> usize;
@@ -52,7 +108,8 @@ pub trait PinnedMemory: Send {
 ///   `query`'s `Err`, which says nothing of completion);
 /// - [`Device::synchronize`] returns only once every copy queued on the
 ///   stream has finished, whatever it returns;
-/// - [`Device::copy_to_device`] returning `Err` queued nothing.
+/// - [`Device::copy_to_device`] returning `Err` queued nothing;
+/// - memory from [`Device::borrow`] is never freed by it.
 pub unsafe trait Device: Send + Sync {
     /// Device memory.
     type Memory: DeviceMemory;
@@ -68,6 +125,16 @@ pub unsafe trait Device: Send + Sync {
 
     /// Allocate `len` bytes of device memory.
     fn alloc(&self, len: usize) -> Result<Self::Memory, Error>;
+
+    /// Memory allocated by someone else (torch's caching allocator, a
+    /// caller's tensor), to copy into. Dropping it frees nothing.
+    ///
+    /// # Safety
+    ///
+    /// `ptr..ptr + len` must be memory of this device that stays allocated
+    /// as long as the returned value is alive, and that nothing else uses
+    /// while copies into it may be in flight.
+    unsafe fn borrow(&self, ptr: u64, len: usize) -> Result<Self::Memory, Error>;
 
     /// Allocate `len` bytes of staging memory on the host.
     fn alloc_pinned(&self, len: usize) -> Result<Self::Pinned, Error>;
@@ -95,6 +162,17 @@ pub unsafe trait Device: Send + Sync {
         src_offset: usize,
         len: usize,
     ) -> Result<(), Error>;
+
+    /// Make copies queued on `stream` from now on start only after the work
+    /// queued so far on `external`, a stream made outside this crate (such
+    /// as torch's current stream), has finished. It does not block.
+    ///
+    /// # Safety
+    ///
+    /// `external` must be a live stream handle of this device's context
+    /// (`0` is the legacy default stream), or `0` for a device without
+    /// external streams.
+    unsafe fn wait_external(&self, stream: &Self::Stream, external: u64) -> Result<(), Error>;
 
     /// Record an event on `stream`, after everything queued so far.
     fn record(&self, stream: &Self::Stream) -> Result<Self::Event, Error>;
@@ -126,4 +204,24 @@ pub(crate) fn check_range(
             reason: format!("{what} range {offset} + {len} is outside its {size} bytes"),
         }),
     }
+}
+
+/// A device reached through a reference is the device.
+// SAFETY: every method forwards to `D`, which keeps the contract.
+unsafe impl<D: Device + ?Sized> Device for &D {
+    type Memory = D::Memory;
+    type Pinned = D::Pinned;
+    type Stream = D::Stream;
+    type Event = D::Event;
+    forward_device!();
+}
+
+/// A shared device is the device.
+// SAFETY: every method forwards to `D`, which keeps the contract.
+unsafe impl<D: Device + ?Sized> Device for std::sync::Arc<D> {
+    type Memory = D::Memory;
+    type Pinned = D::Pinned;
+    type Stream = D::Stream;
+    type Event = D::Event;
+    forward_device!();
 }

@@ -36,6 +36,7 @@ pub struct HostDevice {
     copies: Arc<AtomicU64>,
     queued: AtomicU64,
     streams: AtomicU64,
+    external_waits: AtomicU64,
     violations: Arc<AtomicU64>,
 }
 
@@ -82,9 +83,16 @@ impl HostDevice {
         self.copies.load(Ordering::SeqCst)
     }
 
+    /// Calls of [`Device::wait_external`] (a no-op here: host memory has no
+    /// streams outside this device).
+    pub fn external_waits(&self) -> u64 {
+        self.external_waits.load(Ordering::SeqCst)
+    }
+
     /// Uses of memory while a copy on it was in flight: device memory
-    /// read, a staging slot handed out for writing, or either dropped.
-    /// Each breaks [`Device::copy_to_device`]'s contract.
+    /// read, a staging range handed out for writing while a copy reads it,
+    /// or either dropped. Each breaks [`Device::copy_to_device`]'s
+    /// contract.
     pub fn violations(&self) -> u64 {
         self.violations.load(Ordering::SeqCst)
     }
@@ -94,12 +102,17 @@ impl HostDevice {
     }
 }
 
-/// A zeroed, aligned heap allocation; `len` may be 0. It counts the copies
-/// in flight on it.
+/// The byte ranges (offset, length) of a block that copies in flight use.
+type Ranges = Arc<Mutex<Vec<(usize, usize)>>>;
+
+/// A zeroed, aligned heap allocation (`len` may be 0), or borrowed memory.
+/// It keeps the ranges copies in flight use.
 struct Block {
     ptr: NonNull<u8>,
     len: usize,
-    in_flight: Arc<AtomicU64>,
+    /// Allocated here, and so freed here.
+    owned: bool,
+    in_flight: Ranges,
     violations: Arc<AtomicU64>,
 }
 
@@ -118,18 +131,28 @@ impl Block {
         Some(Block {
             ptr,
             len,
-            in_flight: Arc::new(AtomicU64::new(0)),
+            owned: true,
+            in_flight: Ranges::default(),
             violations: violations.clone(),
         })
     }
 
-    /// Count a use while a copy is in flight; whether there was none.
-    fn check_idle(&self) -> bool {
-        let busy = self.in_flight.load(Ordering::SeqCst) > 0;
+    /// Count a use of `offset..offset + len` while a copy uses any of it;
+    /// whether there was none.
+    fn check_idle_range(&self, offset: usize, len: usize) -> bool {
+        let busy = lock(&self.in_flight)
+            .iter()
+            .any(|&(o, l)| o < offset + len.max(1) && offset < o + l.max(1));
         if busy {
             self.violations.fetch_add(1, Ordering::SeqCst);
         }
         !busy
+    }
+
+    /// Count a use of the whole block while a copy is in flight; whether
+    /// there was none.
+    fn check_idle(&self) -> bool {
+        self.check_idle_range(0, usize::MAX / 2)
     }
 }
 
@@ -137,6 +160,9 @@ impl Drop for Block {
     fn drop(&mut self) {
         if !self.check_idle() {
             // A copy may still touch it: leak it rather than free it.
+            return;
+        }
+        if !self.owned {
             return;
         }
         let layout =
@@ -149,7 +175,8 @@ impl Drop for Block {
 /// Device memory of a [`HostDevice`].
 pub struct HostMemory {
     block: Block,
-    used: Arc<AtomicU64>,
+    /// The device's count of bytes allocated; `None` for borrowed memory.
+    used: Option<Arc<AtomicU64>>,
 }
 
 impl HostMemory {
@@ -176,7 +203,9 @@ impl DeviceMemory for HostMemory {
 
 impl Drop for HostMemory {
     fn drop(&mut self) {
-        self.used.fetch_sub(self.block.len as u64, Ordering::SeqCst);
+        if let Some(used) = &self.used {
+            used.fetch_sub(self.block.len as u64, Ordering::SeqCst);
+        }
     }
 }
 
@@ -192,6 +221,15 @@ impl PinnedMemory for HostPinned {
         // excludes other borrows; in-flight copies are the caller's to
         // exclude (`copy_to_device`'s contract).
         unsafe { std::slice::from_raw_parts_mut(self.block.ptr.as_ptr(), self.block.len) }
+    }
+
+    fn range_mut(&mut self, offset: usize, len: usize) -> &mut [u8] {
+        assert!(offset <= self.block.len && len <= self.block.len - offset);
+        self.block.check_idle_range(offset, len);
+        // SAFETY: the range lies within the block's initialized bytes and
+        // `&mut self` excludes other borrows; copies reading it are the
+        // caller's to exclude (`copy_to_device`'s contract).
+        unsafe { std::slice::from_raw_parts_mut(self.block.ptr.as_ptr().add(offset), len) }
     }
 
     fn len(&self) -> usize {
@@ -217,15 +255,19 @@ struct CopyOp {
     dst: *mut u8,
     src: *const u8,
     len: usize,
-    counts: [Arc<AtomicU64>; 2],
+    /// The blocks' in-flight ranges, and this copy's range in each.
+    uses: [(Ranges, (usize, usize)); 2],
     /// Whether this copy is the one to fail.
     fail: bool,
 }
 
 impl CopyOp {
     fn finished(&self) {
-        for c in &self.counts {
-            c.fetch_sub(1, Ordering::SeqCst);
+        for (ranges, range) in &self.uses {
+            let mut r = lock(ranges);
+            if let Some(i) = r.iter().position(|x| x == range) {
+                r.swap_remove(i);
+            }
         }
     }
 }
@@ -300,12 +342,38 @@ unsafe impl Device for HostDevice {
         }
         let used = self.used.clone();
         match self.block(len) {
-            Some(block) => Ok(HostMemory { block, used }),
+            Some(block) => Ok(HostMemory {
+                block,
+                used: Some(used),
+            }),
             None => {
                 used.fetch_sub(len as u64, Ordering::SeqCst);
                 Err(oom(None))
             }
         }
+    }
+
+    unsafe fn borrow(&self, ptr: u64, len: usize) -> Result<HostMemory, Error> {
+        let ptr = match NonNull::new(ptr as *mut u8) {
+            Some(p) => p,
+            None if len == 0 => NonNull::dangling(),
+            None => {
+                return Err(Error::Setting {
+                    name: "destination",
+                    reason: format!("a null pointer for {len} bytes"),
+                });
+            }
+        };
+        Ok(HostMemory {
+            block: Block {
+                ptr,
+                len,
+                owned: false,
+                in_flight: Ranges::default(),
+                violations: self.violations.clone(),
+            },
+            used: None,
+        })
     }
 
     fn alloc_pinned(&self, len: usize) -> Result<HostPinned, Error> {
@@ -389,16 +457,19 @@ unsafe impl Device for HostDevice {
             )
         };
         let sender = stream.ops.as_ref().ok_or_else(|| self.stopped())?;
-        let counts = [dst.block.in_flight.clone(), src.block.in_flight.clone()];
-        for c in &counts {
-            c.fetch_add(1, Ordering::SeqCst);
+        let uses = [
+            (dst.block.in_flight.clone(), (dst_offset, len)),
+            (src.block.in_flight.clone(), (src_offset, len)),
+        ];
+        for (ranges, range) in &uses {
+            lock(ranges).push(*range);
         }
         let n = self.queued.fetch_add(1, Ordering::SeqCst);
         let op = CopyOp {
             dst: d,
             src: s,
             len,
-            counts,
+            uses,
             fail: self.fail_copy == Some(n),
         };
         sender.send(Op::Copy(op)).map_err(|e| {
@@ -408,6 +479,12 @@ unsafe impl Device for HostDevice {
             }
             self.stopped()
         })
+    }
+
+    unsafe fn wait_external(&self, _stream: &HostStream, _external: u64) -> Result<(), Error> {
+        // Host memory is written by nothing but this device's streams.
+        self.external_waits.fetch_add(1, Ordering::SeqCst);
+        Ok(())
     }
 
     fn record(&self, stream: &HostStream) -> Result<HostEvent, Error> {

@@ -24,6 +24,26 @@ fn bytes(id: usize, len: usize) -> Vec<u8> {
         .collect()
 }
 
+/// Copies made for `sizes` packed back to back into slots of `slot`
+/// bytes: a tensor is cut where a slot ends.
+fn pieces(sizes: &[usize], slot: usize) -> u64 {
+    let mut filled = 0;
+    let mut n = 0;
+    for &len in sizes {
+        let mut left = len;
+        while left > 0 {
+            if filled == slot {
+                filled = 0;
+            }
+            let k = left.min(slot - filled);
+            filled += k;
+            left -= k;
+            n += 1;
+        }
+    }
+    n
+}
+
 fn opts(slot_size: usize, slots: usize, streams: usize) -> UploadOptions {
     UploadOptions {
         slot_size,
@@ -94,8 +114,7 @@ fn slots_are_reused_only_after_their_copies() {
     let device = HostDevice::new().with_copy_delay(Duration::from_millis(2));
     let sizes: Vec<usize> = (0..12).map(|i| 1000 + 700 * i).collect();
     upload_all(&device, opts(1024, 1, 3), &sizes);
-    let chunks: u64 = sizes.iter().map(|s| s.div_ceil(1024) as u64).sum();
-    assert_eq!(device.copies(), chunks);
+    assert_eq!(device.copies(), pieces(&sizes, 1024));
     assert_clean(&device);
 }
 
@@ -183,13 +202,13 @@ fn out_of_memory_names_the_tensor_and_leaves_the_device_usable() {
 
 #[test]
 fn a_failed_copy_names_its_tensor_and_nothing_leaks() {
-    // Copy 3 fails: tensors 0 and 1 take one chunk each, tensor 2 two.
+    // Copy 3 fails: tensors 0 and 1 fill a slot each, tensor 2 two.
     let device = HostDevice::new()
         .with_copy_delay(Duration::from_millis(1))
         .with_failing_copy(3);
     let mut up = Uploader::new(&device, opts(1024, 2, 1)).unwrap();
     let mut failure = None;
-    for (id, len) in [1000, 1000, 2000, 1000, 1000].into_iter().enumerate() {
+    for (id, len) in [1024, 1024, 2048, 1024, 1024].into_iter().enumerate() {
         if let Err(e) = up.upload(id, &format!("layer.{id}"), &bytes(id, len)) {
             failure = Some(e);
             break;
@@ -219,10 +238,11 @@ fn dropping_mid_flight_waits_then_frees() {
     for id in 0..6 {
         up.upload(id, "t", &bytes(id, 3000)).unwrap();
     }
+    up.flush().unwrap();
     assert!(device.used() > 0);
     drop(up);
     // Every queued copy ran before the slots and memory went away.
-    assert_eq!(device.copies(), 12);
+    assert_eq!(device.copies(), pieces(&[3000; 6], 2048));
     assert_clean(&device);
 }
 
@@ -258,19 +278,19 @@ fn the_device_checks_copy_ranges() {
 
 #[test]
 fn a_failure_does_not_swallow_tensors_that_completed() {
-    // Two streams; copy 1 (tensor 1, on stream 1) fails, tensors 0 and 2
-    // (stream 0) complete.
+    // Two streams, a slot per tensor; copy 1 (tensor 1, on stream 1)
+    // fails, tensors 0 and 2 (stream 0) complete.
     let device = HostDevice::new().with_failing_copy(1);
     let mut up = Uploader::new(&device, opts(4096, 4, 2)).unwrap();
     for id in 0..3 {
-        up.upload(id, &format!("t{id}"), &bytes(id, 100)).unwrap();
+        up.upload(id, &format!("t{id}"), &bytes(id, 4096)).unwrap();
     }
     std::thread::sleep(Duration::from_millis(100));
     let mut delivered = Vec::new();
     let err = loop {
         match up.poll() {
             Ok(done) => delivered.extend(done.into_iter().map(|u| {
-                assert_eq!(u.memory.bytes(), &bytes(u.id, 100)[..]);
+                assert_eq!(u.memory.bytes(), &bytes(u.id, 4096)[..]);
                 u.id
             })),
             Err(e) => break e,
@@ -284,4 +304,111 @@ fn a_failure_does_not_swallow_tensors_that_completed() {
     );
     drop(up);
     assert_clean(&device);
+}
+
+#[test]
+fn tensors_share_a_slot_while_its_earlier_copies_are_in_flight() {
+    // Slow copies, a flush after each small tensor: each is launched from
+    // the same slot while the copies before it still read that slot. The
+    // device counts any write to a range a copy is reading.
+    let device = HostDevice::new().with_copy_delay(Duration::from_millis(3));
+    let mut up = Uploader::new(&device, opts(4096, 2, 2)).unwrap();
+    let sizes: Vec<usize> = (0..40).map(|i| 50 + 13 * i).collect();
+    let mut got = Vec::new();
+    for (id, &len) in sizes.iter().enumerate() {
+        up.upload(id, "t", &bytes(id, len)).unwrap();
+        up.flush().unwrap();
+        got.extend(up.poll().unwrap());
+    }
+    got.extend(up.finish().unwrap());
+    assert_eq!(got.len(), sizes.len());
+    for u in &got {
+        assert_eq!(u.memory.bytes(), &bytes(u.id, sizes[u.id])[..]);
+    }
+    assert_eq!(device.copies(), pieces(&sizes, 4096));
+    drop(got);
+    drop(up);
+    assert_clean(&device);
+}
+
+#[test]
+fn staged_tensors_complete_after_a_flush() {
+    let device = HostDevice::new();
+    let mut up = Uploader::new(&device, opts(1 << 20, 2, 1)).unwrap();
+    for id in 0..5 {
+        up.upload(id, "t", &bytes(id, 1000)).unwrap();
+    }
+    // Nothing is queued until the slot fills or is flushed.
+    std::thread::sleep(Duration::from_millis(20));
+    assert!(up.poll().unwrap().is_empty());
+    assert_eq!(device.copies(), 0);
+    up.flush().unwrap();
+    let mut got = Vec::new();
+    while got.len() < 5 {
+        got.extend(up.poll().unwrap());
+        std::thread::yield_now();
+    }
+    assert_eq!(device.copies(), 5, "one copy per tensor");
+    for u in &got {
+        assert_eq!(u.memory.bytes(), &bytes(u.id, 1000)[..]);
+    }
+}
+
+#[test]
+fn memory_the_caller_owns_is_filled_and_never_freed() {
+    let device = HostDevice::new().with_copy_delay(Duration::from_millis(1));
+    let sizes = [0usize, 1, 4095, 4096, 10_000];
+    let mut dests: Vec<Vec<u8>> = sizes.iter().map(|&n| vec![0xAA; n]).collect();
+    {
+        let mut up = Uploader::new(&device, opts(4096, 2, 2)).unwrap();
+        for (id, d) in dests.iter_mut().enumerate() {
+            // SAFETY: `dests` outlives the uploader, and nothing touches it
+            // until the uploader is dropped.
+            let memory = unsafe { device.borrow(d.as_mut_ptr() as u64, d.len()) }.unwrap();
+            up.upload_into(id, "t", &bytes(id, d.len()), memory)
+                .unwrap();
+        }
+        let done = up.finish().unwrap();
+        assert_eq!(done.len(), sizes.len());
+        assert_eq!(device.used(), 0, "borrowed memory is not the device's");
+    }
+    for (id, d) in dests.iter().enumerate() {
+        assert_eq!(d, &bytes(id, sizes[id]), "tensor {id}");
+    }
+    assert_clean(&device);
+}
+
+#[test]
+fn a_destination_of_the_wrong_length_is_refused() {
+    let device = HostDevice::new();
+    let mut up = Uploader::new(&device, opts(4096, 2, 2)).unwrap();
+    let memory = device.alloc(10).unwrap();
+    let err = up.upload_into(0, "w", &[1; 11], memory).unwrap_err();
+    assert!(
+        matches!(&err, Error::Upload { tensor, source }
+            if tensor == "w" && matches!(**source, Error::Setting { name: "destination", .. })),
+        "{err:?}"
+    );
+    assert_eq!(up.in_flight(), 0);
+    drop(up);
+    assert_clean(&device);
+}
+
+#[test]
+fn every_launch_waits_for_the_callers_stream() {
+    let device = HostDevice::new();
+    let mut up = Uploader::new(&device, opts(1024, 4, 2)).unwrap();
+    up.upload(0, "before", &bytes(0, 1024)).unwrap();
+    assert_eq!(device.external_waits(), 0, "not asked for yet");
+    // SAFETY: the host device has no external streams; 0 is its handle.
+    unsafe { up.wait_for_stream(Some(0)) };
+    // Three slot-sized tensors and one staged: three launches, then one
+    // more at finish.
+    for id in 1..4 {
+        up.upload(id, "t", &bytes(id, 1024)).unwrap();
+    }
+    up.upload(4, "t", &bytes(4, 10)).unwrap();
+    assert_eq!(device.external_waits(), 3);
+    up.finish().unwrap();
+    assert_eq!(device.external_waits(), 4);
 }
