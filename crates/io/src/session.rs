@@ -250,7 +250,10 @@ impl Session {
             .position(|s| s.owed.contains(&id))
             .expect("a stream owes it");
         loop {
-            match self.pump(s, wait)? {
+            let Poll::Ready(pumped) = self.pump(s, Some(&mut *wait)) else {
+                unreachable!("a wait was given");
+            };
+            match pumped? {
                 Some(t) if t.id() == id => return Ok(t),
                 Some(t) => {
                     self.ready.insert(t.id(), t);
@@ -301,21 +304,38 @@ impl Session {
         pass: &mut Pass,
         wait: &mut Wait<'_>,
     ) -> Option<Result<HostTensor, Error>> {
-        let result = self.next_inner(pass, wait);
-        if matches!(result, Some(Err(_))) {
-            pass.failed = true;
+        match self.next_inner(pass, Some(wait)) {
+            Poll::Ready(result) => result,
+            Poll::Pending => unreachable!("a wait was given"),
         }
-        result
+    }
+
+    /// As [`Session::next`], without waiting: `Poll::Pending` when the next
+    /// tensor has not been read yet (reads go on in the background).
+    pub fn try_next(&mut self, pass: &mut Pass) -> Poll<Option<Result<HostTensor, Error>>> {
+        self.next_inner(pass, None)
     }
 
     fn next_inner(
         &mut self,
         pass: &mut Pass,
-        wait: &mut Wait<'_>,
-    ) -> Option<Result<HostTensor, Error>> {
+        wait: Option<&mut Wait<'_>>,
+    ) -> Poll<Option<Result<HostTensor, Error>>> {
+        let result = self.next_step(pass, wait);
+        if matches!(result, Poll::Ready(Some(Err(_)))) {
+            pass.failed = true;
+        }
+        result
+    }
+
+    fn next_step(
+        &mut self,
+        pass: &mut Pass,
+        mut wait: Option<&mut Wait<'_>>,
+    ) -> Poll<Option<Result<HostTensor, Error>>> {
         loop {
             if pass.failed || pass.remaining.is_empty() {
-                return None;
+                return Poll::Ready(None);
             }
             let hit = self
                 .ready
@@ -324,20 +344,21 @@ impl Session {
                 .find(|id| pass.remaining.contains(id));
             if let Some(id) = hit {
                 pass.remaining.remove(&id);
-                return self.ready.remove(&id).map(Ok);
+                return Poll::Ready(self.ready.remove(&id).map(Ok));
             }
             // Every stream's tensors are wanted by someone: pump whichever
             // has work, keeping what this pass does not need.
             if let Some(s) = self.streams.iter().position(|s| !s.owed.is_empty()) {
-                match self.pump(s, wait) {
-                    Ok(Some(t)) => {
+                match self.pump(s, wait.as_deref_mut()) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Ok(Some(t))) => {
                         if pass.remaining.remove(&t.id()) {
-                            return Some(Ok(t));
+                            return Poll::Ready(Some(Ok(t)));
                         }
                         self.ready.insert(t.id(), t);
                     }
-                    Ok(None) => {}
-                    Err(e) => return Some(Err(e)),
+                    Poll::Ready(Ok(None)) => {}
+                    Poll::Ready(Err(e)) => return Poll::Ready(Some(Err(e))),
                 }
                 continue;
             }
@@ -348,7 +369,7 @@ impl Session {
                 .filter(|id| pass.remaining.contains(id))
                 .collect();
             if let Err(e) = self.start(ids) {
-                return Some(Err(e));
+                return Poll::Ready(Some(Err(e)));
             }
         }
     }
@@ -389,34 +410,48 @@ impl Session {
 
     /// The next tensor of stream `s`; `None` when it ended (it is then
     /// removed). A failed stream is removed, its tensors no longer owed.
-    fn pump(&mut self, s: usize, wait: &mut Wait<'_>) -> Result<Option<HostTensor>, Error> {
-        loop {
-            match self.streams[s].load.next_timeout(WAIT_SLICE) {
-                Poll::Pending => {
-                    if !wait() {
-                        // Dropping the loads cancels them and waits until no
-                        // read is in flight.
-                        self.streams.clear();
-                        return Err(Error::Cancelled);
+    /// The next tensor of stream `s`, waiting in slices while `wait` says
+    /// to go on; without `wait`, `Poll::Pending` at once when none is read.
+    fn pump(
+        &mut self,
+        s: usize,
+        mut wait: Option<&mut Wait<'_>>,
+    ) -> Poll<Result<Option<HostTensor>, Error>> {
+        let slice = if wait.is_some() {
+            WAIT_SLICE
+        } else {
+            Duration::ZERO
+        };
+        Poll::Ready(loop {
+            match self.streams[s].load.next_timeout(slice) {
+                Poll::Pending => match wait.as_deref_mut() {
+                    None => return Poll::Pending,
+                    Some(wait) => {
+                        if !wait() {
+                            // Dropping the loads cancels them and waits until
+                            // no read is in flight.
+                            self.streams.clear();
+                            break Err(Error::Cancelled);
+                        }
                     }
-                }
+                },
                 Poll::Ready(Some(Ok(t))) => {
                     self.streams[s].owed.remove(&t.id());
                     if self.streams[s].owed.is_empty() {
                         self.streams.swap_remove(s);
                     }
-                    return Ok(Some(t));
+                    break Ok(Some(t));
                 }
                 Poll::Ready(Some(Err(e))) => {
                     self.streams.swap_remove(s);
-                    return Err(e);
+                    break Err(e);
                 }
                 Poll::Ready(None) => {
                     self.streams.swap_remove(s);
-                    return Ok(None);
+                    break Ok(None);
                 }
             }
-        }
+        })
     }
 
     /// Read bytes `range` of one tensor on their own, through the page

@@ -187,3 +187,31 @@ fn a_file_truncated_after_open_fails_a_single_read_naming_file_and_tensor() {
     );
     assert!(err.to_string().contains("a.safetensors"), "{err}");
 }
+
+#[test]
+fn a_pass_polled_without_waiting_yields_every_tensor_once() {
+    let (_dir, ckpt) = fixture("session-try");
+    let plain = plain_bytes(&ckpt);
+    let mut s = Session::new(ckpt.clone(), &Selection::All, EngineOptions::default()).unwrap();
+    let mut pass = s.pass();
+    let mut seen = HashSet::new();
+    let mut pending = 0u64;
+    loop {
+        match s.try_next(&mut pass) {
+            std::task::Poll::Pending => {
+                pending += 1;
+                std::thread::yield_now();
+            }
+            std::task::Poll::Ready(None) => break,
+            std::task::Poll::Ready(Some(t)) => {
+                let t = t.unwrap();
+                let name = &ckpt.tensor(t.id()).name;
+                assert_eq!(t.bytes(), plain[name], "{name}");
+                assert!(seen.insert(name.clone()), "{name} twice");
+            }
+        }
+        assert!(pending < 50_000_000, "the pass never finished");
+    }
+    assert_eq!(seen.len(), ckpt.len());
+    assert!(matches!(s.try_next(&mut pass), std::task::Poll::Ready(None)));
+}
