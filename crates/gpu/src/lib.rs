@@ -3,12 +3,14 @@
 //! asynchronous copies, events), and the upload pipeline built on that
 //! alone.
 //!
-//! This crate knows devices and buffers, not files. [`Uploader`] takes
-//! each tensor's host bytes through a bounded ring of staging slots into
-//! device memory, with several copies in flight over several streams, and
-//! hands a tensor back only once its copies have completed; a slot is
-//! refilled only after the event behind its copy has completed, on error
-//! paths and on drop too. [`HostDevice`] implements [`Device`] in host
+//! This crate knows devices and buffers, not files. [`Uploader`] packs
+//! tensors' host bytes into a bounded ring of staging slots and copies
+//! them into device memory (its own, or memory the caller allocated and
+//! lends with [`Device::borrow`]), several slots in flight over several
+//! streams, optionally ordered after a stream of the caller's; it hands a
+//! tensor back only once its copies have completed, and refills a slot only
+//! after the event behind its copies has completed, on error paths and on
+//! drop too. [`HostDevice`] implements [`Device`] in host
 //! memory, with threads for streams, so that the pipeline is tested where
 //! there is no GPU; it can also slow copies down, limit memory and fail a
 //! copy, to open the windows a GPU keeps narrow.
@@ -28,9 +30,7 @@
 //!
 //! [`CudaDriver`] finds the CUDA driver at run time and says what is
 //! missing when it cannot; [`CudaDevice`] implements [`Device`] on a GPU's
-//! primary context. The ROCm device, torch's allocator and streams, and
-//! loading onto GPUs from Python are not built yet: the Python package
-//! refuses GPU devices with a clear error.
+//! primary context (the one torch uses). The ROCm device is not built yet.
 
 mod cuda;
 mod device;

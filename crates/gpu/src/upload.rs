@@ -138,6 +138,7 @@ pub struct Uploader<D: Device> {
     slots: usize,
     next_stream: usize,
     next_seq: u64,
+    launches: u64,
 }
 
 fn upload_error(name: &str, source: Error) -> Error {
@@ -179,6 +180,7 @@ impl<D: Device> Uploader<D> {
             slots: 0,
             next_stream: 0,
             next_seq: 0,
+            launches: 0,
         })
     }
 
@@ -322,6 +324,7 @@ impl<D: Device> Uploader<D> {
             return Ok(());
         }
         let staged = std::mem::take(&mut f.staged);
+        self.launches += 1;
         let stream = &self.streams[f.stream];
         let mut failure: Option<(usize, Error)> = None;
         if let Some(external) = self.external {
@@ -546,6 +549,12 @@ impl<D: Device> Uploader<D> {
             out.push(self.pending.pop_front().expect("not empty").uploaded());
         }
         Ok(out)
+    }
+
+    /// Launches so far: a caller can poll only when one happened, rather
+    /// than after every tensor.
+    pub fn launches(&self) -> u64 {
+        self.launches
     }
 
     /// Tensors uploaded and not yet handed back.

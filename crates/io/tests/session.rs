@@ -213,5 +213,8 @@ fn a_pass_polled_without_waiting_yields_every_tensor_once() {
         assert!(pending < 50_000_000, "the pass never finished");
     }
     assert_eq!(seen.len(), ckpt.len());
-    assert!(matches!(s.try_next(&mut pass), std::task::Poll::Ready(None)));
+    assert!(matches!(
+        s.try_next(&mut pass),
+        std::task::Poll::Ready(None)
+    ));
 }

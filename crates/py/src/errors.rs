@@ -7,7 +7,8 @@
 use std::io::ErrorKind;
 
 use pyo3::prelude::*;
-use weightlift_format::Error as FormatError;
+use weightlift_format::{Checkpoint, Error as FormatError};
+use weightlift_gpu::Error as GpuError;
 use weightlift_io::Error as IoError;
 
 /// An exception of class `class` (a name in `weightlift._errors`) with
@@ -56,6 +57,35 @@ pub(crate) fn from_format(py: Python<'_>, e: FormatError) -> PyErr {
 /// A Python exception for an error loading.
 pub(crate) fn from_io(py: Python<'_>, e: IoError) -> PyErr {
     raise(py, io_class(&e), chain(&e))
+}
+
+/// A Python exception for an error on a device: DeviceError (SettingError
+/// for a setting that cannot work), naming the tensor and its file where
+/// the error names a tensor.
+pub(crate) fn from_gpu(py: Python<'_>, e: GpuError, ckpt: &Checkpoint) -> PyErr {
+    let (tensor, inner) = match &e {
+        GpuError::Upload { tensor, source } => (Some(tensor.as_str()), source.as_ref()),
+        other => (None, other),
+    };
+    let class = match inner {
+        GpuError::Setting { .. } => "SettingError",
+        _ => "DeviceError",
+    };
+    let message = match tensor {
+        Some(name) => {
+            let file = ckpt
+                .tensors()
+                .iter()
+                .find(|t| t.name == name)
+                .map(|t| ckpt.shard(t.file).path().display().to_string());
+            match file {
+                Some(file) => format!("{file}: tensor {name:?}: {}", chain(inner)),
+                None => format!("tensor {name:?}: {}", chain(inner)),
+            }
+        }
+        None => chain(&e),
+    };
+    raise(py, class, message)
 }
 
 /// The error's message followed by its causes, as `a: b: c`, skipping a

@@ -8,7 +8,9 @@
 //!   tensors by name, byte ranges of a tensor, and passes;
 //! - `_Pass`: one pass over the selected tensors, in completion order;
 //! - `Buffer`: a tensor's bytes, handed to torch or numpy by DLPack without
-//!   copying; it keeps the memory alive as long as any consumer uses it.
+//!   copying; it keeps the memory alive as long as any consumer uses it;
+//! - `_Upload`: one pass onto a device, into memory Python allocates, in
+//!   completion order (see [`upload`]).
 //!
 //! Every wait releases the GIL and checks for signals every 50 ms, so
 //! Ctrl-C interrupts a load promptly; the load is then cancelled and its
@@ -16,6 +18,7 @@
 
 mod dlpack;
 mod errors;
+mod upload;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -29,14 +32,24 @@ use weightlift_io::{Backend, EngineOptions, Error as IoError};
 use weightlift_plan::Selection;
 
 use dlpack::Keep;
+use upload::{Loading, Target, Upload};
 
 /// A loaded tensor as Python receives it: name, dtype, shape and bytes.
 type Described = (String, &'static str, Vec<u64>, Buffer);
+
+/// Tensors whose bytes reached a device: names and their destinations.
+type Uploaded = Vec<(String, Py<PyAny>)>;
 
 /// Why a call on a session did not return a value.
 enum Fail {
     Closed,
     Io(IoError),
+    /// Copying onto a device failed.
+    Gpu(weightlift_gpu::Error),
+    /// A destination Python gave does not fit the tensor.
+    Mismatch(String),
+    /// Python code called on the way raised.
+    Py(PyErr),
 }
 
 impl From<IoError> for Fail {
@@ -57,6 +70,9 @@ struct PySession {
     ckpt: Arc<Checkpoint>,
     options: EngineOptions,
     inner: Mutex<Option<Session>>,
+    /// The latest device pipeline and its device, kept for the next load
+    /// onto the same device (its staging memory is costly to allocate).
+    target: Mutex<Option<(String, Box<dyn Target>)>>,
 }
 
 #[pymethods]
@@ -96,6 +112,7 @@ impl PySession {
             ckpt,
             options,
             inner: Mutex::new(Some(session)),
+            target: Mutex::new(None),
         })
     }
 
@@ -199,11 +216,71 @@ impl PySession {
         })
     }
 
+    /// A pass over every selected tensor onto `device` (`cuda:N`, or
+    /// `host`, a stand-in for tests): an iterator of lists of
+    /// `(name, destination)` in completion order. For each tensor as it is
+    /// read, `alloc(name, dtype, shape, file)` returns `(destination,
+    /// address, nbytes)`: an object owning `nbytes` bytes of the device's
+    /// memory at `address`, kept until the copies into it completed. Every
+    /// copy is ordered after the work queued on `stream` (torch's current
+    /// stream) when it is launched.
+    #[pyo3(signature = (device, alloc, stream=None))]
+    fn upload(
+        slf: Bound<'_, Self>,
+        device: String,
+        alloc: Py<PyAny>,
+        stream: Option<u64>,
+    ) -> PyResult<PyUpload> {
+        let py = slf.py();
+        let this = slf.get();
+        let pass = this.run(py, |s, _| Ok(s.pass()))?;
+        let loading = Loading::new(this.take_target(py, &device, stream)?, alloc);
+        Ok(PyUpload {
+            session: slf.unbind(),
+            device,
+            state: Mutex::new(Some(Upload::new(loading, pass))),
+        })
+    }
+
+    /// The selected tensor `name` onto `device`, into the destination
+    /// `alloc` returns (as for `upload`), which is returned.
+    #[pyo3(signature = (device, name, alloc, stream=None))]
+    fn get_into(
+        &self,
+        py: Python<'_>,
+        device: String,
+        name: String,
+        alloc: Py<PyAny>,
+        stream: Option<u64>,
+    ) -> PyResult<Py<PyAny>> {
+        let mut loading = Loading::new(self.take_target(py, &device, stream)?, alloc);
+        let ckpt = self.ckpt.clone();
+        let done = self.run(py, |s, wait| {
+            let t = s.get(&name, wait)?;
+            loading.stage(t, &ckpt)?;
+            loading.target.finish().map_err(Fail::Gpu)
+        });
+        let mut got = match done {
+            Ok(ids) => loading.hand_back(ids, &self.ckpt),
+            Err(e) => {
+                // Waits for every copy before the destination goes.
+                py.detach(|| drop(loading));
+                return Err(e);
+            }
+        };
+        self.put_target(py, device, loading);
+        got.pop()
+            .map(|(_, obj)| obj)
+            .ok_or_else(|| errors::raise(py, "DeviceError", format!("{name}: not uploaded")))
+    }
+
     /// Cancel what is loading and free what was read ahead. Tensors already
     /// handed out stay valid.
     fn close(&self, py: Python<'_>) {
         let session = py.detach(|| lock(&self.inner).take());
         py.detach(move || drop(session));
+        let target = py.detach(|| lock(&self.target).take());
+        py.detach(move || drop(target));
     }
 
     /// Whether `close` was called.
@@ -247,7 +324,40 @@ impl PySession {
                 "the checkpoint was closed (use it inside its `with` block)".into(),
             ),
             Fail::Io(e) => errors::from_io(py, e),
+            Fail::Gpu(e) => errors::from_gpu(py, e, &self.ckpt),
+            Fail::Mismatch(m) => errors::raise(py, "MismatchError", m),
+            Fail::Py(e) => e,
         })
+    }
+
+    /// The kept pipeline onto `device`, or a new one; ordered after
+    /// `stream`.
+    fn take_target(
+        &self,
+        py: Python<'_>,
+        device: &str,
+        stream: Option<u64>,
+    ) -> PyResult<Box<dyn Target>> {
+        let kept = py.detach(|| lock(&self.target).take());
+        let mut target = match kept {
+            Some((d, t)) if d == device => t,
+            other => {
+                py.detach(move || drop(other));
+                py.detach(|| upload::open(device))
+                    .map_err(|e| errors::from_gpu(py, e, &self.ckpt))?
+            }
+        };
+        // SAFETY: `stream` is torch's current stream on `device`, which the
+        // package passes and which outlives the load; `None` for the host.
+        unsafe { target.wait_for_stream(stream) };
+        Ok(target)
+    }
+
+    /// Keep the pipeline of a load that succeeded for the next one.
+    fn put_target(&self, py: Python<'_>, device: String, loading: Loading) {
+        let Loading { target, .. } = loading;
+        let old = py.detach(|| lock(&self.target).replace((device, target)));
+        py.detach(move || drop(old));
     }
 
     fn names(&self, ids: &[weightlift_format::TensorId]) -> Vec<String> {
@@ -304,6 +414,62 @@ impl PyPass {
     }
 }
 
+/// One pass over the selected tensors onto a device: an iterator of lists
+/// of `(name, destination)`, in completion order.
+#[pyclass(name = "_Upload", module = "weightlift._weightlift", frozen)]
+struct PyUpload {
+    session: Py<PySession>,
+    device: String,
+    /// `None` once finished or failed.
+    state: Mutex<Option<Upload>>,
+}
+
+#[pymethods]
+impl PyUpload {
+    fn __iter__(slf: Bound<'_, Self>) -> Bound<'_, Self> {
+        slf
+    }
+
+    fn __next__(&self, py: Python<'_>) -> PyResult<Option<Uploaded>> {
+        let session = self.session.get();
+        let state = &self.state;
+        let ckpt = session.ckpt.clone();
+        let stepped = session.run(py, |s, wait| {
+            // The session's lock is held; the state's is only ever taken
+            // inside it.
+            let mut guard = lock(state);
+            let Some(upload) = guard.as_mut() else {
+                return Ok(Err(None));
+            };
+            match upload.step(s, wait, &ckpt) {
+                Ok(Some(ids)) => Ok(Ok(upload.loading.hand_back(ids, &ckpt))),
+                Ok(None) => Ok(Err(guard.take())),
+                Err(e) => {
+                    // The pipeline waits for every copy as it goes, before
+                    // the destinations.
+                    drop(guard.take());
+                    Err(e)
+                }
+            }
+        })?;
+        match stepped {
+            Ok(batch) => Ok(Some(batch)),
+            Err(finished) => {
+                if let Some(upload) = finished {
+                    session.put_target(py, self.device.clone(), upload.loading);
+                }
+                Ok(None)
+            }
+        }
+    }
+
+    /// Stop: wait for the copies in flight and let go of the destinations.
+    fn close(&self, py: Python<'_>) {
+        let state = py.detach(|| lock(&self.state).take());
+        py.detach(move || drop(state));
+    }
+}
+
 /// A tensor's bytes in host memory, exported by DLPack (`uint8`, one
 /// dimension) without copying.
 #[pyclass(module = "weightlift._weightlift", frozen)]
@@ -353,7 +519,7 @@ fn backend_names() -> Vec<&'static str> {
 /// when there is none.
 #[pyfunction]
 fn cuda_driver(py: Python<'_>) -> PyResult<String> {
-    match py.detach(weightlift_gpu::CudaDriver::load) {
+    match py.detach(upload::cuda_driver) {
         Ok(d) => {
             let (major, minor) = d.version();
             let n = d.devices().len();
@@ -371,6 +537,7 @@ fn cuda_driver(py: Python<'_>) -> PyResult<String> {
 fn _weightlift(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PySession>()?;
     m.add_class::<PyPass>()?;
+    m.add_class::<PyUpload>()?;
     m.add_class::<Buffer>()?;
     m.add_function(wrap_pyfunction!(backend_names, m)?)?;
     m.add_function(wrap_pyfunction!(cuda_driver, m)?)?;

@@ -60,7 +60,7 @@ class SettingError(WeightliftError, ValueError):
     """A setting out of range (an argument or a WEIGHTLIFT_* variable)."""
 
 class UnsupportedError(WeightliftError, NotImplementedError):
-    """An argument this version accepts but cannot act on yet (process_group, a GPU device)."""
+    """An argument this version accepts but cannot act on yet (process_group)."""
 
 class ClosedError(WeightliftError, ValueError):
     """A handle used after it was closed."""

@@ -85,32 +85,112 @@ def _sources(filenames: Any) -> List[str]:
     return paths
 
 
-def _device(device: Any) -> str:
-    """The device as weightlift names it; only host memory is supported yet."""
+class _Gpu(NamedTuple):
+    """A GPU as torch names it (where tensors are allocated) and as the
+    upload pipeline names it."""
+
+    torch: Any
+    name: str
+
+    def stream(self) -> Optional[int]:
+        """torch's current stream on the device, which every copy follows."""
+        if self.torch.type != "cuda":
+            return None
+        import torch
+
+        return int(torch.cuda.current_stream(self.torch).cuda_stream)
+
+
+#: For tests on machines without a GPU: a host-memory device of the upload
+#: pipeline ("host", or "host:delay_us=N,fail=N") that GPU devices map to.
+#: Tensors then land in host memory, through the same pipeline, ordering
+#: and errors as on a GPU.
+_GPU_STANDIN: Optional[str] = None
+
+
+def _device(device: Any) -> Union[str, _Gpu]:
+    """"cpu", or the GPU `device` names ("cuda", "cuda:N", N or a torch.device)."""
     if device is None:
         return "cpu"
     kind: Any = None
+    index: Optional[int] = None
     if isinstance(device, bool):
         kind = None
     elif isinstance(device, int):
-        kind = "cuda"
+        kind, index = "cuda", device
     elif isinstance(device, str):
-        kind = device.split(":", 1)[0]
+        kind, _, rest = device.partition(":")
+        if rest:
+            index = int(rest) if rest.isdigit() else -1
     elif hasattr(device, "type") and hasattr(device, "index"):  # torch.device
-        kind = device.type
-    if kind == "cpu":
+        kind, index = device.type, device.index
+    if kind == "cpu" and index in (None, 0):
         return "cpu"
-    if kind in ("cuda", "hip"):
-        advice = "use device='cpu' (load_into copies into tensors on any device)"
-        try:
-            found = _weightlift.cuda_driver()
-        except DeviceError as e:
-            raise DeviceError(f"device {device!r}: {e}; {advice}") from None
+    if kind == "hip":
         raise DeviceError(
-            f"device {device!r}: found the {found}, but this build of weightlift loads into "
-            f"host memory only; {advice}"
+            f"device {device!r}: ROCm devices go by torch's 'cuda' name, and loading onto them "
+            "is not available yet; use device='cpu' (load_into copies into tensors on any device)"
         )
-    raise DeviceError(f"unknown device {device!r}: use 'cpu', 'cuda:N', N or a torch.device")
+    if kind != "cuda" or (index is not None and index < 0):
+        raise DeviceError(f"unknown device {device!r}: use 'cpu', 'cuda:N', N or a torch.device")
+    if _GPU_STANDIN is not None:
+        import torch
+
+        return _Gpu(torch.device("cpu"), _GPU_STANDIN)
+    advice = "use device='cpu' (load_into copies into tensors on any device)"
+    try:
+        _weightlift.cuda_driver()
+    except DeviceError as e:
+        raise DeviceError(f"device {device!r}: {e}; {advice}") from None
+    import torch
+
+    if getattr(torch.version, "hip", None):
+        raise DeviceError(f"device {device!r}: ROCm builds of torch are not supported yet; {advice}")
+    if not torch.cuda.is_available():
+        raise DeviceError(f"device {device!r}: torch {torch.__version__} sees no CUDA device; {advice}")
+    if index is None:
+        index = torch.cuda.current_device()
+    count = torch.cuda.device_count()
+    if index >= count:
+        raise DeviceError(f"device {device!r}: torch sees {count} CUDA device(s)")
+    return _Gpu(torch.device("cuda", index), f"cuda:{index}")
+
+
+def _allocator(gpu: _Gpu) -> Callable[[str, str, List[int], str], Tuple[Any, int, int]]:
+    """The pipeline's callback: a new tensor on the device for each tensor,
+    from torch's caching allocator."""
+    import torch
+
+    oom = getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError
+
+    def alloc(name: str, dtype: str, shape: List[int], file: str) -> Tuple[Any, int, int]:
+        dt = torch_dtype(dtype, name)
+        try:
+            t = torch.empty(framework_shape(dtype, shape, name), dtype=dt, device=gpu.torch)
+        except oom as e:
+            free = ""
+            if gpu.torch.type == "cuda":
+                free = f" ({torch.cuda.mem_get_info(gpu.torch)[0]} bytes free)"
+            raise DeviceError(
+                f"{file}: tensor {name!r}: out of memory on {gpu.torch} allocating "
+                f"{dtype} {list(shape)}{free}"
+            ) from e
+        return t, t.data_ptr(), t.nbytes
+
+    return alloc
+
+
+def _uploaded(upload: Any, bar: Any) -> Iterator[Tuple[str, Any]]:
+    """`(name, tensor)` from a pipeline pass, as each lands on the device.
+    Stopping early waits for the copies in flight."""
+    try:
+        for batch in upload:
+            for name, tensor in batch:
+                bar.update(tensor.nbytes)
+                yield name, tensor
+    finally:
+        upload.close()
+        bar.close()
 
 
 def _selection(session: Any, keys: Any) -> Optional[List[str]]:
@@ -162,6 +242,10 @@ class SafeOpen:
     ) -> None:
         self._framework = check_framework(framework)
         self._device = _device(device)
+        if isinstance(self._device, _Gpu) and self._framework != "pt":
+            raise SettingError(
+                f"framework={framework!r} holds host memory only; use framework='pt' for device {device!r}"
+            )
         if process_group is not None:
             raise UnsupportedError(
                 "process_group: loading across a torch.distributed group is not available yet; "
@@ -215,8 +299,12 @@ class SafeOpen:
     def tensors(self) -> Iterator[Tuple[str, Any]]:
         """Yield `(name, tensor)` for every selected tensor as it completes
         (completion order). Each call is a new pass over all of them."""
-        stream = self._session.stream()
         bar = _progress(self._progress, self.total_tensor_size)
+        gpu = self._device
+        if isinstance(gpu, _Gpu):
+            yield from _uploaded(self._session.upload(gpu.name, _allocator(gpu), gpu.stream()), bar)
+            return
+        stream = self._session.stream()
         try:
             for name, dtype, shape, buf in stream:
                 tensor = self._convert(name, dtype, shape, buf)
@@ -227,6 +315,9 @@ class SafeOpen:
 
     def get_tensor(self, name: str) -> Any:
         """The selected tensor `name`; each call returns a new tensor."""
+        gpu = self._device
+        if isinstance(gpu, _Gpu):
+            return self._session.get_into(gpu.name, name, _allocator(gpu), gpu.stream())
         dtype, shape, buf = self._session.get(name)
         return self._convert(name, dtype, shape, buf)
 
@@ -312,8 +403,13 @@ class TensorSlice:
         shape = (hi - lo,) + self._shape[1:] if self._shape else ()
         part = h._convert(self._name, self._dtype, shape, buf)
         if rows is None:
-            return part[index]
-        return part[(first,) + tuple(parts[1:])]
+            part = part[index]
+        else:
+            part = part[(first,) + tuple(parts[1:])]
+        if isinstance(h._device, _Gpu):
+            # A slice is read into host memory, then copied on its own.
+            part = part.to(h._device.torch)
+        return part
 
 
 _BITS = {
@@ -353,17 +449,23 @@ def safe_open(
             str or os.PathLike.
         framework: "pt" for torch tensors, "np" for numpy arrays (numpy has
             no bfloat16, float8 or float4: those raise DtypeError).
-        device: "cpu" (or torch.device("cpu")). GPU devices ("cuda:N", N,
-            a torch.device) raise DeviceError in this build.
+        device: "cpu", or a CUDA device: "cuda", "cuda:N", N or a
+            torch.device. On a GPU each tensor is allocated by torch (so
+            torch.cuda.memory_allocated counts it, and it is freed on its
+            own) and filled through pinned staging memory
+            (WEIGHTLIFT_PINNED_BYTES, 128 MiB by default) with copies
+            ordered after torch's current stream. A missing driver or GPU,
+            or running out of memory, raises DeviceError.
         process_group: a torch.distributed group to share the reads with;
             not available yet (raises UnsupportedError unless None).
         backend: a Backend, a BackendPolicy, a name, or a list of them,
             tried in order. None: the WEIGHTLIFT_BACKEND variable if set,
             else chosen from where the files are (MMAP for tmpfs and cached
             files, direct reads for cold files).
-        copy: InstantTensor's flag. Host tensors never view a reused ring,
-            so True and False behave alike: tensors stay valid.
-        buffer_size: staging memory for device copies, in bytes.
+        copy: InstantTensor's flag. Tensors never view a reused ring, on
+            the host or on a GPU, so True and False behave alike: every
+            tensor owns its memory and stays valid.
+        buffer_size: memory for reads in flight, in bytes.
         keys: load only these tensors: a collection of names or a predicate
             on names. Only their bytes are read; keys() lists only them.
         progress: show a progress bar (bytes, GB/s, time left) on stderr
@@ -433,8 +535,11 @@ def load_into(
     Args:
         target: a dict of tensors (on any device), or an nn.Module (its
             parameters and persistent buffers, by state_dict names). Each
-            tensor is written in place (`copy_`), so its storage, device and
-            data_ptr stay the same.
+            tensor is written in place, so its storage, device and data_ptr
+            stay the same. Targets all on one CUDA device, contiguous and
+            not sharing memory are written straight from pinned staging
+            memory, ordered after torch's current stream; others are
+            filled with `copy_` as each tensor is read.
         filenames: as for safe_open.
         strict: as in torch's load_state_dict: names in one side only raise
             MismatchError; with False they are returned and the rest loaded.
@@ -479,10 +584,42 @@ def load_into(
                     f"tensor {name!r} in {os.fspath(file)} is {dtype} {list(want_shape)}, "
                     f"but the target's is {dest.dtype} {list(dest.shape)}"
                 )
-        with torch.no_grad():
-            for name, tensor in f.tensors():
-                dests[name].copy_(tensor)
+        gpu = _pipeline_for([dests[k] for k in common])
+        if gpu is not None:
+            def alloc(name: str, *_: Any) -> Tuple[Any, int, int]:
+                t = dests[name]
+                return t, t.data_ptr(), t.nbytes
+
+            bar = _progress(progress, f.total_tensor_size)
+            for _ in _uploaded(f._session.upload(gpu.name, alloc, gpu.stream()), bar):
+                pass
+        else:
+            with torch.no_grad():
+                for name, tensor in f.tensors():
+                    dests[name].copy_(tensor)
     return IncompatibleKeys(missing, unexpected)
+
+
+def _pipeline_for(targets: List[Any]) -> Optional[_Gpu]:
+    """The GPU that load_into can write `targets` on straight through the
+    upload pipeline: all on one CUDA device, contiguous and not overlapping.
+    None otherwise (they are then filled with `copy_`)."""
+    devices = {t.device for t in targets}
+    if len(devices) != 1 or not all(t.is_contiguous() for t in targets):
+        return None
+    (device,) = devices
+    spans = sorted((t.data_ptr(), t.data_ptr() + t.nbytes) for t in targets if t.nbytes)
+    if any(a_end > b_start for (_, a_end), (b_start, _) in zip(spans, spans[1:])):
+        return None  # shared memory (tied weights): filled one by one
+    if _GPU_STANDIN is not None and device.type == "cpu":
+        return _Gpu(device, _GPU_STANDIN)
+    if device.type != "cuda":
+        return None
+    try:
+        gpu = _device(device)
+    except DeviceError:
+        return None
+    return gpu if isinstance(gpu, _Gpu) else None
 
 
 def _names(names: List[str], most: int = 5) -> str:

@@ -1,0 +1,315 @@
+//! Loading onto a device: each tensor's host bytes, as the session reads
+//! them, go through weightlift-gpu's pipeline into memory that Python
+//! allocated (torch's caching allocator, so that torch accounts for it and
+//! frees it tensor by tensor, or `load_into`'s own tensors).
+//!
+//! Python hands over, per tensor, a callback's answer: the object owning
+//! the destination, its device address and its length. The object is kept
+//! here until its copies have completed, and the pipeline (which waits for
+//! every copy before it goes) is always dropped before the objects.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::task::Poll;
+use std::time::Duration;
+
+use pyo3::prelude::*;
+use weightlift_format::Checkpoint;
+use weightlift_gpu::{
+    CudaDevice, CudaDriver, Device, Error as GpuError, HostDevice, UploadOptions, Uploader,
+};
+use weightlift_io::host::HostTensor;
+use weightlift_io::session::{Pass, Session, Wait};
+
+use crate::{Fail, lock};
+
+/// An upload pipeline onto some device, taking destinations as addresses.
+pub(crate) trait Target: Send {
+    /// Queue `bytes` into device memory at `ptr`.
+    ///
+    /// # Safety
+    ///
+    /// `ptr..ptr + bytes.len()` must be memory of this device that stays
+    /// allocated, and that nothing else uses, until the tensor is handed
+    /// back or the target is dropped.
+    unsafe fn upload_into(
+        &mut self,
+        id: usize,
+        name: &str,
+        bytes: &[u8],
+        ptr: u64,
+    ) -> Result<(), GpuError>;
+
+    /// Launch what is staged.
+    fn flush(&mut self) -> Result<(), GpuError>;
+
+    /// The ids whose copies completed.
+    fn poll(&mut self) -> Result<Vec<usize>, GpuError>;
+
+    /// Wait for every copy; the ids not handed back yet.
+    fn finish(&mut self) -> Result<Vec<usize>, GpuError>;
+
+    /// Order later copies after the work queued on `stream`.
+    ///
+    /// # Safety
+    ///
+    /// As [`Uploader::wait_for_stream`].
+    unsafe fn wait_for_stream(&mut self, stream: Option<u64>);
+
+    /// Launches so far.
+    fn launches(&self) -> u64;
+}
+
+impl<D: Device> Target for Uploader<Arc<D>> {
+    unsafe fn upload_into(
+        &mut self,
+        id: usize,
+        name: &str,
+        bytes: &[u8],
+        ptr: u64,
+    ) -> Result<(), GpuError> {
+        // SAFETY: the caller's contract is `borrow`'s.
+        let memory =
+            unsafe { self.device().borrow(ptr, bytes.len()) }.map_err(|e| GpuError::Upload {
+                tensor: name.to_string(),
+                source: Box::new(e),
+            })?;
+        Uploader::upload_into(self, id, name, bytes, memory)
+    }
+
+    fn flush(&mut self) -> Result<(), GpuError> {
+        Uploader::flush(self)
+    }
+
+    fn poll(&mut self) -> Result<Vec<usize>, GpuError> {
+        Ok(Uploader::poll(self)?.into_iter().map(|u| u.id).collect())
+    }
+
+    fn finish(&mut self) -> Result<Vec<usize>, GpuError> {
+        Ok(Uploader::finish(self)?.into_iter().map(|u| u.id).collect())
+    }
+
+    unsafe fn wait_for_stream(&mut self, stream: Option<u64>) {
+        // SAFETY: the caller's contract is the same.
+        unsafe { Uploader::wait_for_stream(self, stream) }
+    }
+
+    fn launches(&self) -> u64 {
+        Uploader::launches(self)
+    }
+}
+
+/// The CUDA driver, loaded once per process.
+pub(crate) fn cuda_driver() -> Result<&'static CudaDriver, GpuError> {
+    static DRIVER: OnceLock<Result<CudaDriver, GpuError>> = OnceLock::new();
+    DRIVER
+        .get_or_init(CudaDriver::load)
+        .as_ref()
+        .map_err(Clone::clone)
+}
+
+/// CUDA device `ordinal`, opened once per process.
+fn cuda_device(ordinal: usize) -> Result<Arc<CudaDevice>, GpuError> {
+    static DEVICES: Mutex<Vec<(usize, Arc<CudaDevice>)>> = Mutex::new(Vec::new());
+    let mut devices = lock(&DEVICES);
+    if let Some((_, d)) = devices.iter().find(|(n, _)| *n == ordinal) {
+        return Ok(d.clone());
+    }
+    let device = Arc::new(cuda_driver()?.device(ordinal)?);
+    devices.push((ordinal, device.clone()));
+    Ok(device)
+}
+
+/// Default staging budget in page-locked host memory.
+const PINNED_BYTES: usize = 128 << 20;
+/// Default staging slot: the largest single copy.
+const SLOT_BYTES: usize = 16 << 20;
+
+/// The pipeline's settings: `WEIGHTLIFT_PINNED_BYTES` bounds the pinned
+/// staging memory (at least 4096 bytes).
+fn upload_options() -> Result<UploadOptions, GpuError> {
+    let budget = match std::env::var("WEIGHTLIFT_PINNED_BYTES") {
+        Err(_) => PINNED_BYTES,
+        Ok(v) => match v.trim().parse::<usize>() {
+            Ok(n) if n >= 4096 => n,
+            _ => {
+                return Err(GpuError::Setting {
+                    name: "WEIGHTLIFT_PINNED_BYTES",
+                    reason: format!("{v:?} is not a number of bytes of at least 4096"),
+                });
+            }
+        },
+    };
+    let slot_size = SLOT_BYTES.min(budget);
+    Ok(UploadOptions {
+        slot_size,
+        slots: budget / slot_size,
+        streams: 2,
+    })
+}
+
+/// A pipeline onto the device `spec` names: `cuda:N`, or `host` (host
+/// memory behind the same trait, standing in for a GPU in tests) with
+/// options `host:delay_us=N,fail=N` (a delay before each copy; fail the
+/// n-th copy).
+pub(crate) fn open(spec: &str) -> Result<Box<dyn Target>, GpuError> {
+    let opts = upload_options()?;
+    let bad = |why: String| GpuError::Setting {
+        name: "device",
+        reason: format!("{spec:?}: {why}"),
+    };
+    if let Some(n) = spec.strip_prefix("cuda:") {
+        let ordinal = n.parse().map_err(|_| bad("not a device number".into()))?;
+        return Ok(Box::new(Uploader::new(cuda_device(ordinal)?, opts)?));
+    }
+    let Some(settings) = spec.strip_prefix("host") else {
+        return Err(bad("unknown device".into()));
+    };
+    let mut device = HostDevice::new();
+    for item in settings.trim_start_matches(':').split(',') {
+        if item.is_empty() {
+            continue;
+        }
+        let (key, value) = item
+            .split_once('=')
+            .ok_or_else(|| bad(format!("{item:?} is not key=value")))?;
+        let n: u64 = value
+            .parse()
+            .map_err(|_| bad(format!("{item:?}: not a number")))?;
+        device = match key {
+            "delay_us" => device.with_copy_delay(Duration::from_micros(n)),
+            "fail" => device.with_failing_copy(n),
+            _ => return Err(bad(format!("unknown setting {key:?}"))),
+        };
+    }
+    Ok(Box::new(Uploader::new(Arc::new(device), opts)?))
+}
+
+/// Tensors on their way to a device: the pipeline, Python's allocator and
+/// the objects owning destinations whose copies are in flight. The
+/// pipeline is declared first so that it is dropped (waiting for every
+/// copy) before the objects.
+pub(crate) struct Loading {
+    pub(crate) target: Box<dyn Target>,
+    alloc: Py<PyAny>,
+    keep: HashMap<usize, Py<PyAny>>,
+}
+
+impl Loading {
+    pub(crate) fn new(target: Box<dyn Target>, alloc: Py<PyAny>) -> Self {
+        Loading {
+            target,
+            alloc,
+            keep: HashMap::new(),
+        }
+    }
+
+    /// Ask Python for `t`'s destination and queue its copies into it.
+    pub(crate) fn stage(&mut self, t: HostTensor, ckpt: &Checkpoint) -> Result<(), Fail> {
+        let info = ckpt.tensor(t.id());
+        let file = ckpt.shard(info.file).path();
+        let (obj, ptr, nbytes) = Python::attach(|py| -> PyResult<(Py<PyAny>, u64, usize)> {
+            let answer = self.alloc.bind(py).call1((
+                info.name.as_str(),
+                info.dtype.as_str(),
+                info.shape.clone(),
+                file,
+            ))?;
+            answer.extract()
+        })
+        .map_err(Fail::Py)?;
+        if nbytes != t.len() {
+            return Err(Fail::Mismatch(format!(
+                "tensor {:?} in {}: its destination holds {nbytes} bytes, the tensor {}",
+                info.name,
+                file.display(),
+                t.len()
+            )));
+        }
+        let id = t.id().index();
+        // Kept before any copy is queued, until its copies completed or
+        // the pipeline is gone.
+        self.keep.insert(id, obj);
+        // SAFETY: `obj` owns the memory at `ptr` (Python's word) and stays
+        // in `keep` until the tensor is handed back, or until after the
+        // pipeline, dropped first, waited for every copy.
+        unsafe { self.target.upload_into(id, &info.name, t.bytes(), ptr) }.map_err(Fail::Gpu)
+    }
+
+    /// The objects of the tensors `ids`, with their names.
+    pub(crate) fn hand_back(&mut self, ids: Vec<usize>, ckpt: &Checkpoint) -> crate::Uploaded {
+        ids.into_iter()
+            .filter_map(|id| {
+                let obj = self.keep.remove(&id)?;
+                let name = ckpt
+                    .tensor(weightlift_format::TensorId(id as u32))
+                    .name
+                    .clone();
+                Some((name, obj))
+            })
+            .collect()
+    }
+}
+
+/// One pass over the selection onto a device.
+pub(crate) struct Upload {
+    pub(crate) loading: Loading,
+    pub(crate) pass: Pass,
+    /// Launches seen at the latest poll.
+    polled_at: u64,
+}
+
+impl Upload {
+    pub(crate) fn new(loading: Loading, pass: Pass) -> Self {
+        Upload {
+            loading,
+            pass,
+            polled_at: 0,
+        }
+    }
+
+    /// The next tensors whose bytes are on the device (ids), in completion
+    /// order; `None` once every tensor was handed back.
+    pub(crate) fn step(
+        &mut self,
+        s: &mut Session,
+        wait: &mut Wait<'_>,
+        ckpt: &Checkpoint,
+    ) -> Result<Option<Vec<usize>>, Fail> {
+        loop {
+            let target = &mut self.loading.target;
+            // Poll only when something new was launched: polling looks at
+            // every tensor in flight.
+            if target.launches() != self.polled_at {
+                self.polled_at = target.launches();
+                let done = target.poll().map_err(Fail::Gpu)?;
+                if !done.is_empty() {
+                    return Ok(Some(done));
+                }
+            }
+            let next = match s.try_next(&mut self.pass) {
+                Poll::Ready(next) => next,
+                Poll::Pending => {
+                    // Reads are behind: launch what is staged and hand back
+                    // what completed before waiting for them.
+                    target.flush().map_err(Fail::Gpu)?;
+                    let done = target.poll().map_err(Fail::Gpu)?;
+                    if !done.is_empty() {
+                        return Ok(Some(done));
+                    }
+                    s.next(&mut self.pass, wait)
+                }
+            };
+            match next {
+                Some(Ok(t)) => {
+                    self.loading.stage(t, ckpt)?;
+                }
+                Some(Err(e)) => return Err(Fail::Io(e)),
+                None => {
+                    let done = target.finish().map_err(Fail::Gpu)?;
+                    return Ok((!done.is_empty()).then_some(done));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,218 @@
+"""Loading onto a device through the upload pipeline, on machines without a GPU.
+
+GPU devices are mapped to the pipeline's host-memory device (the
+``_GPU_STANDIN`` hook): tensors are allocated by torch (on the CPU here),
+filled through pinned staging slots, events and streams exactly as on a GPU,
+and handed out when their copies complete. Every tensor is compared byte for
+byte with what safetensors reads from the same file. The same calls on a real
+GPU are in test_gpu.py.
+"""
+
+import pytest
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+import weightlift
+from weightlift import _api
+
+
+@pytest.fixture
+def standin(monkeypatch):
+    """Map GPU devices to the host-memory pipeline device; returns a setter for its options."""
+
+    def use(spec: str = "host") -> None:
+        monkeypatch.setattr(_api, "_GPU_STANDIN", spec)
+
+    use()
+    return use
+
+
+@pytest.fixture
+def small_staging(monkeypatch):
+    """Two 4 KiB staging slots: every checkpoint needs many launches and slot reuse."""
+    monkeypatch.setenv("WEIGHTLIFT_PINNED_BYTES", "8192")
+
+
+def _loadable(ck):
+    return ck.loadable_names if ck.f6_names else None
+
+
+def test_load_file_onto_a_device_equals_safetensors(standin, h, ckpt):
+    got = weightlift.load_file(ckpt.source, device="cuda:0", keys=_loadable(ckpt))
+    h.assert_same_dict(got, ckpt.expected, f"load_file({ckpt.name}, cuda:0)")
+
+
+@pytest.mark.parametrize("name", ["all_dtypes", "many_tiny", "large", "unaligned", "empty_scalar"])
+def test_small_staging_and_slow_copies(standin, small_staging, h, store, name):
+    # Copies that sleep keep slots in flight while later tensors are staged.
+    standin("host:delay_us=20")
+    ck = store.get(name)
+    got = weightlift.load_file(ck.source, device=0, keys=_loadable(ck))
+    h.assert_same_dict(got, ck.expected, name)
+
+
+@pytest.mark.parametrize("form", ["cuda", "cuda:0", "int", "torch.device"])
+def test_every_device_form_and_call(standin, h, store, form):
+    device = {"cuda": "cuda", "cuda:0": "cuda:0", "int": 0, "torch.device": torch.device("cuda", 0)}[form]
+    ck = store.get("sharded_index")
+    with weightlift.safe_open(ck.source, device=device) as f:
+        got = h.collect_tensors(f.tensors())
+        again = f.get_tensors()
+        one = f.get_tensor("lm_head.weight")
+        rows = f.get_slice("lm_head.weight")[1:3]
+    h.assert_same_dict(got, ck.expected, "tensors()")
+    h.assert_same_dict(again, ck.expected, "get_tensors()")
+    h.assert_same_tensor(one, ck.expected["lm_head.weight"], "get_tensor")
+    h.assert_same_tensor(rows, ck.expected["lm_head.weight"][1:3], "get_slice")
+
+
+def test_get_tensor_one_by_one(standin, small_staging, h, store):
+    ck = store.get("all_dtypes")
+    with weightlift.safe_open(ck.source, device="cuda:0") as f:
+        for name in reversed(ck.loadable_names):
+            h.assert_same_tensor(f.get_tensor(name), ck.expected[name], name)
+
+
+def test_keys_select_what_is_loaded(standin, h, store):
+    ck = store.get("many_tiny")
+    keys = ck.names[::7]
+    got = weightlift.load_file(ck.source, device="cuda:0", keys=keys)
+    h.assert_same_dict(got, {k: ck.expected[k] for k in keys}, "keys=")
+
+
+def test_tensors_own_their_memory(standin, store):
+    ck = store.get("many_tiny")
+    got = weightlift.load_file(ck.source, device="cuda:0")
+    ptrs = [t.data_ptr() for t in got.values() if t.numel()]
+    assert len(set(ptrs)) == len(ptrs), "two tensors share memory"
+    for t in got.values():
+        assert t.is_contiguous()
+        assert t.untyped_storage().nbytes() == t.nbytes, "a tensor views a larger buffer"
+
+
+def test_stopping_early_then_loading_again(standin, small_staging, h, store):
+    ck = store.get("many_tiny")
+    with weightlift.safe_open(ck.source, device="cuda:0") as f:
+        it = f.tensors()
+        first = [next(it) for _ in range(3)]
+        it.close()  # waits for the copies in flight
+        for name, t in first:
+            h.assert_same_tensor(t, ck.expected[name], name)
+        h.assert_same_dict(dict(f.tensors()), ck.expected, "second pass")
+    with pytest.raises(weightlift.ClosedError):
+        with weightlift.safe_open(ck.source, device="cuda:0") as f:
+            pass
+        f.get_tensor(ck.names[0])
+
+
+def test_a_failed_copy_names_file_and_tensor_and_the_next_load_works(standin, small_staging, h, store):
+    ck = store.get("many_tiny")
+    standin("host:fail=5")
+    with pytest.raises(weightlift.DeviceError) as ei:
+        weightlift.load_file(ck.source, device="cuda:0")
+    msg = str(ei.value)
+    assert h.msg_has_path(msg, ck.shards[0]), msg
+    assert "tensor" in msg and "failed" in msg, msg
+    assert any(repr(n) in msg or f'"{n}"' in msg for n in ck.names), msg
+    standin("host")
+    h.assert_same_dict(weightlift.load_file(ck.source, device="cuda:0"), ck.expected, "after a failure")
+
+
+def test_out_of_memory_is_a_device_error_and_the_next_load_works(standin, monkeypatch, h, store):
+    ck = store.get("all_dtypes")
+    real_empty = torch.empty
+    calls = []
+
+    def empty(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 4:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real_empty(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "empty", empty)
+    with pytest.raises(weightlift.DeviceError, match="out of memory") as ei:
+        weightlift.load_file(ck.source, device="cuda:0", keys=ck.loadable_names)
+    msg = str(ei.value)
+    assert h.msg_has_path(msg, ck.shards[0]), msg
+    assert "tensor" in msg, msg
+    monkeypatch.setattr(torch, "empty", real_empty)
+    h.assert_same_dict(weightlift.load_file(ck.source, device="cuda:0", keys=ck.loadable_names), ck.expected, "")
+
+
+def test_a_destination_of_the_wrong_size_is_refused(standin, store):
+    ck = store.get("large")
+    with weightlift.safe_open(ck.source, device="cuda:0") as f:
+        def alloc(name, dtype, shape, file):
+            t = torch.empty(8, dtype=torch.uint8)
+            return t, t.data_ptr(), t.nbytes
+
+        with pytest.raises(weightlift.MismatchError, match="destination holds 8 bytes"):
+            for _ in f._session.upload("host", alloc):
+                pass
+
+
+def test_pinned_budget_setting(standin, monkeypatch, store):
+    ck = store.get("large")
+    monkeypatch.setenv("WEIGHTLIFT_PINNED_BYTES", "12")
+    with pytest.raises(weightlift.SettingError, match="WEIGHTLIFT_PINNED_BYTES"):
+        weightlift.load_file(ck.source, device="cuda:0")
+
+
+def test_numpy_cannot_go_to_a_device(standin, store):
+    with pytest.raises(weightlift.SettingError, match="framework"):
+        weightlift.safe_open(store.get("large").source, framework="np", device="cuda:0")
+
+
+def test_unknown_devices(standin, store):
+    src = store.get("large").source
+    for bad in ["cuda:x", "tpu:0", "cuda:-1", True]:
+        with pytest.raises(weightlift.DeviceError):
+            weightlift.load_file(src, device=bad)
+    with pytest.raises(weightlift.DeviceError, match="ROCm"):
+        weightlift.load_file(src, device="hip:0")
+
+
+class _Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(64, 32)
+        self.b = nn.Linear(32, 8, bias=False)
+        self.register_buffer("steps", torch.zeros((), dtype=torch.int64))
+
+
+def test_load_into_writes_straight_into_the_targets(standin, small_staging, tmp_path, h):
+    torch.manual_seed(3)
+    src = _Net()
+    with torch.no_grad():
+        src.steps.fill_(41)
+    p = tmp_path / "net.safetensors"
+    save_file({k: v.contiguous() for k, v in src.state_dict().items()}, str(p))
+    dst = _Net()
+    before = {k: v.data_ptr() for k, v in dst.state_dict().items()}
+    result = weightlift.load_into(dst, p)
+    assert result.missing_keys == [] and result.unexpected_keys == []
+    for k, v in dst.state_dict().items():
+        assert v.data_ptr() == before[k], f"{k} was replaced, not written"
+        h.assert_same_tensor(v, src.state_dict()[k], k)
+
+
+def test_load_into_targets_sharing_memory_are_filled_one_by_one(standin, tmp_path, h):
+    base = torch.zeros(20)
+    targets = {"x": base[:12], "y": base[8:]}  # overlapping views
+    p = tmp_path / "tied.safetensors"
+    save_file({"x": torch.arange(12.0), "y": torch.arange(12.0)}, str(p))
+    assert _api._pipeline_for(list(targets.values())) is None
+    weightlift.load_into(targets, p)
+    h.assert_same_tensor(targets["y"], torch.arange(12.0), "y, written last")
+
+
+def test_many_tiny_tensors_through_one_slot(standin, monkeypatch, tmp_path, h):
+    # 20,000 tensors of a few bytes, one 4 KiB slot: thousands of tensors per launch.
+    monkeypatch.setenv("WEIGHTLIFT_PINNED_BYTES", "4096")
+    g = torch.Generator().manual_seed(11)
+    tensors = {f"e.{i}": torch.randint(0, 1000, (i % 5,), generator=g, dtype=torch.int32) for i in range(20_000)}
+    p = tmp_path / "tiny.safetensors"
+    save_file(tensors, str(p))
+    got = weightlift.load_file(p, device="cuda:0")
+    h.assert_same_dict(got, tensors, "20,000 tiny tensors")
