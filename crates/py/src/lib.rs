@@ -10,7 +10,7 @@
 //! - `Buffer`: a tensor's bytes, handed to torch or numpy by DLPack without
 //!   copying; it keeps the memory alive as long as any consumer uses it;
 //! - `_Upload`: one pass onto a device, into memory Python allocates, in
-//!   completion order (see [`upload`]).
+//!   completion order (see `src/upload.rs`).
 //!
 //! Every wait releases the GIL and checks for signals every 50 ms, so
 //! Ctrl-C interrupts a load promptly; the load is then cancelled and its
