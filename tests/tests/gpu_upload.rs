@@ -63,6 +63,7 @@ fn a_llama_checkpoint_arrives_whole() {
         slot_size: 256 << 10,
         slots: 4,
         streams: 2,
+        ..UploadOptions::default()
     };
     let got = load_and_upload(&ckpt, &device, opts);
     check_against_reference(&ckpt, &got);
@@ -80,6 +81,7 @@ fn many_tiny_tensors_with_slow_copies() {
         slot_size: 1 << 20,
         slots: 3,
         streams: 3,
+        ..UploadOptions::default()
     };
     let got = load_and_upload(&ckpt, &device, opts);
     check_against_reference(&ckpt, &got);

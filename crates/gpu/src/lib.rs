@@ -35,6 +35,7 @@
 mod cuda;
 mod device;
 mod error;
+mod fill;
 mod host;
 mod upload;
 

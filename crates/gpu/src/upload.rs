@@ -13,6 +13,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use crate::fill::Filler;
 use crate::{Device, DeviceMemory, Error, PinnedMemory};
 
 /// How the pipeline stages its copies.
@@ -25,14 +26,20 @@ pub struct UploadOptions {
     pub slots: usize,
     /// Streams the copies are spread over (each slot's copies share one).
     pub streams: usize,
+    /// Threads filling the staging slots, the caller's included: pieces of
+    /// a megabyte or more are split over them.
+    pub fill_threads: usize,
 }
 
 impl Default for UploadOptions {
+    /// 8 slots of 16 MiB on 2 streams, filled by half the cores (at most 8).
     fn default() -> Self {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         UploadOptions {
             slot_size: 16 << 20,
             slots: 8,
             streams: 2,
+            fill_threads: (cores / 2).clamp(1, 8),
         }
     }
 }
@@ -139,6 +146,7 @@ pub struct Uploader<D: Device> {
     next_stream: usize,
     next_seq: u64,
     launches: u64,
+    filler: Filler,
 }
 
 fn upload_error(name: &str, source: Error) -> Error {
@@ -156,6 +164,7 @@ impl<D: Device> Uploader<D> {
             ("slot_size", opts.slot_size),
             ("slots", opts.slots),
             ("streams", opts.streams),
+            ("fill_threads", opts.fill_threads),
         ] {
             if value == 0 {
                 return Err(Error::Setting {
@@ -181,6 +190,7 @@ impl<D: Device> Uploader<D> {
             next_stream: 0,
             next_seq: 0,
             launches: 0,
+            filler: Filler::new(opts.fill_threads),
         })
     }
 
@@ -282,9 +292,8 @@ impl<D: Device> Uploader<D> {
             let n = (bytes.len() - done).min(self.opts.slot_size - f.filled);
             // Copies launched from the slot's earlier bytes may be in
             // flight; this range is not theirs.
-            f.slot
-                .range_mut(f.filled, n)
-                .copy_from_slice(&bytes[done..done + n]);
+            self.filler
+                .copy(f.slot.range_mut(f.filled, n), &bytes[done..done + n]);
             f.staged.push(Staged {
                 seq,
                 dst_offset: done,

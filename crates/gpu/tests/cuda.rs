@@ -66,6 +66,7 @@ fn tensors_arrive_on_the_gpu_byte_for_byte() {
         slot_size: 1 << 20,
         slots: 3,
         streams: 2,
+        ..UploadOptions::default()
     };
     let mut up = Uploader::new(&device, opts).unwrap();
     let mut got = Vec::new();

@@ -49,6 +49,7 @@ fn opts(slot_size: usize, slots: usize, streams: usize) -> UploadOptions {
         slot_size,
         slots,
         streams,
+        fill_threads: 1,
     }
 }
 
@@ -253,6 +254,13 @@ fn zero_settings_are_refused() {
         (opts(0, 1, 1), "slot_size"),
         (opts(1, 0, 1), "slots"),
         (opts(1, 1, 0), "streams"),
+        (
+            UploadOptions {
+                fill_threads: 0,
+                ..opts(1, 1, 1)
+            },
+            "fill_threads",
+        ),
     ] {
         match Uploader::new(&device, o) {
             Err(Error::Setting { name: n, .. }) => assert_eq!(n, name),
@@ -411,4 +419,17 @@ fn every_launch_waits_for_the_callers_stream() {
     assert_eq!(device.external_waits(), 3);
     up.finish().unwrap();
     assert_eq!(device.external_waits(), 4);
+}
+
+#[test]
+fn several_fill_threads_stage_large_tensors_whole() {
+    let device = HostDevice::new().with_copy_delay(Duration::from_millis(1));
+    let o = UploadOptions {
+        fill_threads: 3,
+        ..opts(4 << 20, 3, 2)
+    };
+    // Pieces from a few bytes to whole 4 MiB slots, split over the threads.
+    let sizes = [10 << 20, 3, (1 << 20) + 1, 5 << 20, 0, 7];
+    upload_all(&device, o, &sizes);
+    assert_clean(&device);
 }

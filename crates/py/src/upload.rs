@@ -126,7 +126,8 @@ const PINNED_BYTES: usize = 128 << 20;
 const SLOT_BYTES: usize = 16 << 20;
 
 /// The pipeline's settings: `WEIGHTLIFT_PINNED_BYTES` bounds the pinned
-/// staging memory (at least 4096 bytes).
+/// staging memory (at least 4096 bytes), `WEIGHTLIFT_FILL_THREADS` sets the
+/// threads filling it (half the cores, at most 8, by default).
 fn upload_options() -> Result<UploadOptions, GpuError> {
     let budget = match std::env::var("WEIGHTLIFT_PINNED_BYTES") {
         Err(_) => PINNED_BYTES,
@@ -141,11 +142,23 @@ fn upload_options() -> Result<UploadOptions, GpuError> {
         },
     };
     let slot_size = SLOT_BYTES.min(budget);
-    Ok(UploadOptions {
+    let mut opts = UploadOptions {
         slot_size,
         slots: budget / slot_size,
-        streams: 2,
-    })
+        ..UploadOptions::default()
+    };
+    if let Ok(v) = std::env::var("WEIGHTLIFT_FILL_THREADS") {
+        opts.fill_threads = match v.trim().parse::<usize>() {
+            Ok(n) if (1..=256).contains(&n) => n,
+            _ => {
+                return Err(GpuError::Setting {
+                    name: "WEIGHTLIFT_FILL_THREADS",
+                    reason: format!("{v:?} is not a number of threads from 1 to 256"),
+                });
+            }
+        };
+    }
+    Ok(opts)
 }
 
 /// A pipeline onto the device `spec` names: `cuda:N`, or `host` (host

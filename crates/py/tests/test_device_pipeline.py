@@ -216,3 +216,12 @@ def test_many_tiny_tensors_through_one_slot(standin, monkeypatch, tmp_path, h):
     save_file(tensors, str(p))
     got = weightlift.load_file(p, device="cuda:0")
     h.assert_same_dict(got, tensors, "20,000 tiny tensors")
+
+
+def test_several_fill_threads(standin, monkeypatch, h, store):
+    monkeypatch.setenv("WEIGHTLIFT_FILL_THREADS", "3")
+    ck = store.get("large")
+    h.assert_same_dict(weightlift.load_file(ck.source, device="cuda:0"), ck.expected, "3 fill threads")
+    monkeypatch.setenv("WEIGHTLIFT_FILL_THREADS", "0")
+    with pytest.raises(weightlift.SettingError, match="WEIGHTLIFT_FILL_THREADS"):
+        weightlift.load_file(ck.source, device="cuda:0")

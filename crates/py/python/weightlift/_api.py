@@ -453,8 +453,9 @@ def safe_open(
             torch.device. On a GPU each tensor is allocated by torch (so
             torch.cuda.memory_allocated counts it, and it is freed on its
             own) and filled through pinned staging memory
-            (WEIGHTLIFT_PINNED_BYTES, 128 MiB by default) with copies
-            ordered after torch's current stream. A missing driver or GPU,
+            (WEIGHTLIFT_PINNED_BYTES, 128 MiB by default, filled by
+            WEIGHTLIFT_FILL_THREADS threads) with copies ordered after
+            torch's current stream. A missing driver or GPU,
             or running out of memory, raises DeviceError.
         process_group: a torch.distributed group to share the reads with;
             not available yet (raises UnsupportedError unless None).
