@@ -87,8 +87,8 @@ def weightlift(a):
         try:
             f = wl.safe_open(a.model, device=a.device, backend=a.backend)
         except (wl.DeviceError, wl.UnsupportedError) as e:
-            # Refused when opened: this build cannot load onto that device.
-            # (Running out of memory during the load is a failure.)
+            # Refused when opened: no CUDA driver or device here. (Running
+            # out of memory during the load is a failure.)
             if a.device == "cpu":
                 raise
             raise Unavailable(f"weightlift: {e}") from None
