@@ -473,7 +473,7 @@ impl Engine {
                 return Err(Error::NoBackend {
                     rejected: vec![Rejected {
                         backend,
-                        reason: "needs a GPU destination".into(),
+                        reason: crate::backend::CUFILE_REASON.into(),
                     }],
                 });
             }

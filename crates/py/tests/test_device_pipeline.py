@@ -225,3 +225,9 @@ def test_several_fill_threads(standin, monkeypatch, h, store):
     monkeypatch.setenv("WEIGHTLIFT_FILL_THREADS", "0")
     with pytest.raises(weightlift.SettingError, match="WEIGHTLIFT_FILL_THREADS"):
         weightlift.load_file(ck.source, device="cuda:0")
+
+
+def test_cufile_is_refused_with_its_reason(standin, store):
+    ck = store.get("large")
+    with pytest.raises(weightlift.BackendError, match="CUFILE.*cuFile.*not built"):
+        weightlift.load_file(ck.source, device="cuda:0", backend=weightlift.Backend.CUFILE)
