@@ -41,6 +41,7 @@ struct Api {
     primary_retain: unsafe extern "C" fn(*mut Ctx, c_int) -> CuResult,
     primary_release: unsafe extern "C" fn(c_int) -> CuResult,
     ctx_set_current: unsafe extern "C" fn(Ctx) -> CuResult,
+    ctx_get_current: unsafe extern "C" fn(*mut Ctx) -> CuResult,
     mem_get_info: unsafe extern "C" fn(*mut usize, *mut usize) -> CuResult,
     mem_alloc: unsafe extern "C" fn(*mut DevPtr, usize) -> CuResult,
     mem_free: unsafe extern "C" fn(DevPtr) -> CuResult,
@@ -89,6 +90,7 @@ impl Api {
                 primary_retain: symbol(&lib, b"cuDevicePrimaryCtxRetain\0")?,
                 primary_release: symbol(&lib, b"cuDevicePrimaryCtxRelease_v2\0")?,
                 ctx_set_current: symbol(&lib, b"cuCtxSetCurrent\0")?,
+                ctx_get_current: symbol(&lib, b"cuCtxGetCurrent\0")?,
                 mem_get_info: symbol(&lib, b"cuMemGetInfo_v2\0")?,
                 mem_alloc: symbol(&lib, b"cuMemAlloc_v2\0")?,
                 mem_free: symbol(&lib, b"cuMemFree_v2\0")?,
@@ -238,10 +240,49 @@ unsafe impl Sync for Context {}
 
 impl Context {
     /// Make it current on the calling thread (the driver's calls act on the
-    /// current context).
-    fn make_current(&self) -> CuResult {
+    /// current context) until the guard is dropped, which puts back the
+    /// context that was current before: torch takes its current device
+    /// from it, so a load onto `cuda:1` must not leave `cuda:1` current.
+    fn enter(&self) -> (Entered<'_>, CuResult) {
+        let mut previous: Ctx = std::ptr::null_mut();
+        // SAFETY: writes one context handle.
+        let got = unsafe { (self.api.ctx_get_current)(&mut previous) };
+        if got == 0 && previous == self.raw {
+            return (
+                Entered {
+                    api: &self.api,
+                    previous: None,
+                },
+                0,
+            );
+        }
         // SAFETY: a retained primary context.
-        unsafe { (self.api.ctx_set_current)(self.raw) }
+        let rc = unsafe { (self.api.ctx_set_current)(self.raw) };
+        let previous = (got == 0 && rc == 0).then_some(previous);
+        (
+            Entered {
+                api: &self.api,
+                previous,
+            },
+            rc,
+        )
+    }
+}
+
+/// A context made current for a scope; see [`Context::enter`].
+struct Entered<'a> {
+    api: &'a Api,
+    /// The context to put back (null: none was current).
+    previous: Option<Ctx>,
+}
+
+impl Drop for Entered<'_> {
+    fn drop(&mut self) {
+        if let Some(previous) = self.previous {
+            // SAFETY: the context current before, still alive (its owner
+            // made it current and has not returned), or null.
+            unsafe { (self.api.ctx_set_current)(previous) };
+        }
     }
 }
 
@@ -264,14 +305,16 @@ impl CudaDevice {
         &self.ctx.api
     }
 
-    /// Make this device's context current on the calling thread.
-    fn current(&self) -> Result<(), Error> {
-        check(&self.name, "cuCtxSetCurrent", self.ctx.make_current())
+    /// Make this device's context current on the calling thread until the
+    /// guard goes.
+    fn current(&self) -> Result<Entered<'_>, Error> {
+        let (entered, rc) = self.ctx.enter();
+        check(&self.name, "cuCtxSetCurrent", rc).map(|()| entered)
     }
 
     /// Copy `memory` back to the host, waiting (for tests and checks).
     pub fn read_back(&self, memory: &CudaMemory) -> Result<Vec<u8>, Error> {
-        self.current()?;
+        let _current = self.current()?;
         let mut out = vec![0u8; memory.len];
         if memory.len > 0 {
             // SAFETY: `out` holds `len` bytes; the allocation holds as many.
@@ -284,7 +327,7 @@ impl CudaDevice {
 
     /// A new event recorded on `stream`, a stream handle of this context.
     fn record_on(&self, stream: Stream) -> Result<CudaEvent, Error> {
-        self.current()?;
+        let _current = self.current()?;
         let mut raw: Event = std::ptr::null_mut();
         // SAFETY: writes one event handle; the context is current.
         check(&self.name, "cuEventCreate", unsafe {
@@ -335,7 +378,7 @@ impl Drop for CudaMemory {
             // SAFETY: allocated by cuMemAlloc in this context; the pipeline
             // frees it only after its copies completed.
             unsafe {
-                self.ctx.make_current();
+                let _current = self.ctx.enter();
                 (self.ctx.api.mem_free)(self.ptr);
             }
         }
@@ -363,6 +406,18 @@ impl PinnedMemory for CudaPinned {
         unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
     }
 
+    fn range_mut(&mut self, offset: usize, len: usize) -> &mut [u8] {
+        assert!(offset <= self.len && len <= self.len - offset);
+        if len == 0 {
+            return &mut [];
+        }
+        // SAFETY: the range lies within the `len` bytes allocated by
+        // cuMemHostAlloc, uniquely borrowed; copies in flight read other
+        // ranges only (`copy_to_device`'s contract), so no reference spans
+        // them.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.add(offset), len) }
+    }
+
     fn len(&self) -> usize {
         self.len
     }
@@ -373,7 +428,7 @@ impl Drop for CudaPinned {
         if !self.ptr.is_null() {
             // SAFETY: allocated by cuMemHostAlloc; no copy reads it any more.
             unsafe {
-                self.ctx.make_current();
+                let _current = self.ctx.enter();
                 (self.ctx.api.host_free)(self.ptr.cast());
             }
         }
@@ -393,7 +448,7 @@ impl Drop for CudaStream {
     fn drop(&mut self) {
         // SAFETY: a stream of this context; synchronized before it goes.
         unsafe {
-            self.ctx.make_current();
+            let _current = self.ctx.enter();
             (self.ctx.api.stream_synchronize)(self.raw);
             (self.ctx.api.stream_destroy)(self.raw);
         }
@@ -416,7 +471,7 @@ impl Drop for CudaEvent {
         // SAFETY: an event of this context; destroying a pending event is
         // allowed (its resources go once it completes).
         unsafe {
-            self.ctx.make_current();
+            let _current = self.ctx.enter();
             (self.ctx.api.event_destroy)(self.raw);
         }
     }
@@ -445,7 +500,7 @@ unsafe impl Device for CudaDevice {
     }
 
     fn alloc(&self, len: usize) -> Result<CudaMemory, Error> {
-        self.current()?;
+        let _current = self.current()?;
         let mut ptr: DevPtr = 0;
         if len > 0 {
             // SAFETY: writes one device pointer; the context is current.
@@ -484,7 +539,7 @@ unsafe impl Device for CudaDevice {
     }
 
     fn alloc_pinned(&self, len: usize) -> Result<CudaPinned, Error> {
-        self.current()?;
+        let _current = self.current()?;
         let mut ptr: *mut c_void = std::ptr::null_mut();
         if len > 0 {
             // SAFETY: writes one host pointer; the context is current.
@@ -507,7 +562,7 @@ unsafe impl Device for CudaDevice {
     }
 
     fn stream(&self) -> Result<CudaStream, Error> {
-        self.current()?;
+        let _current = self.current()?;
         let mut raw: Stream = std::ptr::null_mut();
         // SAFETY: writes one stream handle; the context is current.
         check(&self.name, "cuStreamCreate", unsafe {
@@ -533,7 +588,7 @@ unsafe impl Device for CudaDevice {
         if len == 0 {
             return Ok(());
         }
-        self.current()?;
+        let _current = self.current()?;
         // SAFETY: both ranges lie within their allocations (checked above);
         // the caller keeps them alive and untouched until an event after
         // this copy completes.
@@ -563,7 +618,7 @@ unsafe impl Device for CudaDevice {
     }
 
     fn query(&self, event: &CudaEvent) -> Result<bool, Error> {
-        self.current()?;
+        let _current = self.current()?;
         // SAFETY: an event of this context.
         match unsafe { (self.api().event_query)(event.raw) } {
             0 => Ok(true),
@@ -573,19 +628,22 @@ unsafe impl Device for CudaDevice {
     }
 
     fn wait(&self, event: &CudaEvent) -> Result<(), Error> {
-        self.current()?;
+        // Waits even when the context cannot be made current: the caller
+        // frees memory once this returns.
+        let entered = self.current();
         // SAFETY: an event of this context.
-        check(&self.name, "cuEventSynchronize", unsafe {
-            (self.api().event_synchronize)(event.raw)
-        })
+        let rc = unsafe { (self.api().event_synchronize)(event.raw) };
+        drop(entered);
+        check(&self.name, "cuEventSynchronize", rc)
     }
 
     fn synchronize(&self, stream: &CudaStream) -> Result<(), Error> {
-        self.current()?;
+        // As `wait`: never returns before the stream's work finished.
+        let entered = self.current();
         // SAFETY: a stream of this context.
-        check(&self.name, "cuStreamSynchronize", unsafe {
-            (self.api().stream_synchronize)(stream.raw)
-        })
+        let rc = unsafe { (self.api().stream_synchronize)(stream.raw) };
+        drop(entered);
+        check(&self.name, "cuStreamSynchronize", rc)
     }
 }
 

@@ -32,6 +32,7 @@ pub struct HostDevice {
     /// Delay before each copy, by stream number (cycled).
     delays: Vec<Duration>,
     fail_copy: Option<u64>,
+    refuse_copy: Option<u64>,
     used: Arc<AtomicU64>,
     copies: Arc<AtomicU64>,
     queued: AtomicU64,
@@ -70,6 +71,14 @@ impl HostDevice {
     /// stream, as a GPU's sticky errors do.
     pub fn with_failing_copy(mut self, n: u64) -> Self {
         self.fail_copy = Some(n);
+        self
+    }
+
+    /// Refuse to queue the `n`-th copy (from 0, counted over every stream,
+    /// in call order): `copy_to_device` returns an error and queues nothing,
+    /// as a GPU does for a bad argument or a context already failed.
+    pub fn with_refused_copy(mut self, n: u64) -> Self {
+        self.refuse_copy = Some(n);
         self
     }
 
@@ -457,6 +466,13 @@ unsafe impl Device for HostDevice {
             )
         };
         let sender = stream.ops.as_ref().ok_or_else(|| self.stopped())?;
+        let n = self.queued.fetch_add(1, Ordering::SeqCst);
+        if self.refuse_copy == Some(n) {
+            return Err(Error::Copy {
+                device: self.name().to_string(),
+                reason: "a copy was refused (injected)".into(),
+            });
+        }
         let uses = [
             (dst.block.in_flight.clone(), (dst_offset, len)),
             (src.block.in_flight.clone(), (src_offset, len)),
@@ -464,7 +480,6 @@ unsafe impl Device for HostDevice {
         for (ranges, range) in &uses {
             lock(ranges).push(*range);
         }
-        let n = self.queued.fetch_add(1, Ordering::SeqCst);
         let op = CopyOp {
             dst: d,
             src: s,

@@ -124,6 +124,11 @@ struct Busy<D: Device> {
 /// its copies has completed, and a tensor's memory leaves the pipeline only
 /// after its last copy has.
 ///
+/// An error names one tensor; the tensors whose copies it stopped (those
+/// launched together with the failed copy, or staged behind it) are
+/// abandoned with it and never handed back, so [`Uploader::in_flight`],
+/// not a count of tensors uploaded, says what may still come.
+///
 /// Dropping it, on an error path too, waits for every copy in flight before
 /// the staging slots and device memory are freed.
 pub struct Uploader<D: Device> {
@@ -542,11 +547,11 @@ impl<D: Device> Uploader<D> {
     }
 
     /// Launch what is staged, wait for every upload and hand back the rest,
-    /// in upload order. The pipeline stays usable.
+    /// in upload order. The pipeline stays usable. On a failure nothing is
+    /// handed back: the tensors that completed stay for [`Uploader::poll`].
     pub fn finish(&mut self) -> Result<Vec<Uploaded<D::Memory>>, Error> {
         self.launch()?;
-        let mut out = Vec::with_capacity(self.pending.len());
-        while let Some(p) = self.pending.front() {
+        for p in &self.pending {
             for m in &p.marks {
                 if !m.is_done() {
                     self.device
@@ -555,9 +560,8 @@ impl<D: Device> Uploader<D> {
                     m.done.store(true, Ordering::Relaxed);
                 }
             }
-            out.push(self.pending.pop_front().expect("not empty").uploaded());
         }
-        Ok(out)
+        Ok(self.pending.drain(..).map(Pending::uploaded).collect())
     }
 
     /// Launches so far: a caller can poll only when one happened, rather

@@ -433,3 +433,63 @@ fn several_fill_threads_stage_large_tensors_whole() {
     upload_all(&device, o, &sizes);
     assert_clean(&device);
 }
+
+#[test]
+fn a_copy_refused_mid_launch_abandons_the_rest_of_the_launch_only() {
+    // One 1 KiB slot per launch of tensors 0..=2, then tensors 3, 4, 5
+    // staged together in one slot; the copy of tensor 4 is refused: 3 was
+    // queued and completes, 4 and 5 are abandoned, 4 named.
+    let device = HostDevice::new()
+        .with_copy_delay(Duration::from_millis(1))
+        .with_refused_copy(4);
+    let mut up = Uploader::new(&device, opts(1024, 2, 2)).unwrap();
+    for id in 0..3 {
+        up.upload(id, &format!("t{id}"), &bytes(id, 1024)).unwrap();
+    }
+    for id in 3..6 {
+        up.upload(id, &format!("t{id}"), &bytes(id, 100)).unwrap();
+    }
+    let err = up.flush().unwrap_err();
+    assert!(
+        matches!(&err, Error::Upload { tensor, .. } if tensor == "t4"),
+        "{err:?}"
+    );
+    assert_eq!(up.in_flight(), 4, "t4 and t5 were abandoned");
+    let mut done: Vec<usize> = up.finish().unwrap().iter().map(|u| u.id).collect();
+    done.sort_unstable();
+    assert_eq!(done, [0, 1, 2, 3]);
+    drop(up);
+    assert_clean(&device);
+}
+
+#[test]
+fn finish_keeps_what_completed_when_another_copy_failed() {
+    // A slot per tensor, two streams: tensor 1's copy fails on stream 1;
+    // tensors 0 and 2 (stream 0) complete and are still handed back.
+    let device = HostDevice::new().with_failing_copy(1);
+    let mut up = Uploader::new(&device, opts(4096, 4, 2)).unwrap();
+    for id in 0..3 {
+        up.upload(id, &format!("t{id}"), &bytes(id, 4096)).unwrap();
+    }
+    let Err(err) = up.finish() else {
+        panic!("finish succeeded although a copy failed");
+    };
+    assert!(
+        matches!(&err, Error::Upload { tensor, .. } if tensor == "t1"),
+        "{err:?}"
+    );
+    let mut delivered = Vec::new();
+    while delivered.len() < 2 {
+        match up.poll() {
+            Ok(done) => delivered.extend(done.into_iter().map(|u| {
+                assert_eq!(u.memory.bytes(), &bytes(u.id, 4096)[..]);
+                u.id
+            })),
+            Err(e) => panic!("completed tensors come before the error: {e:?}"),
+        }
+    }
+    delivered.sort_unstable();
+    assert_eq!(delivered, [0, 2]);
+    drop(up);
+    assert_clean(&device);
+}

@@ -329,8 +329,7 @@ pub fn choose(
 }
 
 /// Why `CUFILE` is refused, wherever it is asked for.
-pub(crate) const CUFILE_REASON: &str =
-    "GPUDirect Storage (cuFile) reads are not built yet; the other backends feed GPU loads through pinned staging";
+pub(crate) const CUFILE_REASON: &str = "GPUDirect Storage (cuFile) reads are not built yet; the other backends feed GPU loads through pinned staging";
 
 fn open_all(paths: &[PathBuf], mode: OpenMode) -> Result<Vec<ReadFile>, Error> {
     paths.iter().map(|p| ReadFile::open(p, mode)).collect()

@@ -355,7 +355,9 @@ impl PySession {
 
     /// Keep the pipeline of a load that succeeded for the next one.
     fn put_target(&self, py: Python<'_>, device: String, loading: Loading) {
-        let Loading { target, .. } = loading;
+        let Loading { mut target, .. } = loading;
+        // SAFETY: waiting for no stream; the next load names its own.
+        unsafe { target.wait_for_stream(None) };
         let old = py.detach(|| lock(&self.target).replace((device, target)));
         py.detach(move || drop(old));
     }

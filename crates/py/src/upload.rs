@@ -141,7 +141,9 @@ fn upload_options() -> Result<UploadOptions, GpuError> {
             }
         },
     };
-    let slot_size = SLOT_BYTES.min(budget);
+    // At least four slots where the budget allows, so that filling,
+    // copying and waiting overlap.
+    let slot_size = SLOT_BYTES.min((budget / 4).max(4096)).min(budget);
     let mut opts = UploadOptions {
         slot_size,
         slots: budget / slot_size,

@@ -31,6 +31,7 @@ def standin(monkeypatch):
 @pytest.fixture
 def small_staging(monkeypatch):
     """Two 4 KiB staging slots: every checkpoint needs many launches and slot reuse."""
+    # 8192 bytes of budget: slots of max(8192 / 4, 4096) bytes, two of them.
     monkeypatch.setenv("WEIGHTLIFT_PINNED_BYTES", "8192")
 
 
@@ -231,3 +232,26 @@ def test_cufile_is_refused_with_its_reason(standin, store):
     ck = store.get("large")
     with pytest.raises(weightlift.BackendError, match="CUFILE.*cuFile.*not built"):
         weightlift.load_file(ck.source, device="cuda:0", backend=weightlift.Backend.CUFILE)
+
+
+def test_load_into_falls_back_to_copy_for_tensors_bytes_cannot_fill(standin, tmp_path, h):
+    # A lazily conjugated view holds the conjugate of what it shows: raw
+    # bytes would load conj(z); copy_ writes z.
+    z = torch.tensor([1 + 2j, 3 - 4j], dtype=torch.complex64)
+    p = tmp_path / "z.safetensors"
+    save_file({"z": z}, str(p))
+    target = {"z": torch.zeros(2, dtype=torch.complex64).conj()}
+    assert _api._pipeline_for(list(target.values())) is None
+    weightlift.load_into(target, p)
+    assert torch.equal(target["z"].resolve_conj(), z)
+
+
+def test_load_into_bumps_autograd_versions(standin, tmp_path):
+    p = tmp_path / "w.safetensors"
+    save_file({"w": torch.ones(4)}, str(p))
+    w = nn.Parameter(torch.zeros(4))
+    before = w._version
+    assert _api._pipeline_for([w]) is not None
+    weightlift.load_into({"w": w}, p)
+    assert w._version > before
+    assert torch.equal(w.detach(), torch.ones(4))

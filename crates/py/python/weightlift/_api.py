@@ -455,7 +455,8 @@ def safe_open(
             own) and filled through pinned staging memory
             (WEIGHTLIFT_PINNED_BYTES, 128 MiB by default, filled by
             WEIGHTLIFT_FILL_THREADS threads) with copies ordered after
-            torch's current stream. A missing driver or GPU,
+            torch's current stream (the one current when the pass or
+            get_tensor starts). A missing driver or GPU,
             or running out of memory, raises DeviceError.
         process_group: a torch.distributed group to share the reads with;
             not available yet (raises UnsupportedError unless None).
@@ -592,8 +593,10 @@ def load_into(
                 return t, t.data_ptr(), t.nbytes
 
             bar = _progress(progress, f.total_tensor_size)
-            for _ in _uploaded(f._session.upload(gpu.name, alloc, gpu.stream()), bar):
-                pass
+            for name, tensor in _uploaded(f._session.upload(gpu.name, alloc, gpu.stream()), bar):
+                # Written behind autograd's back, as copy_ under no_grad
+                # would have been: bump the version it checks.
+                torch.autograd.graph.increment_version(tensor)
         else:
             with torch.no_grad():
                 for name, tensor in f.tensors():
@@ -603,10 +606,25 @@ def load_into(
 
 def _pipeline_for(targets: List[Any]) -> Optional[_Gpu]:
     """The GPU that load_into can write `targets` on straight through the
-    upload pipeline: all on one CUDA device, contiguous and not overlapping.
-    None otherwise (they are then filled with `copy_`)."""
+    upload pipeline: plain contiguous tensors, all on one CUDA device, not
+    overlapping. None otherwise (they are then filled with `copy_`)."""
+    import torch
+
+    def plain(t: Any) -> bool:
+        # Raw bytes are right only for a plain strided tensor: not a
+        # wrapper subclass (DTensor), not a lazily conjugated or negated view.
+        return (
+            type(t) in (torch.Tensor, torch.nn.Parameter)
+            and t.layout == torch.strided
+            and t.is_contiguous()
+            and not t.is_conj()
+            and not t.is_neg()
+        )
+
+    if not all(plain(t) for t in targets):
+        return None
     devices = {t.device for t in targets}
-    if len(devices) != 1 or not all(t.is_contiguous() for t in targets):
+    if len(devices) != 1:
         return None
     (device,) = devices
     spans = sorted((t.data_ptr(), t.data_ptr() + t.nbytes) for t in targets if t.nbytes)
