@@ -221,7 +221,9 @@ impl PySession {
     /// `(name, destination)` in completion order. For each tensor as it is
     /// read, `alloc(name, dtype, shape, file)` returns `(destination,
     /// address, nbytes)`: an object owning `nbytes` bytes of the device's
-    /// memory at `address`, kept until the copies into it completed. Every
+    /// memory at `address`, kept until the copies into it completed; or
+    /// None when it has no room until the tensors in flight are handed back
+    /// (the pass then hands them back and asks again). Every
     /// copy is ordered after the work queued on `stream` (torch's current
     /// stream) when it is launched.
     #[pyo3(signature = (device, alloc, stream=None))]
@@ -257,7 +259,7 @@ impl PySession {
         let ckpt = self.ckpt.clone();
         let done = self.run(py, |s, wait| {
             let t = s.get(&name, wait)?;
-            loading.stage(t, &ckpt)?;
+            loading.stage_alone(t, &ckpt)?;
             loading.target.finish().map_err(Fail::Gpu)
         });
         let mut got = match done {

@@ -219,11 +219,17 @@ impl Loading {
         }
     }
 
-    /// Ask Python for `t`'s destination and queue its copies into it.
-    pub(crate) fn stage(&mut self, t: HostTensor, ckpt: &Checkpoint) -> Result<(), Fail> {
+    /// Ask Python for `t`'s destination and queue its copies into it. `t`
+    /// comes back when Python has no room for it until the tensors in
+    /// flight are handed back (a ring of device memory, for `copy=False`).
+    pub(crate) fn stage(
+        &mut self,
+        t: HostTensor,
+        ckpt: &Checkpoint,
+    ) -> Result<Option<HostTensor>, Fail> {
         let info = ckpt.tensor(t.id());
         let file = ckpt.shard(info.file).path();
-        let (obj, ptr, nbytes) = Python::attach(|py| -> PyResult<(Py<PyAny>, u64, usize)> {
+        let answer = Python::attach(|py| -> PyResult<Option<(Py<PyAny>, u64, usize)>> {
             let answer = self.alloc.bind(py).call1((
                 info.name.as_str(),
                 info.dtype.as_str(),
@@ -233,6 +239,9 @@ impl Loading {
             answer.extract()
         })
         .map_err(Fail::Py)?;
+        let Some((obj, ptr, nbytes)) = answer else {
+            return Ok(Some(t));
+        };
         if nbytes != t.len() {
             return Err(Fail::Mismatch(format!(
                 "tensor {:?} in {}: its destination holds {nbytes} bytes, the tensor {}",
@@ -248,7 +257,24 @@ impl Loading {
         // SAFETY: `obj` owns the memory at `ptr` (Python's word) and stays
         // in `keep` until the tensor is handed back, or until after the
         // pipeline, dropped first, waited for every copy.
-        unsafe { self.target.upload_into(id, &info.name, t.bytes(), ptr) }.map_err(Fail::Gpu)
+        unsafe { self.target.upload_into(id, &info.name, t.bytes(), ptr) }.map_err(Fail::Gpu)?;
+        Ok(None)
+    }
+
+    /// Stage `t`, which must find room: nothing else is in flight.
+    pub(crate) fn stage_alone(&mut self, t: HostTensor, ckpt: &Checkpoint) -> Result<(), Fail> {
+        match self.stage(t, ckpt)? {
+            None => Ok(()),
+            Some(t) => {
+                let info = ckpt.tensor(t.id());
+                Err(Fail::Mismatch(format!(
+                    "tensor {:?} in {}: no destination was given for its {} bytes",
+                    info.name,
+                    ckpt.shard(info.file).path().display(),
+                    t.len()
+                )))
+            }
+        }
     }
 
     /// The objects of the tensors `ids`, with their names.
@@ -272,6 +298,8 @@ pub(crate) struct Upload {
     pub(crate) pass: Pass,
     /// Launches seen at the latest poll.
     polled_at: u64,
+    /// Read, waiting for room for its destination.
+    deferred: Option<HostTensor>,
 }
 
 impl Upload {
@@ -280,6 +308,7 @@ impl Upload {
             loading,
             pass,
             polled_at: 0,
+            deferred: None,
         }
     }
 
@@ -292,6 +321,18 @@ impl Upload {
         ckpt: &Checkpoint,
     ) -> Result<Option<Vec<usize>>, Fail> {
         loop {
+            if let Some(t) = self.deferred.take() {
+                if self.loading.keep.is_empty() {
+                    // Nothing in flight holds the room it needs.
+                    self.loading.stage_alone(t, ckpt)?;
+                } else if let Some(t) = self.loading.stage(t, ckpt)? {
+                    // Hand back what is in flight (Python frees its room as
+                    // the caller moves past it), then try again.
+                    self.deferred = Some(t);
+                    let done = self.loading.target.finish().map_err(Fail::Gpu)?;
+                    return Ok(Some(done));
+                }
+            }
             let target = &mut self.loading.target;
             // Poll only when something new was launched: polling looks at
             // every tensor in flight.
@@ -316,9 +357,7 @@ impl Upload {
                 }
             };
             match next {
-                Some(Ok(t)) => {
-                    self.loading.stage(t, ckpt)?;
-                }
+                Some(Ok(t)) => self.deferred = self.loading.stage(t, ckpt)?,
                 Some(Err(e)) => return Err(Fail::Io(e)),
                 None => {
                     let done = target.finish().map_err(Fail::Gpu)?;

@@ -8,6 +8,8 @@ byte with what safetensors reads from the same file. The same calls on a real
 GPU are in test_gpu.py.
 """
 
+import warnings
+
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -255,3 +257,80 @@ def test_load_into_bumps_autograd_versions(standin, tmp_path):
     weightlift.load_into({"w": w}, p)
     assert w._version > before
     assert torch.equal(w.detach(), torch.ones(4))
+
+
+@pytest.mark.parametrize("name", ["many_tiny", "all_dtypes", "sharded_index", "large"])
+def test_copy_false_yields_views_into_a_reused_buffer(standin, small_staging, h, store, name):
+    standin("host:delay_us=20")
+    ck = store.get(name)
+    keys = _loadable(ck)
+    seen = set()
+    ptrs = []
+    with weightlift.safe_open(ck.source, device="cuda:0", copy=False, buffer_size=4096, keys=keys) as f:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for name_, t in f.tensors():
+                # Checked before asking for the next: that is all copy=False promises.
+                h.assert_same_tensor(t, ck.expected[name_], name_)
+                assert name_ not in seen
+                seen.add(name_)
+                if t.numel() and t.nbytes <= 4096:
+                    ptrs.append(t.data_ptr())
+        said = [str(w.message) for w in caught if "valid only until the next" in str(w.message)]
+        assert len(said) == (1 if f.total_tensor_size > f.buffer_size else 0), said
+        kept = f.get_tensors()
+    assert seen == set(ck.expected)
+    assert len(set(ptrs)) < len(ptrs) or len(ptrs) < 2, "the buffer was never reused"
+    h.assert_same_dict(kept, ck.expected, "get_tensors() with copy=False owns its tensors")
+
+
+def test_copy_false_without_reuse_does_not_warn(standin, h, store):
+    ck = store.get("many_tiny")
+    with weightlift.safe_open(ck.source, device="cuda:0", copy=False, buffer_size=64 << 20) as f:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            got = {k: v.clone() for k, v in f.tensors()}
+    h.assert_same_dict(got, ck.expected, "copy=False, one buffer for everything")
+
+
+def test_ring_hands_out_regions_first_in_first_out():
+    ring = _api._Ring(_api._Gpu(torch.device("cpu"), "host"), 1024)
+    a = ring.alloc("a", "U8", [400], "f")
+    b = ring.alloc("b", "U8", [400], "f")
+    assert a[1] == ring._buf.data_ptr() and b[1] == a[1] + 512
+    assert ring.alloc("c", "U8", [400], "f") is None, "no room before a is released"
+    ring.release("b")
+    assert ring.alloc("c", "U8", [400], "f") is None, "b is free but a, before it, is not"
+    ring.release("a")
+    c = ring.alloc("c", "U8", [400], "f")
+    assert c[1] == a[1], "everything released: from the start again"
+    big = ring.alloc("big", "U8", [4096], "f")
+    assert big[0].untyped_storage().data_ptr() != ring._buf.data_ptr(), "larger than the ring: its own"
+
+
+def test_copy_false_waits_for_room_and_stays_correct(standin, monkeypatch, tmp_path, h):
+    # 200 tensors of about 1 KiB through an 8 KiB buffer: the ring is often
+    # full, and the pass hands back what is in flight before going on.
+    g = torch.Generator().manual_seed(1)
+    ts = {f"t{i}": torch.randint(0, 255, (1000 + i,), generator=g, dtype=torch.uint8) for i in range(200)}
+    p = tmp_path / "r.safetensors"
+    save_file(ts, str(p))
+    full = []
+    alloc = _api._Ring.alloc
+
+    def counting(self, *args):
+        got = alloc(self, *args)
+        full.append(got is None)
+        return got
+
+    monkeypatch.setattr(_api._Ring, "alloc", counting)
+    standin("host:delay_us=50")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with weightlift.safe_open(p, device="cuda:0", copy=False, buffer_size=8192) as f:
+            n = 0
+            for name, t in f.tensors():
+                h.assert_same_tensor(t, ts[name], name)
+                n += 1
+    assert n == len(ts)
+    assert any(full), "the buffer never filled: the test proves nothing"

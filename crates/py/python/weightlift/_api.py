@@ -4,8 +4,10 @@ Every decision about reading lives in Rust (weightlift._weightlift); this
 module turns arguments into settings and bytes into tensors.
 """
 
+import collections
 import enum
 import os
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Collection, Dict, Iterator, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
 
@@ -180,6 +182,67 @@ def _allocator(gpu: _Gpu) -> Callable[[str, str, List[int], str], Tuple[Any, int
     return alloc
 
 
+class _Ring:
+    """copy=False on a GPU: destinations carved from one device buffer in
+    first-in first-out order. A region is given back once the caller has
+    moved past its tensor (`release`), and reused once every region before
+    it was given back; the pipeline's copies into it wait for the work
+    queued meanwhile on torch's current stream. A tensor larger than the
+    whole buffer gets memory of its own."""
+
+    ALIGN = 256
+
+    def __init__(self, gpu: _Gpu, size: int) -> None:
+        import torch
+
+        self._torch = torch
+        self._gpu = gpu
+        self._buf = torch.empty(size, dtype=torch.uint8, device=gpu.torch)
+        self._size = size
+        self._live: "collections.deque[List[Any]]" = collections.deque()  # [start, end, released]
+        self._by_name: Dict[str, List[Any]] = {}
+        self._head = 0
+
+    def alloc(self, name: str, dtype: str, shape: List[int], file: str) -> Optional[Tuple[Any, int, int]]:
+        torch = self._torch
+        dt = torch_dtype(dtype, name)
+        shp = framework_shape(dtype, shape, name)
+        n = dt.itemsize
+        for d in shp:
+            n *= d
+        if n == 0 or n > self._size:
+            return _allocator(self._gpu)(name, dtype, shape, file)
+        start = self._place(n)
+        if start is None:
+            return None
+        region = [start, start + n, False]
+        self._live.append(region)
+        self._by_name[name] = region
+        self._head = start + -(-n // self.ALIGN) * self.ALIGN
+        t = self._buf[start : start + n].view(dt).view(shp)
+        return t, t.data_ptr(), n
+
+    def release(self, name: str) -> None:
+        region = self._by_name.pop(name, None)
+        if region is not None:
+            region[2] = True
+        while self._live and self._live[0][2]:
+            self._live.popleft()
+        if not self._live:
+            self._head = 0
+
+    def _place(self, n: int) -> Optional[int]:
+        """Where `n` bytes fit now, or None."""
+        if not self._live:
+            return 0
+        oldest = self._live[0][0]
+        if self._head > oldest:  # free: head..size, then 0..oldest
+            if self._size - self._head >= n:
+                return self._head
+            return 0 if oldest >= n else None
+        return self._head if oldest - self._head >= n else None
+
+
 def _uploaded(upload: Any, bar: Any) -> Iterator[Tuple[str, Any]]:
     """`(name, tensor)` from a pipeline pass, as each lands on the device.
     Stopping early waits for the copies in flight."""
@@ -299,10 +362,27 @@ class SafeOpen:
     def tensors(self) -> Iterator[Tuple[str, Any]]:
         """Yield `(name, tensor)` for every selected tensor as it completes
         (completion order). Each call is a new pass over all of them."""
+        return self._tensors(self._copy)
+
+    def _tensors(self, copy: bool) -> Iterator[Tuple[str, Any]]:
         bar = _progress(self._progress, self.total_tensor_size)
         gpu = self._device
-        if isinstance(gpu, _Gpu):
+        if isinstance(gpu, _Gpu) and copy:
             yield from _uploaded(self._session.upload(gpu.name, _allocator(gpu), gpu.stream()), bar)
+            return
+        if isinstance(gpu, _Gpu):
+            if self.buffer_size < self.total_tensor_size:
+                warnings.warn(
+                    f"copy=False: the {self.total_tensor_size} bytes of tensors pass through a "
+                    f"{self.buffer_size}-byte device buffer, so each tensor is valid only until "
+                    "the next is requested; clone what you keep, or use copy=True",
+                    stacklevel=3,
+                )
+            ring = _Ring(gpu, self.buffer_size)
+            for name, tensor in _uploaded(self._session.upload(gpu.name, ring.alloc, gpu.stream()), bar):
+                yield name, tensor
+                # The caller asked for the next: its region may be reused.
+                ring.release(name)
             return
         stream = self._session.stream()
         try:
@@ -322,8 +402,9 @@ class SafeOpen:
         return self._convert(name, dtype, shape, buf)
 
     def get_tensors(self) -> Dict[str, Any]:
-        """Every selected tensor, by name (in sorted order)."""
-        loaded = dict(self.tensors())
+        """Every selected tensor, by name (in sorted order); each owns its
+        memory, whatever `copy` says."""
+        loaded = dict(self._tensors(copy=True))
         return {k: loaded[k] for k in sorted(loaded)}
 
     def get_slice(self, name: str) -> "TensorSlice":
@@ -464,10 +545,15 @@ def safe_open(
             tried in order. None: the WEIGHTLIFT_BACKEND variable if set,
             else chosen from where the files are (MMAP for tmpfs and cached
             files, direct reads for cold files).
-        copy: InstantTensor's flag. Tensors never view a reused ring, on
-            the host or on a GPU, so True and False behave alike: every
-            tensor owns its memory and stays valid.
-        buffer_size: memory for reads in flight, in bytes.
+        copy: InstantTensor's flag. True: every tensor owns its memory and
+            stays valid. False, on a GPU: tensors() yields views into one
+            device buffer of buffer_size bytes, reused as the pass goes on,
+            so each is valid only until the next is requested (a warning
+            says so when the buffer is smaller than the tensors); tensors
+            larger than the buffer get their own memory, and get_tensor and
+            get_tensors always do. Host tensors never view a reused buffer.
+        buffer_size: memory for reads in flight, in bytes, and the device
+            buffer of copy=False.
         keys: load only these tensors: a collection of names or a predicate
             on names. Only their bytes are read; keys() lists only them.
         progress: show a progress bar (bytes, GB/s, time left) on stderr
