@@ -110,3 +110,25 @@ def test_load_into_a_cuda_module(tmp_path, h, cuda_device):
     for k, v in dst.state_dict().items():
         assert v.device.type == "cuda"
         h.assert_same_tensor(v, src.state_dict()[k], k)
+
+
+def test_copy_false_views_are_right_until_the_next(store, h, cuda_device):
+    import warnings
+
+    ck = store.get("sharded_index")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with weightlift.safe_open(ck.source, device=cuda_device, copy=False, buffer_size=1 << 16) as f:
+            n = 0
+            for name, t in f.tensors():
+                assert t.device.type == "cuda"
+                h.assert_same_tensor(t, ck.expected[name], name)
+                n += 1
+    assert n == len(ck.expected)
+
+
+def test_the_current_device_is_left_alone(store, cuda_device):
+    before = torch.cuda.current_device()
+    last = f"cuda:{torch.cuda.device_count() - 1}"
+    weightlift.load_file(store.get("large").source, device=last)
+    assert torch.cuda.current_device() == before
