@@ -28,19 +28,19 @@
 //! # Ok::<(), weightlift_gpu::Error>(())
 //! ```
 //!
-//! [`CudaDriver`] finds the CUDA driver at run time and says what is
-//! missing when it cannot; [`CudaDevice`] implements [`Device`] on a GPU's
-//! primary context (the one torch uses). The ROCm device is not built yet.
+//! [`GpuDriver`] finds the CUDA driver or the HIP runtime at run time and
+//! says what is missing when it cannot; [`GpuDevice`] implements [`Device`]
+//! on one of its GPUs (for CUDA, on the primary context torch uses).
 
-mod cuda;
 mod device;
+mod driver;
 mod error;
 mod fill;
 mod host;
 mod upload;
 
-pub use cuda::{CudaDevice, CudaDriver, CudaEvent, CudaMemory, CudaPinned, CudaStream};
 pub use device::{Device, DeviceMemory, PinnedMemory};
+pub use driver::{GpuDevice, GpuDriver, GpuEvent, GpuMemory, GpuPinned, GpuStream, Runtime};
 pub use error::Error;
 pub use host::{HostDevice, HostEvent, HostMemory, HostPinned, HostStream};
 pub use upload::{UploadOptions, Uploaded, Uploader};

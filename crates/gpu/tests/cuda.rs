@@ -1,14 +1,15 @@
-//! The CUDA driver is found at run time, or its absence is an error that
-//! says what is missing; with `WEIGHTLIFT_REQUIRE_GPU=1` it must be found.
+//! The CUDA driver and the HIP runtime are found at run time, or their
+//! absence is an error that says what is missing; with
+//! `WEIGHTLIFT_REQUIRE_GPU=1` the CUDA driver must be found.
 //! On a GPU, the upload pipeline delivers every byte and running out of
 //! memory is an error that leaves the device usable.
 
-use weightlift_gpu::{CudaDriver, Device, DeviceMemory, Error, UploadOptions, Uploader};
+use weightlift_gpu::{Device, DeviceMemory, Error, GpuDriver, UploadOptions, Uploader};
 
 #[test]
 fn the_driver_loads_or_says_what_is_missing() {
     let required = std::env::var("WEIGHTLIFT_REQUIRE_GPU").is_ok_and(|v| v == "1");
-    match CudaDriver::load() {
+    match GpuDriver::cuda() {
         Ok(driver) => {
             let (major, _) = driver.version();
             assert!(
@@ -26,7 +27,7 @@ fn the_driver_loads_or_says_what_is_missing() {
             assert!(!required, "WEIGHTLIFT_REQUIRE_GPU=1, but {api}: {reason}");
             assert_eq!(api, "CUDA driver");
             assert!(
-                reason.contains("libcuda") || reason.contains("CUresult"),
+                reason.contains("libcuda") || reason.contains("result"),
                 "the reason names the library or the call: {reason}"
             );
             eprintln!("no CUDA here: {reason}");
@@ -35,9 +36,30 @@ fn the_driver_loads_or_says_what_is_missing() {
     }
 }
 
+#[test]
+fn the_hip_runtime_loads_or_says_what_is_missing() {
+    match GpuDriver::hip() {
+        Ok(runtime) => {
+            assert_eq!(runtime.runtime(), weightlift_gpu::Runtime::Hip);
+            assert!(
+                !runtime.devices().is_empty(),
+                "a runtime with no device loaded"
+            );
+        }
+        Err(Error::Unavailable { api, reason }) => {
+            assert_eq!(api, "HIP runtime");
+            assert!(
+                reason.contains("libamdhip64") || reason.contains("result"),
+                "the reason names the library or the call: {reason}"
+            );
+        }
+        Err(e) => panic!("expected the runtime or Error::Unavailable, got {e:?}"),
+    }
+}
+
 /// The driver and its first device, or `None` (and why) without a GPU.
-fn gpu() -> Option<(CudaDriver, weightlift_gpu::CudaDevice)> {
-    match CudaDriver::load() {
+fn gpu() -> Option<(GpuDriver, weightlift_gpu::GpuDevice)> {
+    match GpuDriver::cuda() {
         Ok(driver) => {
             let device = driver.device(0).expect("device 0 of a loaded driver");
             Some((driver, device))

@@ -518,17 +518,29 @@ fn backend_names() -> Vec<&'static str> {
     Backend::ALL.iter().map(|b| b.name()).collect()
 }
 
-/// The CUDA driver this process can load, described ("CUDA 12.8 driver,
-/// 1 device: NVIDIA H100 80GB HBM3"); `DeviceError` saying what is missing
-/// when there is none.
+/// The GPU runtime (`"cuda"` or `"hip"`) this process can load, described
+/// ("CUDA driver 12.8, 1 device: NVIDIA H100 80GB HBM3"); `DeviceError`
+/// saying what is missing when there is none.
 #[pyfunction]
-fn cuda_driver(py: Python<'_>) -> PyResult<String> {
-    match py.detach(upload::cuda_driver) {
+fn gpu_driver(py: Python<'_>, runtime: &str) -> PyResult<String> {
+    let runtime = match runtime {
+        "cuda" => weightlift_gpu::Runtime::Cuda,
+        "hip" => weightlift_gpu::Runtime::Hip,
+        other => {
+            return Err(errors::raise(
+                py,
+                "DeviceError",
+                format!("unknown GPU runtime {other:?}: use 'cuda' or 'hip'"),
+            ));
+        }
+    };
+    match py.detach(|| upload::driver(runtime)) {
         Ok(d) => {
             let (major, minor) = d.version();
             let n = d.devices().len();
             Ok(format!(
-                "CUDA {major}.{minor} driver, {n} device{}: {}",
+                "{} {major}.{minor}, {n} device{}: {}",
+                runtime.api(),
                 if n == 1 { "" } else { "s" },
                 d.devices().join(", ")
             ))
@@ -544,7 +556,7 @@ fn _weightlift(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyUpload>()?;
     m.add_class::<Buffer>()?;
     m.add_function(wrap_pyfunction!(backend_names, m)?)?;
-    m.add_function(wrap_pyfunction!(cuda_driver, m)?)?;
+    m.add_function(wrap_pyfunction!(gpu_driver, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

@@ -16,7 +16,7 @@ use std::time::Duration;
 use pyo3::prelude::*;
 use weightlift_format::Checkpoint;
 use weightlift_gpu::{
-    CudaDevice, CudaDriver, Device, Error as GpuError, HostDevice, UploadOptions, Uploader,
+    Device, Error as GpuError, GpuDevice, GpuDriver, HostDevice, Runtime, UploadOptions, Uploader,
 };
 use weightlift_io::host::HostTensor;
 use weightlift_io::session::{Pass, Session, Wait};
@@ -99,24 +99,29 @@ impl<D: Device> Target for Uploader<Arc<D>> {
     }
 }
 
-/// The CUDA driver, loaded once per process.
-pub(crate) fn cuda_driver() -> Result<&'static CudaDriver, GpuError> {
-    static DRIVER: OnceLock<Result<CudaDriver, GpuError>> = OnceLock::new();
-    DRIVER
-        .get_or_init(CudaDriver::load)
-        .as_ref()
-        .map_err(Clone::clone)
+/// The GPU runtime, loaded once per process.
+pub(crate) fn driver(runtime: Runtime) -> Result<&'static GpuDriver, GpuError> {
+    static CUDA: OnceLock<Result<GpuDriver, GpuError>> = OnceLock::new();
+    static HIP: OnceLock<Result<GpuDriver, GpuError>> = OnceLock::new();
+    let (cell, load): (_, fn() -> Result<GpuDriver, GpuError>) = match runtime {
+        Runtime::Hip => (&HIP, GpuDriver::hip),
+        _ => (&CUDA, GpuDriver::cuda),
+    };
+    cell.get_or_init(load).as_ref().map_err(Clone::clone)
 }
 
-/// CUDA device `ordinal`, opened once per process.
-fn cuda_device(ordinal: usize) -> Result<Arc<CudaDevice>, GpuError> {
-    static DEVICES: Mutex<Vec<(usize, Arc<CudaDevice>)>> = Mutex::new(Vec::new());
+/// Device `ordinal` of `runtime`, opened once per process.
+fn gpu_device(runtime: Runtime, ordinal: usize) -> Result<Arc<GpuDevice>, GpuError> {
+    static DEVICES: Mutex<Vec<(Runtime, usize, Arc<GpuDevice>)>> = Mutex::new(Vec::new());
     let mut devices = lock(&DEVICES);
-    if let Some((_, d)) = devices.iter().find(|(n, _)| *n == ordinal) {
+    if let Some((.., d)) = devices
+        .iter()
+        .find(|(r, n, _)| *r == runtime && *n == ordinal)
+    {
         return Ok(d.clone());
     }
-    let device = Arc::new(cuda_driver()?.device(ordinal)?);
-    devices.push((ordinal, device.clone()));
+    let device = Arc::new(driver(runtime)?.device(ordinal)?);
+    devices.push((runtime, ordinal, device.clone()));
     Ok(device)
 }
 
@@ -163,7 +168,7 @@ fn upload_options() -> Result<UploadOptions, GpuError> {
     Ok(opts)
 }
 
-/// A pipeline onto the device `spec` names: `cuda:N`, or `host` (host
+/// A pipeline onto the device `spec` names: `cuda:N`, `hip:N`, or `host` (host
 /// memory behind the same trait, standing in for a GPU in tests) with
 /// options `host:delay_us=N,fail=N` (a delay before each copy; fail the
 /// n-th copy).
@@ -173,9 +178,14 @@ pub(crate) fn open(spec: &str) -> Result<Box<dyn Target>, GpuError> {
         name: "device",
         reason: format!("{spec:?}: {why}"),
     };
-    if let Some(n) = spec.strip_prefix("cuda:") {
-        let ordinal = n.parse().map_err(|_| bad("not a device number".into()))?;
-        return Ok(Box::new(Uploader::new(cuda_device(ordinal)?, opts)?));
+    for (prefix, runtime) in [("cuda:", Runtime::Cuda), ("hip:", Runtime::Hip)] {
+        if let Some(n) = spec.strip_prefix(prefix) {
+            let ordinal = n.parse().map_err(|_| bad("not a device number".into()))?;
+            return Ok(Box::new(Uploader::new(
+                gpu_device(runtime, ordinal)?,
+                opts,
+            )?));
+        }
     }
     let Some(settings) = spec.strip_prefix("host") else {
         return Err(bad("unknown device".into()));

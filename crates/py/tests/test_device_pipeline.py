@@ -334,3 +334,17 @@ def test_copy_false_waits_for_room_and_stays_correct(standin, monkeypatch, tmp_p
                 n += 1
     assert n == len(ts)
     assert any(full), "the buffer never filled: the test proves nothing"
+
+
+@pytest.mark.parametrize("runtime,library", [("cuda", "libcuda"), ("hip", "libamdhip64")])
+def test_the_gpu_runtime_is_found_at_run_time_or_named_missing(runtime, library):
+    from weightlift import _weightlift
+
+    try:
+        found = _weightlift.gpu_driver(runtime)
+    except weightlift.DeviceError as e:
+        assert library in str(e) or "result" in str(e), str(e)
+    else:
+        assert "device" in found, found
+    with pytest.raises(weightlift.DeviceError, match="unknown GPU runtime"):
+        _weightlift.gpu_driver("tpu")

@@ -129,10 +129,7 @@ def _device(device: Any) -> Union[str, _Gpu]:
     if kind == "cpu" and index in (None, 0):
         return "cpu"
     if kind == "hip":
-        raise DeviceError(
-            f"device {device!r}: ROCm devices go by torch's 'cuda' name, and loading onto them "
-            "is not available yet; use device='cpu' (load_into copies into tensors on any device)"
-        )
+        raise DeviceError(f"device {device!r}: ROCm devices go by torch's 'cuda' name: use 'cuda:N'")
     if kind != "cuda" or (index is not None and index < 0):
         raise DeviceError(f"unknown device {device!r}: use 'cpu', 'cuda:N', N or a torch.device")
     if _GPU_STANDIN is not None:
@@ -141,13 +138,15 @@ def _device(device: Any) -> Union[str, _Gpu]:
         return _Gpu(torch.device("cpu"), _GPU_STANDIN)
     advice = "use device='cpu' (load_into copies into tensors on any device)"
     try:
-        _weightlift.cuda_driver()
+        import torch
+    except ImportError:
+        raise DeviceError(f"device {device!r}: loading onto a GPU needs torch; {advice}") from None
+    # ROCm builds of torch name AMD GPUs "cuda" too; they run on HIP.
+    runtime = "hip" if getattr(torch.version, "hip", None) else "cuda"
+    try:
+        _weightlift.gpu_driver(runtime)
     except DeviceError as e:
         raise DeviceError(f"device {device!r}: {e}; {advice}") from None
-    import torch
-
-    if getattr(torch.version, "hip", None):
-        raise DeviceError(f"device {device!r}: ROCm builds of torch are not supported yet; {advice}")
     if not torch.cuda.is_available():
         raise DeviceError(f"device {device!r}: torch {torch.__version__} sees no CUDA device; {advice}")
     if index is None:
@@ -155,7 +154,7 @@ def _device(device: Any) -> Union[str, _Gpu]:
     count = torch.cuda.device_count()
     if index >= count:
         raise DeviceError(f"device {device!r}: torch sees {count} CUDA device(s)")
-    return _Gpu(torch.device("cuda", index), f"cuda:{index}")
+    return _Gpu(torch.device("cuda", index), f"{runtime}:{index}")
 
 
 def _allocator(gpu: _Gpu) -> Callable[[str, str, List[int], str], Tuple[Any, int, int]]:
@@ -531,7 +530,8 @@ def safe_open(
         framework: "pt" for torch tensors, "np" for numpy arrays (numpy has
             no bfloat16, float8 or float4: those raise DtypeError).
         device: "cpu", or a CUDA device: "cuda", "cuda:N", N or a
-            torch.device. On a GPU each tensor is allocated by torch (so
+            torch.device (with a ROCm build of torch, AMD GPUs by the same
+            names, through HIP). On a GPU each tensor is allocated by torch (so
             torch.cuda.memory_allocated counts it, and it is freed on its
             own) and filled through pinned staging memory
             (WEIGHTLIFT_PINNED_BYTES, 128 MiB by default, filled by
