@@ -489,34 +489,16 @@ impl Context {
     fn enter(&self) -> (Entered<'_>, CuResult) {
         let (previous, rc) = match &self.api.current {
             CurrentCalls::Contexts { set, get, .. } => {
-                let mut previous: Ctx = std::ptr::null_mut();
-                // SAFETY: writes one context handle.
-                let got = unsafe { get(&mut previous) };
-                if got == 0 && previous == self.raw {
-                    (None, 0)
-                } else {
-                    // SAFETY: a retained primary context.
-                    let rc = unsafe { set(self.raw) };
-                    (
-                        (got == 0 && rc == 0).then_some(Previous::Context(previous)),
-                        rc,
-                    )
-                }
+                // SAFETY: the runtime's calls for contexts; `raw` is a
+                // retained primary context.
+                let (p, rc) = unsafe { swap_current(*get, *set, self.raw, std::ptr::null_mut()) };
+                (p.map(Previous::Context), rc)
             }
             CurrentCalls::Devices { set, get } => {
-                let mut previous: c_int = -1;
-                // SAFETY: writes one device number.
-                let got = unsafe { get(&mut previous) };
-                if got == 0 && previous == self.device {
-                    (None, 0)
-                } else {
-                    // SAFETY: a device number below the runtime's count.
-                    let rc = unsafe { set(self.device) };
-                    (
-                        (got == 0 && rc == 0).then_some(Previous::Device(previous)),
-                        rc,
-                    )
-                }
+                // SAFETY: the runtime's calls for the current device;
+                // `device` is below the runtime's count.
+                let (p, rc) = unsafe { swap_current(*get, *set, self.device, -1) };
+                (p.map(Previous::Device), rc)
             }
         };
         (
@@ -527,6 +509,31 @@ impl Context {
             rc,
         )
     }
+}
+
+/// Make `target` current with `set` unless `get` says it is already:
+/// what was current before, to put back (`None`: nothing to put back), and
+/// `set`'s result.
+///
+/// # Safety
+///
+/// `get` and `set` must be the runtime's calls for `T`, and `target` valid
+/// for `set`.
+unsafe fn swap_current<T: Copy + PartialEq>(
+    get: unsafe extern "C" fn(*mut T) -> CuResult,
+    set: unsafe extern "C" fn(T) -> CuResult,
+    target: T,
+    unset: T,
+) -> (Option<T>, CuResult) {
+    let mut previous = unset;
+    // SAFETY: writes one value through a valid pointer.
+    let got = unsafe { get(&mut previous) };
+    if got == 0 && previous == target {
+        return (None, 0);
+    }
+    // SAFETY: the caller vouches for `target`.
+    let rc = unsafe { set(target) };
+    ((got == 0 && rc == 0).then_some(previous), rc)
 }
 
 impl Drop for Context {
@@ -759,10 +766,12 @@ const STREAM_NON_BLOCKING: c_uint = 0x1;
 const EVENT_DISABLE_TIMING: c_uint = 0x2;
 
 // SAFETY: streams run their copies in order and events complete after the
-// work queued before them (the driver's guarantees); `query` reports done
-// only on CUDA_SUCCESS from cuEventQuery, `wait` and `synchronize` return
-// after cuEventSynchronize / cuStreamSynchronize, which return once the
-// work has finished or failed; a failed cuMemcpyHtoDAsync queues nothing.
+// work queued before them (both runtimes' guarantees); `query` reports done
+// only on success from the event query, `wait` and `synchronize` return
+// after the event or stream synchronize call, which returns once the work
+// has finished or failed (they call it even when the device cannot be made
+// current); a failed asynchronous copy call queues nothing; borrowed memory
+// is never freed.
 unsafe impl Device for GpuDevice {
     type Memory = GpuMemory;
     type Pinned = GpuPinned;
