@@ -204,6 +204,11 @@ impl<D: Device> Uploader<D> {
         &self.device
     }
 
+    /// Its options.
+    pub fn options(&self) -> &UploadOptions {
+        &self.opts
+    }
+
     /// Make every later launch of copies wait for the work queued, by then,
     /// on `stream` (`None`: wait for nothing). This orders the copies after
     /// whatever the caller's stream was doing with the destination memory,

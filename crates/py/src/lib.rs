@@ -70,9 +70,12 @@ struct PySession {
     ckpt: Arc<Checkpoint>,
     options: EngineOptions,
     inner: Mutex<Option<Session>>,
-    /// The latest device pipeline and its device, kept for the next load
-    /// onto the same device (its staging memory is costly to allocate).
+    /// The latest device pipeline and its device and settings, kept for
+    /// the next load with the same ones (its staging memory is costly to
+    /// allocate).
     target: Mutex<Option<(String, Box<dyn Target>)>>,
+    /// The staging of the latest load onto a device, described.
+    staging: Mutex<Option<String>>,
 }
 
 #[pymethods]
@@ -113,6 +116,7 @@ impl PySession {
             options,
             inner: Mutex::new(Some(session)),
             target: Mutex::new(None),
+            staging: Mutex::new(None),
         })
     }
 
@@ -192,6 +196,12 @@ impl PySession {
         self.run(py, |s, _| Ok(s.describe().map(str::to_owned)))
     }
 
+    /// The staging of the latest load onto a device; None before one.
+    #[getter]
+    fn staging(&self, py: Python<'_>) -> Option<String> {
+        py.detach(|| lock(&self.staging).clone())
+    }
+
     /// `(dtype, shape, Buffer)` of the selected tensor `name`.
     fn get(&self, py: Python<'_>, name: String) -> PyResult<(&'static str, Vec<u64>, Buffer)> {
         let t = self.run(py, move |s, wait| Ok(s.get(&name, wait)?))?;
@@ -226,27 +236,37 @@ impl PySession {
     /// (the pass then hands them back and asks again). Every
     /// copy is ordered after the work queued on `stream` (torch's current
     /// stream) when it is launched.
-    #[pyo3(signature = (device, alloc, stream=None))]
+    /// `pinned_bytes` and `fill_threads` set the staging (None: the
+    /// `WEIGHTLIFT_*` variables, else the defaults).
+    #[pyo3(signature = (device, alloc, stream=None, pinned_bytes=None, fill_threads=None))]
     fn upload(
         slf: Bound<'_, Self>,
         device: String,
         alloc: Py<PyAny>,
         stream: Option<u64>,
+        pinned_bytes: Option<usize>,
+        fill_threads: Option<usize>,
     ) -> PyResult<PyUpload> {
         let py = slf.py();
         let this = slf.get();
         let pass = this.run(py, |s, _| Ok(s.pass()))?;
-        let loading = Loading::new(this.take_target(py, &device, stream)?, alloc);
+        let staging = upload::Staging {
+            pinned_bytes,
+            fill_threads,
+        };
+        let (key, target) = this.take_target(py, &device, staging, stream)?;
+        let loading = Loading::new(target, alloc);
         Ok(PyUpload {
             session: slf.unbind(),
-            device,
+            device: key,
             state: Mutex::new(Some(Upload::new(loading, pass))),
         })
     }
 
     /// The selected tensor `name` onto `device`, into the destination
     /// `alloc` returns (as for `upload`), which is returned.
-    #[pyo3(signature = (device, name, alloc, stream=None))]
+    #[pyo3(signature = (device, name, alloc, stream=None, pinned_bytes=None, fill_threads=None))]
+    #[allow(clippy::too_many_arguments)]
     fn get_into(
         &self,
         py: Python<'_>,
@@ -254,8 +274,15 @@ impl PySession {
         name: String,
         alloc: Py<PyAny>,
         stream: Option<u64>,
+        pinned_bytes: Option<usize>,
+        fill_threads: Option<usize>,
     ) -> PyResult<Py<PyAny>> {
-        let mut loading = Loading::new(self.take_target(py, &device, stream)?, alloc);
+        let staging = upload::Staging {
+            pinned_bytes,
+            fill_threads,
+        };
+        let (key, target) = self.take_target(py, &device, staging, stream)?;
+        let mut loading = Loading::new(target, alloc);
         let ckpt = self.ckpt.clone();
         let done = self.run(py, |s, wait| {
             let t = s.get(&name, wait)?;
@@ -270,7 +297,7 @@ impl PySession {
                 return Err(e);
             }
         };
-        self.put_target(py, device, loading);
+        self.put_target(py, key, loading);
         got.pop()
             .map(|(_, obj)| obj)
             .ok_or_else(|| errors::raise(py, "DeviceError", format!("{name}: not uploaded")))
@@ -332,27 +359,31 @@ impl PySession {
         })
     }
 
-    /// The kept pipeline onto `device`, or a new one; ordered after
-    /// `stream`.
+    /// The kept pipeline onto `device` with `staging`, or a new one;
+    /// ordered after `stream`. Returns it with the key to keep it under.
     fn take_target(
         &self,
         py: Python<'_>,
         device: &str,
+        staging: upload::Staging,
         stream: Option<u64>,
-    ) -> PyResult<Box<dyn Target>> {
+    ) -> PyResult<(String, Box<dyn Target>)> {
+        let key = format!("{device} {staging:?}");
         let kept = py.detach(|| lock(&self.target).take());
         let mut target = match kept {
-            Some((d, t)) if d == device => t,
+            Some((k, t)) if k == key => t,
             other => {
                 py.detach(move || drop(other));
-                py.detach(|| upload::open(device))
+                py.detach(|| upload::open(device, staging))
                     .map_err(|e| errors::from_gpu(py, e, &self.ckpt))?
             }
         };
+        let described = target.describe();
+        py.detach(|| *lock(&self.staging) = Some(described));
         // SAFETY: `stream` is torch's current stream on `device`, which the
         // package passes and which outlives the load; `None` for the host.
         unsafe { target.wait_for_stream(stream) };
-        Ok(target)
+        Ok((key, target))
     }
 
     /// Keep the pipeline of a load that succeeded for the next one.

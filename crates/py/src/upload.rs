@@ -58,6 +58,9 @@ pub(crate) trait Target: Send {
 
     /// Launches so far.
     fn launches(&self) -> u64;
+
+    /// Its staging, described.
+    fn describe(&self) -> String;
 }
 
 impl<D: Device> Target for Uploader<Arc<D>> {
@@ -97,6 +100,10 @@ impl<D: Device> Target for Uploader<Arc<D>> {
     fn launches(&self) -> u64 {
         Uploader::launches(self)
     }
+
+    fn describe(&self) -> String {
+        describe(self.options())
+    }
 }
 
 /// The GPU runtime, loaded once per process.
@@ -130,50 +137,93 @@ const PINNED_BYTES: usize = 128 << 20;
 /// Default staging slot: the largest single copy.
 const SLOT_BYTES: usize = 16 << 20;
 
-/// The pipeline's settings: `WEIGHTLIFT_PINNED_BYTES` bounds the pinned
-/// staging memory (at least 4096 bytes), `WEIGHTLIFT_FILL_THREADS` sets the
-/// threads filling it (half the cores, at most 8, by default).
-fn upload_options() -> Result<UploadOptions, GpuError> {
-    let budget = match std::env::var("WEIGHTLIFT_PINNED_BYTES") {
-        Err(_) => PINNED_BYTES,
-        Ok(v) => match v.trim().parse::<usize>() {
-            Ok(n) if n >= 4096 => n,
-            _ => {
-                return Err(GpuError::Setting {
-                    name: "WEIGHTLIFT_PINNED_BYTES",
-                    reason: format!("{v:?} is not a number of bytes of at least 4096"),
-                });
-            }
+/// The staging settings a caller asked for (`None`: the environment
+/// variable, else the default).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct Staging {
+    /// Bytes of pinned staging memory (`WEIGHTLIFT_PINNED_BYTES`, 128 MiB).
+    pub(crate) pinned_bytes: Option<usize>,
+    /// Threads filling it (`WEIGHTLIFT_FILL_THREADS`, half the cores, at
+    /// most 8).
+    pub(crate) fill_threads: Option<usize>,
+}
+
+/// `value`, else the variable `var` parsed, else `default`; it must lie
+/// in `range`.
+fn setting(
+    value: Option<usize>,
+    var: &'static str,
+    default: usize,
+    range: std::ops::RangeInclusive<usize>,
+    what: &str,
+) -> Result<usize, GpuError> {
+    let (n, shown) = match value {
+        Some(n) => (Some(n), n.to_string()),
+        None => match std::env::var(var) {
+            Err(_) => return Ok(default),
+            Ok(v) => (v.trim().parse::<usize>().ok(), format!("{v:?}")),
         },
     };
-    // At least four slots where the budget allows, so that filling,
-    // copying and waiting overlap.
-    let slot_size = SLOT_BYTES.min((budget / 4).max(4096)).min(budget);
-    let mut opts = UploadOptions {
-        slot_size,
-        slots: budget / slot_size,
-        ..UploadOptions::default()
-    };
-    if let Ok(v) = std::env::var("WEIGHTLIFT_FILL_THREADS") {
-        opts.fill_threads = match v.trim().parse::<usize>() {
-            Ok(n) if (1..=256).contains(&n) => n,
-            _ => {
-                return Err(GpuError::Setting {
-                    name: "WEIGHTLIFT_FILL_THREADS",
-                    reason: format!("{v:?} is not a number of threads from 1 to 256"),
-                });
-            }
-        };
+    match n {
+        Some(n) if range.contains(&n) => Ok(n),
+        _ => Err(GpuError::Setting {
+            name: var,
+            reason: format!(
+                "{shown} is not a number of {what} from {} to {}",
+                range.start(),
+                range.end()
+            ),
+        }),
     }
-    Ok(opts)
+}
+
+impl Staging {
+    /// The pipeline's options: an argument wins over its variable.
+    fn options(self) -> Result<UploadOptions, GpuError> {
+        let budget = setting(
+            self.pinned_bytes,
+            "WEIGHTLIFT_PINNED_BYTES",
+            PINNED_BYTES,
+            4096..=usize::MAX,
+            "bytes",
+        )?;
+        let fill_threads = setting(
+            self.fill_threads,
+            "WEIGHTLIFT_FILL_THREADS",
+            UploadOptions::default().fill_threads,
+            1..=256,
+            "threads",
+        )?;
+        // At least four slots where the budget allows, so that filling,
+        // copying and waiting overlap.
+        let slot_size = SLOT_BYTES.min((budget / 4).max(4096)).min(budget);
+        Ok(UploadOptions {
+            slot_size,
+            slots: budget / slot_size,
+            fill_threads,
+            ..UploadOptions::default()
+        })
+    }
+}
+
+/// The staging of `opts`, described.
+fn describe(opts: &UploadOptions) -> String {
+    format!(
+        "staging {} pinned slots of {} KiB, {} fill thread{}, {} streams",
+        opts.slots,
+        opts.slot_size >> 10,
+        opts.fill_threads,
+        if opts.fill_threads == 1 { "" } else { "s" },
+        opts.streams
+    )
 }
 
 /// A pipeline onto the device `spec` names: `cuda:N`, `hip:N`, or `host` (host
 /// memory behind the same trait, standing in for a GPU in tests) with
 /// options `host:delay_us=N,fail=N` (a delay before each copy; fail the
 /// n-th copy).
-pub(crate) fn open(spec: &str) -> Result<Box<dyn Target>, GpuError> {
-    let opts = upload_options()?;
+pub(crate) fn open(spec: &str, staging: Staging) -> Result<Box<dyn Target>, GpuError> {
+    let opts = staging.options()?;
     let bad = |why: String| GpuError::Setting {
         name: "device",
         reason: format!("{spec:?}: {why}"),

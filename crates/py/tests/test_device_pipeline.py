@@ -348,3 +348,20 @@ def test_the_gpu_runtime_is_found_at_run_time_or_named_missing(runtime, library)
         assert "device" in found, found
     with pytest.raises(weightlift.DeviceError, match="unknown GPU runtime"):
         _weightlift.gpu_driver("tpu")
+
+
+def test_staging_arguments_win_and_are_observable(standin, monkeypatch, h, store):
+    monkeypatch.setenv("WEIGHTLIFT_PINNED_BYTES", str(64 << 20))
+    ck = store.get("large")
+    with weightlift.safe_open(ck.source, device="cuda:0", pinned_bytes=1 << 20, fill_threads=2) as f:
+        h.assert_same_dict(dict(f.tensors()), ck.expected, "1 MiB staging, 2 fill threads")
+        assert "staging 4 pinned slots of 256 KiB, 2 fill threads, 2 streams" in f.backend, f.backend
+    with weightlift.safe_open(ck.source, device="cuda:0") as f:
+        f.get_tensor("tail")
+        assert "staging 4 pinned slots of 16384 KiB" in f.backend, f.backend
+    with weightlift.safe_open(ck.source) as f:
+        f.get_tensor("tail")
+        assert "staging" not in f.backend, "host loads have no staging"
+    for bad in [{"pinned_bytes": 100}, {"fill_threads": 0}, {"fill_threads": 1000}, {"pinned_bytes": 1.5}]:
+        with pytest.raises(weightlift.SettingError, match=next(iter(bad))):
+            weightlift.load_file(ck.source, device="cuda:0", **bad)

@@ -116,12 +116,28 @@ def safe_open(
     buffer_size: Optional[int] = None,
     keys: Keys = None,
     progress: bool = False,
+    pinned_bytes: Optional[int] = None,
+    fill_threads: Optional[int] = None,
 ) -> SafeOpen: ...
 def load_file(
-    filename: Sources, device: Device = "cpu", *, backend: BackendArg = None, keys: Keys = None, progress: bool = False
+    filename: Sources,
+    device: Device = "cpu",
+    *,
+    backend: BackendArg = None,
+    keys: Keys = None,
+    progress: bool = False,
+    pinned_bytes: Optional[int] = None,
+    fill_threads: Optional[int] = None,
 ) -> Dict[str, Any]: ...
 def load(
-    path: Sources, device: Device = "cpu", *, backend: BackendArg = None, keys: Keys = None, progress: bool = False
+    path: Sources,
+    device: Device = "cpu",
+    *,
+    backend: BackendArg = None,
+    keys: Keys = None,
+    progress: bool = False,
+    pinned_bytes: Optional[int] = None,
+    fill_threads: Optional[int] = None,
 ) -> Dict[str, Any]: ...
 
 class IncompatibleKeys(NamedTuple):
@@ -135,4 +151,6 @@ def load_into(
     strict: bool = True,
     backend: BackendArg = None,
     progress: bool = False,
+    pinned_bytes: Optional[int] = None,
+    fill_threads: Optional[int] = None,
 ) -> IncompatibleKeys: ...

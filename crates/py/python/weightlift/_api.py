@@ -255,6 +255,21 @@ def _uploaded(upload: Any, bar: Any) -> Iterator[Tuple[str, Any]]:
         bar.close()
 
 
+def _staging(pinned_bytes: Any, fill_threads: Any) -> Dict[str, Optional[int]]:
+    """The staging arguments, checked; None leaves the choice to the
+    WEIGHTLIFT_* variables and the defaults."""
+    for name, value, low, high in (
+        ("pinned_bytes", pinned_bytes, 4096, None),
+        ("fill_threads", fill_threads, 1, 256),
+    ):
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < low or (high and value > high):
+            upto = f" to {high}" if high else " or more"
+            raise SettingError(f"{name} must be a whole number from {low}{upto}, not {value!r}")
+    return {"pinned_bytes": pinned_bytes, "fill_threads": fill_threads}
+
+
 def _selection(session: Any, keys: Any) -> Optional[List[str]]:
     if keys is None:
         return None
@@ -301,7 +316,10 @@ class SafeOpen:
         buffer_size: Optional[int] = None,
         keys: Any = None,
         progress: bool = False,
+        pinned_bytes: Optional[int] = None,
+        fill_threads: Optional[int] = None,
     ) -> None:
+        self._staging = _staging(pinned_bytes, fill_threads)
         self._framework = check_framework(framework)
         self._device = _device(device)
         if isinstance(self._device, _Gpu) and self._framework != "pt":
@@ -339,8 +357,13 @@ class SafeOpen:
 
     @property
     def backend(self) -> Optional[str]:
-        """The backend of the latest load and its settings; None before one."""
-        return self._session.describe()
+        """The backend of the latest load and its settings, and for a GPU
+        the staging of the latest load onto it; None before one."""
+        described = self._session.describe()
+        staging = self._session.staging
+        if described is None or staging is None:
+            return described
+        return f"{described}; {staging}"
 
     def keys(self) -> List[str]:
         """The selected tensor names, sorted."""
@@ -367,7 +390,8 @@ class SafeOpen:
         bar = _progress(self._progress, self.total_tensor_size)
         gpu = self._device
         if isinstance(gpu, _Gpu) and copy:
-            yield from _uploaded(self._session.upload(gpu.name, _allocator(gpu), gpu.stream()), bar)
+            upload = self._session.upload(gpu.name, _allocator(gpu), gpu.stream(), **self._staging)
+            yield from _uploaded(upload, bar)
             return
         if isinstance(gpu, _Gpu):
             if self.buffer_size < self.total_tensor_size:
@@ -378,7 +402,8 @@ class SafeOpen:
                     stacklevel=3,
                 )
             ring = _Ring(gpu, self.buffer_size)
-            for name, tensor in _uploaded(self._session.upload(gpu.name, ring.alloc, gpu.stream()), bar):
+            upload = self._session.upload(gpu.name, ring.alloc, gpu.stream(), **self._staging)
+            for name, tensor in _uploaded(upload, bar):
                 yield name, tensor
                 # The caller asked for the next: its region may be reused.
                 ring.release(name)
@@ -396,7 +421,7 @@ class SafeOpen:
         """The selected tensor `name`; each call returns a new tensor."""
         gpu = self._device
         if isinstance(gpu, _Gpu):
-            return self._session.get_into(gpu.name, name, _allocator(gpu), gpu.stream())
+            return self._session.get_into(gpu.name, name, _allocator(gpu), gpu.stream(), **self._staging)
         dtype, shape, buf = self._session.get(name)
         return self._convert(name, dtype, shape, buf)
 
@@ -518,6 +543,8 @@ def safe_open(
     buffer_size: Optional[int] = None,
     keys: Union[Collection[str], Callable[[str], bool], None] = None,
     progress: bool = False,
+    pinned_bytes: Optional[int] = None,
+    fill_threads: Optional[int] = None,
 ) -> SafeOpen:
     """Open a checkpoint for loading, as safetensors' and InstantTensor's
     `safe_open` do.
@@ -558,6 +585,10 @@ def safe_open(
             on names. Only their bytes are read; keys() lists only them.
         progress: show a progress bar (bytes, GB/s, time left) on stderr
             while tensors() runs (tqdm's when installed).
+        pinned_bytes: page-locked staging memory for a GPU load, in bytes
+            (at least 4096; None: WEIGHTLIFT_PINNED_BYTES, else 128 MiB).
+        fill_threads: threads copying into it (1 to 256; None:
+            WEIGHTLIFT_FILL_THREADS, else half the cores, at most 8).
     """
     return SafeOpen(
         filenames,
@@ -569,6 +600,8 @@ def safe_open(
         buffer_size=buffer_size,
         keys=keys,
         progress=progress,
+        pinned_bytes=pinned_bytes,
+        fill_threads=fill_threads,
     )
 
 
@@ -579,11 +612,22 @@ def load_file(
     backend: BackendArg = None,
     keys: Union[Collection[str], Callable[[str], bool], None] = None,
     progress: bool = False,
+    pinned_bytes: Optional[int] = None,
+    fill_threads: Optional[int] = None,
 ) -> Dict[str, Any]:
     """Load every tensor of a checkpoint into a dict of torch tensors, as
     `safetensors.torch.load_file` does. `filename` may also be a list of
     files, a directory or an index; the other arguments are safe_open's."""
-    with safe_open(filename, "pt", device, backend=backend, keys=keys, progress=progress) as f:
+    with safe_open(
+        filename,
+        "pt",
+        device,
+        backend=backend,
+        keys=keys,
+        progress=progress,
+        pinned_bytes=pinned_bytes,
+        fill_threads=fill_threads,
+    ) as f:
         return f.get_tensors()
 
 
@@ -594,10 +638,20 @@ def load(
     backend: BackendArg = None,
     keys: Union[Collection[str], Callable[[str], bool], None] = None,
     progress: bool = False,
+    pinned_bytes: Optional[int] = None,
+    fill_threads: Optional[int] = None,
 ) -> Dict[str, Any]:
     """Load a sharded checkpoint (a directory or a `model.safetensors.index.json`)
     into a dict of torch tensors; the same as load_file."""
-    return load_file(path, device, backend=backend, keys=keys, progress=progress)
+    return load_file(
+        path,
+        device,
+        backend=backend,
+        keys=keys,
+        progress=progress,
+        pinned_bytes=pinned_bytes,
+        fill_threads=fill_threads,
+    )
 
 
 class IncompatibleKeys(NamedTuple):
@@ -616,6 +670,8 @@ def load_into(
     strict: bool = True,
     backend: BackendArg = None,
     progress: bool = False,
+    pinned_bytes: Optional[int] = None,
+    fill_threads: Optional[int] = None,
 ) -> IncompatibleKeys:
     """Copy a checkpoint's tensors into preallocated tensors, as each
     completes, and return the names found on one side only.
@@ -633,7 +689,7 @@ def load_into(
             MismatchError; with False they are returned and the rest loaded.
             A shape or dtype that differs is always an error, raised before
             anything is read.
-        backend, progress: as for safe_open.
+        backend, progress, pinned_bytes, fill_threads: as for safe_open.
     """
     import torch
 
@@ -643,6 +699,7 @@ def load_into(
         dests = dict(target)
     else:
         raise TypeError(f"target must be a dict of tensors or an nn.Module, not {type(target).__name__}")
+    staging = _staging(pinned_bytes, fill_threads)
     with safe_open(filenames, "pt", "cpu", backend=backend, progress=progress) as f:
         present = f._session.all_keys()
         in_ckpt = set(present)
@@ -679,7 +736,7 @@ def load_into(
                 return t, t.data_ptr(), t.nbytes
 
             bar = _progress(progress, f.total_tensor_size)
-            for name, tensor in _uploaded(f._session.upload(gpu.name, alloc, gpu.stream()), bar):
+            for name, tensor in _uploaded(f._session.upload(gpu.name, alloc, gpu.stream(), **staging), bar):
                 # Written behind autograd's back, as copy_ under no_grad
                 # would have been: bump the version it checks.
                 torch.autograd.graph.increment_version(tensor)
