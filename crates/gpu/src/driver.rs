@@ -51,7 +51,12 @@ impl Runtime {
     fn libraries(self) -> &'static [&'static str] {
         match self {
             Runtime::Cuda => &["libcuda.so.1", "libcuda.so"],
-            Runtime::Hip => &["libamdhip64.so", "libamdhip64.so.6", "libamdhip64.so.5"],
+            Runtime::Hip => &[
+                "libamdhip64.so",
+                "libamdhip64.so.7",
+                "libamdhip64.so.6",
+                "libamdhip64.so.5",
+            ],
         }
     }
 
@@ -174,8 +179,27 @@ type CuResult = c_int;
 const NOT_READY: CuResult = 600;
 /// The result of an allocation that did not fit (both APIs).
 const OUT_OF_MEMORY: CuResult = 2;
-/// `dlopen` flag: only find a library already loaded (glibc's value).
+/// `dlopen` flag: only find a library already loaded (Linux's value, glibc
+/// and musl alike).
 const RTLD_NOLOAD: c_int = 4;
+
+/// The files mapped into this process whose name starts with `stem`.
+fn loaded_paths(stem: &str) -> Vec<String> {
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
+    let mut paths: Vec<String> = maps
+        .lines()
+        .filter_map(|line| line.split_whitespace().nth(5))
+        .filter(|path| {
+            std::path::Path::new(path)
+                .file_name()
+                .and_then(|f| f.to_str())
+                .is_some_and(|f| f.starts_with(stem))
+        })
+        .map(str::to_owned)
+        .collect();
+    paths.dedup();
+    paths
+}
 type Ctx = *mut c_void;
 type Stream = *mut c_void;
 type Event = *mut c_void;
@@ -287,11 +311,17 @@ impl Api {
 }
 
 /// The runtime's library: for HIP, first the copy already loaded in this
-/// process (torch's own), so that both use one runtime; then by name.
+/// process (torch's own, whatever its file is called), so that both use one
+/// runtime; then by name.
 fn open_library(runtime: Runtime) -> Result<Library, Error> {
     let names = runtime.libraries();
     if runtime == Runtime::Hip {
-        for name in names {
+        let loaded = loaded_paths("libamdhip64");
+        for name in loaded
+            .iter()
+            .map(String::as_str)
+            .chain(names.iter().copied())
+        {
             // SAFETY: RTLD_NOLOAD only finds a library already loaded (and
             // so already initialized); nothing of it runs here.
             let found = unsafe {
@@ -888,7 +918,9 @@ unsafe impl Device for GpuDevice {
     unsafe fn wait_external(&self, stream: &GpuStream, external: u64) -> Result<(), Error> {
         // An event recorded on the external stream, which `stream` waits
         // for on the device; destroying it at once is allowed (its
-        // resources go once it completes).
+        // resources go once it completes). One guard keeps the device
+        // current over both calls.
+        let _current = self.current()?;
         let marker = self.record_on(external as Stream)?;
         // SAFETY: a stream and an event of this context.
         check(&self.name, self.names().stream_wait_event, unsafe {
@@ -937,7 +969,7 @@ fn check(device: &str, call: &str, rc: CuResult) -> Result<(), Error> {
     }
     Err(Error::Copy {
         device: device.to_string(),
-        reason: format!("{call} failed: {} (result {rc})", describe(rc)),
+        reason: format!("{call} failed: {} (result {rc})", describe(call, rc)),
     })
 }
 
@@ -948,26 +980,41 @@ fn check_init(runtime: Runtime, call: &str, rc: CuResult) -> Result<(), Error> {
     }
     Err(unavailable(
         runtime,
-        format!("{call} failed: {} (result {rc})", describe(rc)),
+        format!("{call} failed: {} (result {rc})", describe(call, rc)),
     ))
 }
 
-fn describe(rc: CuResult) -> &'static str {
+/// What result `rc` of `call` means, in the words of its runtime (the
+/// codes used here agree; the rarer ones do not).
+fn describe(call: &str, rc: CuResult) -> &'static str {
+    let common = match rc {
+        1 => Some("invalid value"),
+        2 => Some("out of memory"),
+        3 => Some("not initialized"),
+        101 => Some("invalid device"),
+        400 => Some("invalid handle"),
+        700 => Some("illegal address"),
+        999 => Some("unknown error"),
+        _ => None,
+    };
+    if let Some(text) = common {
+        return text;
+    }
+    if call.starts_with("hip") {
+        return match rc {
+            35 => "the driver is older than the runtime",
+            100 => "no AMD GPU is visible",
+            _ => "error",
+        };
+    }
     match rc {
-        1 => "invalid value",
-        2 => "out of memory",
-        3 => "not initialized",
         34 => "the stub library, not a driver: no driver is installed",
         46 => "the device is unavailable (exclusive use, or busy)",
         100 => "no CUDA device is visible",
-        101 => "invalid device",
         201 => "invalid context",
         304 => "the operating system refused (is the device node accessible?)",
-        400 => "invalid handle",
-        700 => "illegal address",
         719 => "launch failure: the context is unusable",
         803 => "the driver and the kernel module do not match",
-        999 => "unknown error",
         _ => "error",
     }
 }
@@ -976,5 +1023,29 @@ fn unavailable(runtime: Runtime, reason: String) -> Error {
     Error::Unavailable {
         api: runtime.api(),
         reason,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loaded_libraries_are_found_by_the_start_of_their_name() {
+        // The test binary itself is mapped; libc is, on any Linux.
+        let found = loaded_paths("libc");
+        assert!(
+            found.iter().any(|p| p.contains("libc")),
+            "no libc among the mapped files: {found:?}"
+        );
+        assert!(loaded_paths("libnothing-of-the-sort").is_empty());
+    }
+
+    #[test]
+    fn results_read_in_their_runtime_s_words() {
+        assert_eq!(describe("cuInit", 100), "no CUDA device is visible");
+        assert_eq!(describe("hipInit", 100), "no AMD GPU is visible");
+        assert_eq!(describe("hipMalloc", 2), "out of memory");
+        assert_eq!(describe("hipInit", 34), "error");
     }
 }

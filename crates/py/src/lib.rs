@@ -48,6 +48,8 @@ enum Fail {
     Gpu(weightlift_gpu::Error),
     /// A destination Python gave does not fit the tensor.
     Mismatch(String),
+    /// Python gave no destination where one was needed.
+    Device(String),
     /// Python code called on the way raised.
     Py(PyErr),
 }
@@ -183,6 +185,16 @@ impl PySession {
     #[getter]
     fn total_bytes(&self, py: Python<'_>) -> PyResult<u64> {
         self.run(py, |s, _| Ok(s.selected_bytes()))
+    }
+
+    /// The byte length of each selected tensor, in file order.
+    fn sizes(&self, py: Python<'_>) -> PyResult<Vec<u64>> {
+        self.run(py, |s, _| {
+            Ok(s.selected()
+                .iter()
+                .map(|&id| self.ckpt.tensor(id).len())
+                .collect())
+        })
     }
 
     /// Staging memory for device copies, in bytes.
@@ -355,6 +367,7 @@ impl PySession {
             Fail::Io(e) => errors::from_io(py, e),
             Fail::Gpu(e) => errors::from_gpu(py, e, &self.ckpt),
             Fail::Mismatch(m) => errors::raise(py, "MismatchError", m),
+            Fail::Device(m) => errors::raise(py, "DeviceError", m),
             Fail::Py(e) => e,
         })
     }

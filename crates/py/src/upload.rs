@@ -327,8 +327,8 @@ impl Loading {
             None => Ok(()),
             Some(t) => {
                 let info = ckpt.tensor(t.id());
-                Err(Fail::Mismatch(format!(
-                    "tensor {:?} in {}: no destination was given for its {} bytes",
+                Err(Fail::Device(format!(
+                    "tensor {:?} in {}: no device memory was given for its {} bytes",
                     info.name,
                     ckpt.shard(info.file).path().display(),
                     t.len()

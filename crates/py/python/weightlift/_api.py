@@ -221,19 +221,25 @@ class _Ring:
         t = self._buf[start : start + n].view(dt).view(shp)
         return t, t.data_ptr(), n
 
+    @classmethod
+    def needed(cls, size: int, sizes: List[int]) -> int:
+        """Bytes a ring of `size` would take to hold all of `sizes` at once
+        (each aligned; those of their own memory left out)."""
+        return sum(-(-n // cls.ALIGN) * cls.ALIGN for n in sizes if 0 < n <= size)
+
     def release(self, name: str) -> None:
         region = self._by_name.pop(name, None)
         if region is not None:
             region[2] = True
         while self._live and self._live[0][2]:
             self._live.popleft()
-        if not self._live:
-            self._head = 0
 
     def _place(self, n: int) -> Optional[int]:
-        """Where `n` bytes fit now, or None."""
+        """Where `n` bytes fit now, or None. Regions go on from where the
+        last one ended, even when all were given back, so that a ring large
+        enough for every tensor never reuses one."""
         if not self._live:
-            return 0
+            return self._head if self._size - self._head >= n else 0
         oldest = self._live[0][0]
         if self._head > oldest:  # free: head..size, then 0..oldest
             if self._size - self._head >= n:
@@ -394,11 +400,12 @@ class SafeOpen:
             yield from _uploaded(upload, bar)
             return
         if isinstance(gpu, _Gpu):
-            if self.buffer_size < self.total_tensor_size:
+            need = _Ring.needed(self.buffer_size, self._session.sizes())
+            if need > self.buffer_size:
                 warnings.warn(
-                    f"copy=False: the {self.total_tensor_size} bytes of tensors pass through a "
-                    f"{self.buffer_size}-byte device buffer, so each tensor is valid only until "
-                    "the next is requested; clone what you keep, or use copy=True",
+                    f"copy=False: the tensors need {need} bytes (aligned) of a {self.buffer_size}-byte "
+                    "device buffer, which is reused, so each tensor is valid only until the next is "
+                    "requested; clone what you keep, or use copy=True",
                     stacklevel=3,
                 )
             ring = _Ring(gpu, self.buffer_size)
