@@ -623,6 +623,14 @@ impl GpuDevice {
         check(&self.name, call, rc).map(|()| entered)
     }
 
+    /// Run `f` with this device current on the calling thread (for calls
+    /// of other libraries that act on the current device, such as cuFile),
+    /// putting back what was current before.
+    pub fn with_current<T>(&self, f: impl FnOnce() -> T) -> Result<T, Error> {
+        let _current = self.current()?;
+        Ok(f())
+    }
+
     /// Copy `memory` back to the host, waiting (for tests and checks).
     pub fn read_back(&self, memory: &GpuMemory) -> Result<Vec<u8>, Error> {
         let _current = self.current()?;

@@ -38,6 +38,15 @@ pub enum Error {
         /// Why not.
         reason: String,
     },
+    /// A read straight into device memory failed.
+    Read {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Where in it.
+        offset: u64,
+        /// What the reader said.
+        reason: String,
+    },
     /// An upload failed: which tensor, and what went wrong.
     Upload {
         /// The caller's name for the tensor.
@@ -68,6 +77,11 @@ impl fmt::Display for Error {
             }
             Error::Copy { device, reason } => write!(f, "{device}: copy failed: {reason}"),
             Error::Setting { name, reason } => write!(f, "{name}: {reason}"),
+            Error::Read {
+                path,
+                offset,
+                reason,
+            } => write!(f, "{}: reading at byte {offset}: {reason}", path.display()),
             Error::Upload { tensor, source } => write!(f, "uploading {tensor}: {source}"),
         }
     }

@@ -31,15 +31,22 @@
 //! [`GpuDriver`] finds the CUDA driver or the HIP runtime at run time and
 //! says what is missing when it cannot; [`GpuDevice`] implements [`Device`]
 //! on one of its GPUs (for CUDA, on the primary context torch uses).
+//! [`DirectLoad`] reads file bytes straight into device memory on a pool of
+//! threads, through GPUDirect Storage ([`CuFileReader`]) or, in tests, a
+//! host-memory stand-in ([`HostFileReader`]).
 
+mod cufile;
 mod device;
+mod direct;
 mod driver;
 mod error;
 mod fill;
 mod host;
 mod upload;
 
+pub use cufile::{CuFile, CuFileReader};
 pub use device::{Device, DeviceMemory, PinnedMemory};
+pub use direct::{DirectJob, DirectLoad, DirectReader, HostFileReader};
 pub use driver::{GpuDevice, GpuDriver, GpuEvent, GpuMemory, GpuPinned, GpuStream, Runtime};
 pub use error::Error;
 pub use host::{HostDevice, HostEvent, HostMemory, HostPinned, HostStream};

@@ -329,7 +329,7 @@ pub fn choose(
 }
 
 /// Why `CUFILE` is refused, wherever it is asked for.
-pub(crate) const CUFILE_REASON: &str = "GPUDirect Storage (cuFile) reads are not built yet; the other backends feed GPU loads through pinned staging";
+pub(crate) const CUFILE_REASON: &str = "cuFile reads straight into GPU memory: it serves GPU devices (device='cuda:N'), not host loads";
 
 fn open_all(paths: &[PathBuf], mode: OpenMode) -> Result<Vec<ReadFile>, Error> {
     paths.iter().map(|p| ReadFile::open(p, mode)).collect()

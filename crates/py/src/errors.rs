@@ -69,6 +69,9 @@ pub(crate) fn from_gpu(py: Python<'_>, e: GpuError, ckpt: &Checkpoint) -> PyErr 
     };
     let class = match inner {
         GpuError::Setting { .. } => "SettingError",
+        GpuError::Read { .. } => "WeightliftIOError",
+        // GPUDirect Storage missing is a backend that cannot be used here.
+        GpuError::Unavailable { api: "cuFile", .. } => "BackendError",
         _ => "DeviceError",
     };
     let message = match tensor {

@@ -32,7 +32,7 @@ use weightlift_io::{Backend, EngineOptions, Error as IoError};
 use weightlift_plan::Selection;
 
 use dlpack::Keep;
-use upload::{Loading, Target, Upload};
+use upload::{Direct, Loading, Onto, Target, Upload};
 
 /// A loaded tensor as Python receives it: name, dtype, shape and bytes.
 type Described = (String, &'static str, Vec<u64>, Buffer);
@@ -271,7 +271,7 @@ impl PySession {
         Ok(PyUpload {
             session: slf.unbind(),
             device: key,
-            state: Mutex::new(Some(Upload::new(loading, pass))),
+            state: Mutex::new(Some(Onto::Upload(Upload::new(loading, pass)))),
         })
     }
 
@@ -313,6 +313,44 @@ impl PySession {
         got.pop()
             .map(|(_, obj)| obj)
             .ok_or_else(|| errors::raise(py, "DeviceError", format!("{name}: not uploaded")))
+    }
+
+    /// A pass reading the selected tensors (or only `name`) straight from
+    /// their files into device memory (`backend=CUFILE`): `cuda:N` through
+    /// cuFile, `host` (the stand-in) with pread; otherwise as `upload`.
+    /// `threads` read at once (None: half the cores, at most 8).
+    #[pyo3(signature = (device, alloc, name=None, threads=None))]
+    fn read_direct(
+        slf: Bound<'_, Self>,
+        device: String,
+        alloc: Py<PyAny>,
+        name: Option<String>,
+        threads: Option<usize>,
+    ) -> PyResult<PyUpload> {
+        let py = slf.py();
+        let this = slf.get();
+        let ids = this.run(py, move |s, _| match name {
+            None => Ok(s.selected().to_vec()),
+            Some(name) => s
+                .id(&name)
+                .map(|id| vec![id])
+                .ok_or(Fail::Io(IoError::Select(
+                    weightlift_plan::Error::UnknownTensor { name },
+                ))),
+        })?;
+        let threads =
+            threads.unwrap_or_else(|| weightlift_gpu::UploadOptions::default().fill_threads);
+        let ckpt = this.ckpt.clone();
+        let direct = py
+            .detach(|| Direct::new(&device, &ckpt, ids, alloc, threads))
+            .map_err(|e| errors::from_gpu(py, e, &this.ckpt))?;
+        let described = Direct::describe(threads);
+        py.detach(|| *lock(&this.staging) = Some(described));
+        Ok(PyUpload {
+            session: slf.unbind(),
+            device,
+            state: Mutex::new(Some(Onto::Direct(direct))),
+        })
     }
 
     /// Cancel what is loading and free what was read ahead. Tensors already
@@ -467,9 +505,10 @@ impl PyPass {
 #[pyclass(name = "_Upload", module = "weightlift._weightlift", frozen)]
 struct PyUpload {
     session: Py<PySession>,
+    /// The key the pipeline is kept under when the pass ends.
     device: String,
     /// `None` once finished or failed.
-    state: Mutex<Option<Upload>>,
+    state: Mutex<Option<Onto>>,
 }
 
 #[pymethods]
@@ -486,15 +525,15 @@ impl PyUpload {
             // The session's lock is held; the state's is only ever taken
             // inside it.
             let mut guard = lock(state);
-            let Some(upload) = guard.as_mut() else {
+            let Some(onto) = guard.as_mut() else {
                 return Ok(Err(None));
             };
-            match upload.step(s, wait, &ckpt) {
-                Ok(Some(ids)) => Ok(Ok(upload.loading.hand_back(ids, &ckpt))),
+            match onto.step(s, wait, &ckpt) {
+                Ok(Some(batch)) => Ok(Ok(batch)),
                 Ok(None) => Ok(Err(guard.take())),
                 Err(e) => {
-                    // The pipeline waits for every copy as it goes, before
-                    // the destinations.
+                    // The pipeline (or the reads) waits for every copy as it
+                    // goes, before the destinations.
                     drop(guard.take());
                     Err(e)
                 }
@@ -503,7 +542,7 @@ impl PyUpload {
         match stepped {
             Ok(batch) => Ok(Some(batch)),
             Err(finished) => {
-                if let Some(upload) = finished {
+                if let Some(Onto::Upload(upload)) = finished {
                     session.put_target(py, self.device.clone(), upload.loading);
                 }
                 Ok(None)

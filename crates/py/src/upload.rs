@@ -9,14 +9,16 @@
 //! every copy before it goes) is always dropped before the objects.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::task::Poll;
 use std::time::Duration;
 
 use pyo3::prelude::*;
-use weightlift_format::Checkpoint;
+use weightlift_format::{Checkpoint, TensorId};
 use weightlift_gpu::{
-    Device, Error as GpuError, GpuDevice, GpuDriver, HostDevice, Runtime, UploadOptions, Uploader,
+    CuFile, CuFileReader, Device, DirectJob, DirectLoad, DirectReader, Error as GpuError,
+    GpuDevice, GpuDriver, HostDevice, HostFileReader, Runtime, UploadOptions, Uploader,
 };
 use weightlift_io::host::HostTensor;
 use weightlift_io::session::{Pass, Session, Wait};
@@ -425,5 +427,217 @@ impl Upload {
                 }
             }
         }
+    }
+}
+
+/// Chunks of one read straight into device memory.
+const DIRECT_CHUNK: usize = 16 << 20;
+
+/// cuFile, loaded and opened once per process.
+fn cufile() -> Result<Arc<CuFile>, GpuError> {
+    static CUFILE: OnceLock<Result<Arc<CuFile>, GpuError>> = OnceLock::new();
+    CUFILE.get_or_init(CuFile::open).clone()
+}
+
+/// A reader straight from `ckpt`'s files into the memory of the device
+/// `spec` names (`cuda:N` through cuFile; `host`, the stand-in, with
+/// pread), and the load's settings, described.
+fn direct_reader(spec: &str, ckpt: &Checkpoint) -> Result<Arc<dyn DirectReader>, GpuError> {
+    let paths: Vec<PathBuf> = ckpt
+        .shards()
+        .iter()
+        .map(|s| s.path().to_path_buf())
+        .collect();
+    let sizes: Vec<u64> = ckpt.shards().iter().map(|s| s.size()).collect();
+    if let Some(n) = spec.strip_prefix("cuda:") {
+        let ordinal = n.parse().map_err(|_| GpuError::Setting {
+            name: "device",
+            reason: format!("{spec:?}: not a device number"),
+        })?;
+        let device = gpu_device(Runtime::Cuda, ordinal)?;
+        return Ok(Arc::new(CuFileReader::open(
+            cufile()?,
+            device,
+            &paths,
+            &sizes,
+        )?));
+    }
+    if spec.starts_with("hip:") {
+        return Err(GpuError::Unavailable {
+            api: "cuFile",
+            reason: "GPUDirect Storage is NVIDIA's: AMD GPUs load through the pipeline".into(),
+        });
+    }
+    if spec.starts_with("host") {
+        return Ok(Arc::new(HostFileReader::open(&paths, &sizes)?));
+    }
+    Err(GpuError::Setting {
+        name: "device",
+        reason: format!("{spec:?}: unknown device"),
+    })
+}
+
+/// Tensors read straight from their files into device memory Python
+/// allocated (`backend=CUFILE`). The load (whose drop waits for every
+/// read) is declared before the objects owning the destinations.
+pub(crate) struct Direct {
+    load: DirectLoad,
+    alloc: Py<PyAny>,
+    keep: HashMap<usize, Py<PyAny>>,
+    /// The tensors to read, in file order, and the next to queue.
+    ids: Vec<TensorId>,
+    next: usize,
+    /// Bytes in flight at most.
+    limit: usize,
+}
+
+impl Direct {
+    /// Reads of `ids` onto the device `spec` names, on `threads` threads.
+    pub(crate) fn new(
+        spec: &str,
+        ckpt: &Checkpoint,
+        ids: Vec<TensorId>,
+        alloc: Py<PyAny>,
+        threads: usize,
+    ) -> Result<Self, GpuError> {
+        let reader = direct_reader(spec, ckpt)?;
+        Ok(Direct {
+            load: DirectLoad::new(reader, threads, DIRECT_CHUNK),
+            alloc,
+            keep: HashMap::new(),
+            ids,
+            next: 0,
+            limit: threads.max(1) * DIRECT_CHUNK * 2,
+        })
+    }
+
+    /// The settings, described.
+    pub(crate) fn describe(threads: usize) -> String {
+        format!(
+            "backend CUFILE (reads straight into device memory, {threads} thread{}, chunks of {} KiB)",
+            if threads == 1 { "" } else { "s" },
+            DIRECT_CHUNK >> 10
+        )
+    }
+
+    /// The next tensors whose bytes have all landed (ids), in completion
+    /// order; `None` once every tensor was handed back.
+    pub(crate) fn step(
+        &mut self,
+        ckpt: &Checkpoint,
+        wait: &mut Wait<'_>,
+    ) -> Result<Option<Vec<usize>>, Fail> {
+        loop {
+            while self.next < self.ids.len() && self.load.in_flight_bytes() < self.limit {
+                if !self.stage(self.ids[self.next], ckpt)? {
+                    break;
+                }
+                self.next += 1;
+            }
+            if self.load.in_flight() == 0 {
+                let Some(&id) = self.ids.get(self.next) else {
+                    return Ok(None);
+                };
+                let info = ckpt.tensor(id);
+                return Err(Fail::Device(format!(
+                    "tensor {:?} in {}: no device memory was given for its {} bytes",
+                    info.name,
+                    ckpt.shard(info.file).path().display(),
+                    info.len()
+                )));
+            }
+            match self.load.next_done(Duration::from_millis(50)) {
+                Ok(done) if !done.is_empty() => return Ok(Some(done)),
+                Ok(_) => {
+                    if !wait() {
+                        return Err(Fail::Io(weightlift_io::Error::Cancelled));
+                    }
+                }
+                Err((id, e)) => {
+                    return Err(Fail::Gpu(GpuError::Upload {
+                        tensor: ckpt.tensor(TensorId(id as u32)).name.clone(),
+                        source: Box::new(e),
+                    }));
+                }
+            }
+        }
+    }
+
+    /// Ask Python for tensor `id`'s destination and queue its reads; false
+    /// when Python has no room for it until tensors in flight come back.
+    fn stage(&mut self, id: TensorId, ckpt: &Checkpoint) -> Result<bool, Fail> {
+        let info = ckpt.tensor(id);
+        let file = ckpt.shard(info.file).path();
+        let answer = Python::attach(|py| -> PyResult<Option<(Py<PyAny>, u64, usize)>> {
+            self.alloc
+                .bind(py)
+                .call1((
+                    info.name.as_str(),
+                    info.dtype.as_str(),
+                    info.shape.clone(),
+                    file,
+                ))?
+                .extract()
+        })
+        .map_err(Fail::Py)?;
+        let Some((obj, ptr, nbytes)) = answer else {
+            return Ok(false);
+        };
+        let len = info.len() as usize;
+        if nbytes != len {
+            return Err(Fail::Mismatch(format!(
+                "tensor {:?} in {}: its destination holds {nbytes} bytes, the tensor {len}",
+                info.name,
+                file.display()
+            )));
+        }
+        self.keep.insert(id.index(), obj);
+        let job = DirectJob {
+            id: id.index(),
+            file: info.file.index(),
+            offset: info.range.start,
+            len,
+            dst: ptr,
+        };
+        // SAFETY: `obj` owns the memory at `ptr` (Python's word) and stays
+        // in `keep` until the tensor is handed back, or until after the
+        // load, dropped first, joined every read.
+        unsafe { self.load.submit(job) }.map_err(Fail::Gpu)?;
+        Ok(true)
+    }
+
+    /// The objects of the tensors `ids`, with their names.
+    pub(crate) fn hand_back(&mut self, ids: Vec<usize>, ckpt: &Checkpoint) -> crate::Uploaded {
+        ids.into_iter()
+            .filter_map(|id| {
+                let obj = self.keep.remove(&id)?;
+                Some((ckpt.tensor(TensorId(id as u32)).name.clone(), obj))
+            })
+            .collect()
+    }
+}
+
+/// One pass onto a device: through the pipeline, or straight from the
+/// files.
+pub(crate) enum Onto {
+    Upload(Upload),
+    Direct(Direct),
+}
+
+impl Onto {
+    /// The next tensors on the device, with their destinations; `None`
+    /// once every tensor was handed back.
+    pub(crate) fn step(
+        &mut self,
+        s: &mut Session,
+        wait: &mut Wait<'_>,
+        ckpt: &Checkpoint,
+    ) -> Result<Option<crate::Uploaded>, Fail> {
+        Ok(match self {
+            Onto::Upload(u) => u
+                .step(s, wait, ckpt)?
+                .map(|ids| u.loading.hand_back(ids, ckpt)),
+            Onto::Direct(d) => d.step(ckpt, wait)?.map(|ids| d.hand_back(ids, ckpt)),
+        })
     }
 }

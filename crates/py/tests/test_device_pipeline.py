@@ -230,10 +230,54 @@ def test_several_fill_threads(standin, monkeypatch, h, store):
         weightlift.load_file(ck.source, device="cuda:0")
 
 
-def test_cufile_is_refused_with_its_reason(standin, store):
+def test_cufile_serves_gpu_devices_only(store):
     ck = store.get("large")
-    with pytest.raises(weightlift.BackendError, match="CUFILE.*cuFile.*not built"):
-        weightlift.load_file(ck.source, device="cuda:0", backend=weightlift.Backend.CUFILE)
+    with pytest.raises(weightlift.BackendError, match="CUFILE.*GPU devices"):
+        weightlift.load_file(ck.source, backend=weightlift.Backend.CUFILE)
+
+
+@pytest.mark.parametrize("name", ["all_dtypes", "many_tiny", "large", "unaligned", "sharded_index", "empty_scalar"])
+def test_cufile_reads_straight_into_device_memory(standin, h, store, name):
+    # On the stand-in, "straight into device memory" is pread into the
+    # tensors torch allocated: the same threads, chunks, order and errors.
+    ck = store.get(name)
+    keys = _loadable(ck)
+    got = weightlift.load_file(ck.source, device="cuda:0", backend="CUFILE", keys=keys)
+    h.assert_same_dict(got, ck.expected, f"CUFILE {name}")
+    with weightlift.safe_open(ck.source, device="cuda:0", backend="CUFILE", keys=keys) as f:
+        for k in list(ck.expected)[:5]:
+            h.assert_same_tensor(f.get_tensor(k), ck.expected[k], k)
+        assert f.backend.startswith("backend CUFILE (reads straight into device memory"), f.backend
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with weightlift.safe_open(ck.source, device="cuda:0", backend="CUFILE", copy=False, buffer_size=4096,
+                                  keys=keys) as f:
+            for k, t in f.tensors():
+                h.assert_same_tensor(t, ck.expected[k], k)
+
+
+def test_cufile_refuses_a_file_that_changed_naming_it(standin, tmp_path, h):
+    p = tmp_path / "t.safetensors"
+    save_file({"a": torch.arange(1000.0), "b": torch.arange(2000.0)}, str(p))
+    with weightlift.safe_open(p, device="cuda:0", backend="CUFILE") as f:
+        with open(p, "r+b") as fh:
+            fh.truncate(p.stat().st_size - 100)
+        with pytest.raises(weightlift.WeightliftIOError) as ei:
+            f.get_tensors()
+    msg = str(ei.value)
+    assert h.msg_has_path(msg, p) and "changed" in msg, msg
+
+
+def test_cufile_without_libcufile_is_a_backend_error_naming_it(monkeypatch, store):
+    # A real CUDA device name with the stand-in's torch device: opening
+    # cuFile (or the CUDA driver behind it) fails before any GPU is touched.
+    ck = store.get("large")
+    monkeypatch.setattr(_api, "_GPU_STANDIN", "host")
+    with weightlift.safe_open(ck.source, device="cuda:0", backend="CUFILE") as f:
+        with pytest.raises((weightlift.BackendError, weightlift.DeviceError)) as ei:
+            f._session.read_direct("cuda:0", lambda *a: None)
+    assert "libcufile" in str(ei.value) or "libcuda" in str(ei.value), str(ei.value)
+
 
 
 def test_load_into_falls_back_to_copy_for_tensors_bytes_cannot_fill(standin, tmp_path, h):

@@ -132,3 +132,14 @@ def test_the_current_device_is_left_alone(store, cuda_device):
     last = f"cuda:{torch.cuda.device_count() - 1}"
     weightlift.load_file(store.get("large").source, device=last)
     assert torch.cuda.current_device() == before
+
+
+def test_cufile_reads_straight_into_gpu_memory(store, h, cuda_device):
+    ck = store.get("sharded_index")
+    try:
+        got = weightlift.load_file(ck.source, device=cuda_device, backend="CUFILE")
+    except weightlift.BackendError as e:
+        pytest.skip(f"GPUDirect Storage is not usable here: {e}")
+    h.assert_same_dict(got, ck.expected, "CUFILE")
+    for t in got.values():
+        assert t.device.type == "cuda"

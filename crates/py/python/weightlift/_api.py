@@ -24,7 +24,8 @@ class Backend(enum.Enum):
 
     Direct backends (URING, AIO, PREAD) bypass the page cache with O_DIRECT;
     the _BUFFERED ones read through it; MMAP maps the files; CUFILE reads
-    straight into GPU memory (GPU devices only).
+    straight into GPU memory with GPUDirect Storage (libcufile; NVIDIA GPU
+    devices only), and is used only when named first.
     """
 
     URING = "URING"
@@ -339,7 +340,13 @@ class SafeOpen:
             )
         if buffer_size is not None and (not isinstance(buffer_size, int) or buffer_size <= 0):
             raise SettingError(f"buffer_size must be a positive number of bytes, not {buffer_size!r}")
-        self._session = _weightlift._Session(_sources(filenames), _backend_names(backend), buffer_size)
+        names_ = _backend_names(backend)
+        self._session = _weightlift._Session(_sources(filenames), names_, buffer_size)
+        order = names_.split(",") if names_ else []
+        #: Reads straight into device memory (backend=CUFILE first, on a GPU);
+        #: with other backends after it, they are the fallback.
+        self._cufile = isinstance(self._device, _Gpu) and order[:1] == [Backend.CUFILE.value]
+        self._cufile_fallback = len(order) > 1
         names = _selection(self._session, keys)
         if names is not None:
             self._session.select(names)
@@ -368,7 +375,7 @@ class SafeOpen:
         described = self._session.describe()
         staging = self._session.staging
         if described is None or staging is None:
-            return described
+            return described or staging
         return f"{described}; {staging}"
 
     def keys(self) -> List[str]:
@@ -396,8 +403,7 @@ class SafeOpen:
         bar = _progress(self._progress, self.total_tensor_size)
         gpu = self._device
         if isinstance(gpu, _Gpu) and copy:
-            upload = self._session.upload(gpu.name, _allocator(gpu), gpu.stream(), **self._staging)
-            yield from _uploaded(upload, bar)
+            yield from _uploaded(self._onto(gpu, _allocator(gpu)), bar)
             return
         if isinstance(gpu, _Gpu):
             need = _Ring.needed(self.buffer_size, self._session.sizes())
@@ -409,8 +415,7 @@ class SafeOpen:
                     stacklevel=3,
                 )
             ring = _Ring(gpu, self.buffer_size)
-            upload = self._session.upload(gpu.name, ring.alloc, gpu.stream(), **self._staging)
-            for name, tensor in _uploaded(upload, bar):
+            for name, tensor in _uploaded(self._onto(gpu, ring.alloc), bar):
                 yield name, tensor
                 # The caller asked for the next: its region may be reused.
                 ring.release(name)
@@ -428,9 +433,25 @@ class SafeOpen:
         """The selected tensor `name`; each call returns a new tensor."""
         gpu = self._device
         if isinstance(gpu, _Gpu):
+            if self._cufile:
+                for batch in self._onto(gpu, _allocator(gpu), name):
+                    return batch[0][1]
             return self._session.get_into(gpu.name, name, _allocator(gpu), gpu.stream(), **self._staging)
         dtype, shape, buf = self._session.get(name)
         return self._convert(name, dtype, shape, buf)
+
+    def _onto(self, gpu: _Gpu, alloc: Callable[..., Any], name: Optional[str] = None) -> Any:
+        """A pass onto `gpu` (of one tensor, `name`, for CUFILE): straight
+        from the files when CUFILE was asked for and works here, else
+        through the pipeline."""
+        if self._cufile:
+            try:
+                return self._session.read_direct(gpu.name, alloc, name)
+            except BackendError as e:
+                if not self._cufile_fallback:
+                    raise BackendError(f"CUFILE: {e}") from None
+                self._cufile = False  # the backends after it, through the pipeline
+        return self._session.upload(gpu.name, alloc, gpu.stream(), **self._staging)
 
     def get_tensors(self) -> Dict[str, Any]:
         """Every selected tensor, by name (in sorted order); each owns its

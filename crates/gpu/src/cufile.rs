@@ -1,0 +1,256 @@
+//! GPUDirect Storage: cuFile (`libcufile`, found at run time) reads file
+//! bytes straight into GPU memory. With the nvidia-fs kernel module the DMA
+//! goes from the storage to the GPU; without it cuFile's compatibility mode
+//! reads through its own host buffers, with the same calls.
+
+use std::ffi::{c_int, c_void};
+use std::fs::File;
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use libloading::Library;
+
+use crate::direct::{DirectReader, open_checked};
+use crate::{Error, GpuDevice};
+
+/// The names the library goes by, most specific first.
+const LIBRARIES: &[&str] = &["libcufile.so.0", "libcufile.so"];
+
+/// `CUfileError_t`: an operation error and, for CUDA failures, the driver's
+/// result; returned by value.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+struct CuFileError {
+    err: c_int,
+    cu_err: c_int,
+}
+
+/// `CUfileDescr_t` for a file descriptor.
+#[repr(C)]
+struct CuFileDescr {
+    /// `CU_FILE_HANDLE_TYPE_OPAQUE_FD`.
+    kind: c_int,
+    handle: DescrHandle,
+    fs_ops: *const c_void,
+}
+
+#[repr(C)]
+union DescrHandle {
+    fd: c_int,
+    handle: *mut c_void,
+}
+
+const HANDLE_TYPE_OPAQUE_FD: c_int = 1;
+type Handle = *mut c_void;
+
+/// The calls used (signatures from cufile.h).
+struct Api {
+    driver_open: unsafe extern "C" fn() -> CuFileError,
+    driver_close: Option<unsafe extern "C" fn() -> CuFileError>,
+    handle_register: unsafe extern "C" fn(*mut Handle, *mut CuFileDescr) -> CuFileError,
+    handle_deregister: unsafe extern "C" fn(Handle),
+    read: unsafe extern "C" fn(Handle, *mut c_void, usize, i64, i64) -> isize,
+    // Last, so that it is unloaded after nothing can call into it.
+    _library: Library,
+}
+
+/// cuFile, loaded and its driver opened; closed when the last user goes.
+pub struct CuFile {
+    api: Api,
+}
+
+impl std::fmt::Debug for CuFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CuFile")
+    }
+}
+
+fn unavailable(reason: String) -> Error {
+    Error::Unavailable {
+        api: "cuFile",
+        reason,
+    }
+}
+
+impl CuFile {
+    /// Load `libcufile` and open its driver (compatibility mode where
+    /// nvidia-fs is absent, as cuFile's configuration allows).
+    pub fn open() -> Result<Arc<Self>, Error> {
+        let mut failures = Vec::new();
+        let lib = LIBRARIES.iter().find_map(|name| {
+            // SAFETY: loading the library runs its initializers, which have
+            // no preconditions; nothing else of it is used yet.
+            match unsafe { Library::new(name) } {
+                Ok(lib) => Some(lib),
+                Err(e) => {
+                    failures.push(e.to_string());
+                    None
+                }
+            }
+        });
+        let lib = lib.ok_or_else(|| unavailable(failures.join("; ")))?;
+        // SAFETY: each symbol is given its signature from cufile.h.
+        let api = unsafe {
+            Api {
+                driver_open: symbol(&lib, "cuFileDriverOpen")?,
+                driver_close: symbol(&lib, "cuFileDriverClose_v2")
+                    .or_else(|_| symbol(&lib, "cuFileDriverClose"))
+                    .ok(),
+                handle_register: symbol(&lib, "cuFileHandleRegister")?,
+                handle_deregister: symbol(&lib, "cuFileHandleDeregister")?,
+                read: symbol(&lib, "cuFileRead")?,
+                _library: lib,
+            }
+        };
+        // SAFETY: no arguments; opens cuFile's driver for this process.
+        let opened = unsafe { (api.driver_open)() };
+        if opened.err != 0 {
+            return Err(unavailable(format!(
+                "cuFileDriverOpen failed: cuFile error {} (CUDA result {})",
+                opened.err, opened.cu_err
+            )));
+        }
+        Ok(Arc::new(CuFile { api }))
+    }
+}
+
+impl Drop for CuFile {
+    fn drop(&mut self) {
+        if let Some(close) = self.api.driver_close {
+            // SAFETY: the driver was opened in `open`; every handle holds
+            // this object, so none is left.
+            unsafe { close() };
+        }
+    }
+}
+
+/// Look up `name` in `library`, copied out as a plain function pointer.
+///
+/// # Safety
+///
+/// `T` must be the symbol's true type, and the pointer must not be called
+/// after `library` is unloaded (an [`Api`] keeps both together).
+unsafe fn symbol<T: Copy>(library: &Library, name: &str) -> Result<T, Error> {
+    let mut c_name = name.as_bytes().to_vec();
+    c_name.push(0);
+    // SAFETY: the caller vouches for the type.
+    unsafe { library.get::<T>(&c_name) }
+        .map(|s| *s)
+        .map_err(|e| unavailable(format!("{} lacks {name}: {e}", LIBRARIES[0])))
+}
+
+/// Files registered with cuFile, read into one GPU's memory.
+pub struct CuFileReader {
+    cufile: Arc<CuFile>,
+    device: Arc<GpuDevice>,
+    paths: Vec<PathBuf>,
+    handles: Vec<Handle>,
+    // After `handles`: a file is closed only once deregistered.
+    _files: Vec<File>,
+}
+
+// SAFETY: cuFile handles may be used from any thread (cuFileRead is
+// thread-safe); the files are plain descriptors.
+unsafe impl Send for CuFileReader {}
+// SAFETY: as above.
+unsafe impl Sync for CuFileReader {}
+
+impl CuFileReader {
+    /// Open `paths` (each still `sizes[i]` bytes long; with `O_DIRECT`
+    /// where the file system allows, as the direct path needs) and register
+    /// them with cuFile, to read into `device`'s memory.
+    pub fn open(
+        cufile: Arc<CuFile>,
+        device: Arc<GpuDevice>,
+        paths: &[PathBuf],
+        sizes: &[u64],
+    ) -> Result<Self, Error> {
+        let files = open_checked(paths, sizes, |p| {
+            std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc_o_direct())
+                .open(p)
+                .or_else(|_| File::open(p))
+        })?;
+        let mut reader = CuFileReader {
+            cufile,
+            device,
+            paths: paths.to_vec(),
+            handles: Vec::with_capacity(files.len()),
+            _files: Vec::new(),
+        };
+        for (path, file) in paths.iter().zip(&files) {
+            let mut descr = CuFileDescr {
+                kind: HANDLE_TYPE_OPAQUE_FD,
+                handle: DescrHandle {
+                    fd: file.as_raw_fd(),
+                },
+                fs_ops: std::ptr::null(),
+            };
+            let mut handle: Handle = std::ptr::null_mut();
+            // SAFETY: writes one handle; the descriptor is valid and open.
+            let rc = unsafe { (reader.cufile.api.handle_register)(&mut handle, &mut descr) };
+            if rc.err != 0 {
+                return Err(Error::Read {
+                    path: path.clone(),
+                    offset: 0,
+                    reason: format!(
+                        "cuFileHandleRegister failed: cuFile error {} (CUDA result {})",
+                        rc.err, rc.cu_err
+                    ),
+                });
+            }
+            reader.handles.push(handle);
+        }
+        reader._files = files;
+        Ok(reader)
+    }
+}
+
+/// `O_DIRECT` on Linux (x86-64 and aarch64 differ).
+fn libc_o_direct() -> i32 {
+    if cfg!(target_arch = "aarch64") {
+        0o200000
+    } else {
+        0o40000
+    }
+}
+
+impl DirectReader for CuFileReader {
+    fn path(&self, file: usize) -> &Path {
+        &self.paths[file]
+    }
+
+    unsafe fn read(&self, file: usize, dst: u64, len: usize, offset: u64) -> Result<usize, Error> {
+        let failed = |reason: String| Error::Read {
+            path: self.paths[file].clone(),
+            offset,
+            reason,
+        };
+        let read = self.cufile.api.read;
+        let handle = self.handles[file];
+        // SAFETY: a registered handle; `dst..dst + len` is device memory of
+        // `device` nothing else touches (the caller's contract), with the
+        // device current for cuFile to resolve it.
+        let n = self
+            .device
+            .with_current(|| unsafe { read(handle, dst as *mut c_void, len, offset as i64, 0) })?;
+        match n {
+            n if n >= 0 => Ok(n as usize),
+            -1 => Err(failed(std::io::Error::last_os_error().to_string())),
+            n => Err(failed(format!("cuFileRead failed: cuFile error {}", -n))),
+        }
+    }
+}
+
+impl Drop for CuFileReader {
+    fn drop(&mut self) {
+        for &h in &self.handles {
+            // SAFETY: registered in `open`; no read is in flight (reads
+            // are synchronous, and the load that made them has joined).
+            unsafe { (self.cufile.api.handle_deregister)(h) };
+        }
+    }
+}
