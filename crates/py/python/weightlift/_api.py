@@ -659,27 +659,11 @@ def load_file(
         return f.get_tensors()
 
 
-def load(
-    path: Any,
-    device: Any = "cpu",
-    *,
-    backend: BackendArg = None,
-    keys: Union[Collection[str], Callable[[str], bool], None] = None,
-    progress: bool = False,
-    pinned_bytes: Optional[int] = None,
-    fill_threads: Optional[int] = None,
-) -> Dict[str, Any]:
+def load(path: Any, device: Any = "cpu", **options: Any) -> Dict[str, Any]:
     """Load a sharded checkpoint (a directory or a `model.safetensors.index.json`)
-    into a dict of torch tensors; the same as load_file."""
-    return load_file(
-        path,
-        device,
-        backend=backend,
-        keys=keys,
-        progress=progress,
-        pinned_bytes=pinned_bytes,
-        fill_threads=fill_threads,
-    )
+    into a dict of torch tensors; the same as load_file, with its keyword
+    arguments."""
+    return load_file(path, device, **options)
 
 
 class IncompatibleKeys(NamedTuple):
