@@ -126,19 +126,15 @@ impl Drop for CuFile {
     }
 }
 
-/// Look up `name` in `library`, copied out as a plain function pointer.
+/// [`crate::driver::lookup`] in cuFile's library, failing as cuFile being
+/// unavailable.
 ///
 /// # Safety
 ///
-/// `T` must be the symbol's true type, and the pointer must not be called
-/// after `library` is unloaded (an [`Api`] keeps both together).
+/// As [`crate::driver::lookup`].
 unsafe fn symbol<T: Copy>(library: &Library, name: &str) -> Result<T, Error> {
-    let mut c_name = name.as_bytes().to_vec();
-    c_name.push(0);
-    // SAFETY: the caller vouches for the type.
-    unsafe { library.get::<T>(&c_name) }
-        .map(|s| *s)
-        .map_err(|e| unavailable(format!("{} lacks {name}: {e}", LIBRARIES[0])))
+    // SAFETY: the caller's contract is `lookup`'s.
+    unsafe { crate::driver::lookup(library, LIBRARIES[0], name) }.map_err(unavailable)
 }
 
 /// Files registered with cuFile, read into one GPU's memory.

@@ -347,24 +347,35 @@ fn open_library(runtime: Runtime) -> Result<Library, Error> {
     Err(unavailable(runtime, failures.join("; ")))
 }
 
-/// Look up `name` in `library`, copied out as a plain function pointer.
+/// Look up `name` in `library`, copied out as a plain function pointer;
+/// the error says which library lacks it. Shared with cuFile's bindings.
 ///
 /// # Safety
 ///
 /// `T` must be the symbol's true type, and the pointer must not be called
-/// after `library` is unloaded (an [`Api`] keeps both together).
-unsafe fn symbol<T: Copy>(library: &Library, runtime: Runtime, name: &str) -> Result<T, Error> {
+/// after `library` is unloaded (each binding keeps both together).
+pub(crate) unsafe fn lookup<T: Copy>(
+    library: &Library,
+    library_name: &str,
+    name: &str,
+) -> Result<T, String> {
     let mut c_name = name.as_bytes().to_vec();
     c_name.push(0);
     // SAFETY: the caller vouches for the type.
     unsafe { library.get::<T>(&c_name) }
         .map(|s| *s)
-        .map_err(|e| {
-            unavailable(
-                runtime,
-                format!("{} lacks {name}: {e}", runtime.libraries()[0]),
-            )
-        })
+        .map_err(|e| format!("{library_name} lacks {name}: {e}"))
+}
+
+/// [`lookup`] for `runtime`'s library, failing as the runtime being
+/// unavailable.
+///
+/// # Safety
+///
+/// As [`lookup`].
+unsafe fn symbol<T: Copy>(library: &Library, runtime: Runtime, name: &str) -> Result<T, Error> {
+    // SAFETY: the caller's contract is `lookup`'s.
+    unsafe { lookup(library, runtime.libraries()[0], name) }.map_err(|e| unavailable(runtime, e))
 }
 
 /// A GPU runtime library, loaded and initialized.

@@ -60,6 +60,13 @@ impl From<IoError> for Fail {
     }
 }
 
+/// The id of the selected tensor `name`, or the error naming it.
+fn selected_id(s: &Session, name: String) -> Result<weightlift_format::TensorId, Fail> {
+    s.id(&name).ok_or(Fail::Io(IoError::Select(
+        weightlift_plan::Error::UnknownTensor { name },
+    )))
+}
+
 /// Lock, ignoring poisoning: the data behind these locks stays consistent
 /// across a panic (which would be a bug, reported on its own).
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -164,11 +171,7 @@ impl PySession {
         py: Python<'_>,
         name: String,
     ) -> PyResult<(&'static str, Vec<u64>, PathBuf, u64, u64, u64)> {
-        let id = self.run(py, move |s, _| {
-            s.id(&name).ok_or(Fail::Io(IoError::Select(
-                weightlift_plan::Error::UnknownTensor { name },
-            )))
-        })?;
+        let id = self.run(py, move |s, _| selected_id(s, name))?;
         let t = self.ckpt.tensor(id);
         let shard = self.ckpt.shard(t.file);
         Ok((
@@ -331,12 +334,7 @@ impl PySession {
         let this = slf.get();
         let ids = this.run(py, move |s, _| match name {
             None => Ok(s.selected().to_vec()),
-            Some(name) => s
-                .id(&name)
-                .map(|id| vec![id])
-                .ok_or(Fail::Io(IoError::Select(
-                    weightlift_plan::Error::UnknownTensor { name },
-                ))),
+            Some(name) => selected_id(s, name).map(|id| vec![id]),
         })?;
         let threads =
             threads.unwrap_or_else(|| weightlift_gpu::UploadOptions::default().fill_threads);

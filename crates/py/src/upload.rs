@@ -220,6 +220,20 @@ fn describe(opts: &UploadOptions) -> String {
     )
 }
 
+/// The GPU `spec` names (`cuda:N`, `hip:N`); `None` for any other name.
+fn gpu_spec(spec: &str) -> Result<Option<(Runtime, usize)>, GpuError> {
+    for (prefix, runtime) in [("cuda:", Runtime::Cuda), ("hip:", Runtime::Hip)] {
+        if let Some(n) = spec.strip_prefix(prefix) {
+            let ordinal = n.parse().map_err(|_| GpuError::Setting {
+                name: "device",
+                reason: format!("{spec:?}: not a device number"),
+            })?;
+            return Ok(Some((runtime, ordinal)));
+        }
+    }
+    Ok(None)
+}
+
 /// A pipeline onto the device `spec` names: `cuda:N`, `hip:N`, or `host` (host
 /// memory behind the same trait, standing in for a GPU in tests) with
 /// options `host:delay_us=N,fail=N` (a delay before each copy; fail the
@@ -230,14 +244,11 @@ pub(crate) fn open(spec: &str, staging: Staging) -> Result<Box<dyn Target>, GpuE
         name: "device",
         reason: format!("{spec:?}: {why}"),
     };
-    for (prefix, runtime) in [("cuda:", Runtime::Cuda), ("hip:", Runtime::Hip)] {
-        if let Some(n) = spec.strip_prefix(prefix) {
-            let ordinal = n.parse().map_err(|_| bad("not a device number".into()))?;
-            return Ok(Box::new(Uploader::new(
-                gpu_device(runtime, ordinal)?,
-                opts,
-            )?));
-        }
+    if let Some((runtime, ordinal)) = gpu_spec(spec)? {
+        return Ok(Box::new(Uploader::new(
+            gpu_device(runtime, ordinal)?,
+            opts,
+        )?));
     }
     let Some(settings) = spec.strip_prefix("host") else {
         return Err(bad("unknown device".into()));
@@ -262,64 +273,119 @@ pub(crate) fn open(spec: &str, staging: Staging) -> Result<Box<dyn Target>, GpuE
     Ok(Box::new(Uploader::new(Arc::new(device), opts)?))
 }
 
-/// Tensors on their way to a device: the pipeline, Python's allocator and
-/// the objects owning destinations whose copies are in flight. The
-/// pipeline is declared first so that it is dropped (waiting for every
-/// copy) before the objects.
-pub(crate) struct Loading {
-    pub(crate) target: Box<dyn Target>,
+/// Python's allocator and the objects owning the destinations whose bytes
+/// are still on their way. Whatever writes those destinations (a pipeline,
+/// reads) must be dropped, waiting for every write, before this is.
+struct Destinations {
     alloc: Py<PyAny>,
     keep: HashMap<usize, Py<PyAny>>,
+}
+
+impl Destinations {
+    fn new(alloc: Py<PyAny>) -> Self {
+        Destinations {
+            alloc,
+            keep: HashMap::new(),
+        }
+    }
+
+    /// The device address of a new destination for tensor `id`, its owner
+    /// kept until `hand_back`; `None` when Python has no room for it until
+    /// the tensors in flight are handed back (a ring of device memory, for
+    /// `copy=False`).
+    fn ask(&mut self, id: TensorId, ckpt: &Checkpoint) -> Result<Option<u64>, Fail> {
+        let info = ckpt.tensor(id);
+        let file = ckpt.shard(info.file).path();
+        let answer = Python::attach(|py| -> PyResult<Option<(Py<PyAny>, u64, usize)>> {
+            self.alloc
+                .bind(py)
+                .call1((
+                    info.name.as_str(),
+                    info.dtype.as_str(),
+                    info.shape.clone(),
+                    file,
+                ))?
+                .extract()
+        })
+        .map_err(Fail::Py)?;
+        let Some((obj, ptr, nbytes)) = answer else {
+            return Ok(None);
+        };
+        if nbytes as u64 != info.len() {
+            return Err(Fail::Mismatch(format!(
+                "tensor {:?} in {}: its destination holds {nbytes} bytes, the tensor {}",
+                info.name,
+                file.display(),
+                info.len()
+            )));
+        }
+        // Kept before anything writes it, until it is handed back or the
+        // writer is gone.
+        self.keep.insert(id.index(), obj);
+        Ok(Some(ptr))
+    }
+
+    /// The objects of the tensors `ids`, with their names.
+    fn hand_back(&mut self, ids: Vec<usize>, ckpt: &Checkpoint) -> crate::Uploaded {
+        ids.into_iter()
+            .filter_map(|id| {
+                let obj = self.keep.remove(&id)?;
+                Some((ckpt.tensor(TensorId(id as u32)).name.clone(), obj))
+            })
+            .collect()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.keep.is_empty()
+    }
+}
+
+/// `Fail` for tensor `id` when Python gave no room for it with nothing in
+/// flight to wait for.
+fn no_room(id: TensorId, ckpt: &Checkpoint) -> Fail {
+    let info = ckpt.tensor(id);
+    Fail::Device(format!(
+        "tensor {:?} in {}: no device memory was given for its {} bytes",
+        info.name,
+        ckpt.shard(info.file).path().display(),
+        info.len()
+    ))
+}
+
+/// Tensors on their way to a device through the pipeline. The pipeline is
+/// declared first so that it is dropped (waiting for every copy) before
+/// the destinations.
+pub(crate) struct Loading {
+    pub(crate) target: Box<dyn Target>,
+    dests: Destinations,
 }
 
 impl Loading {
     pub(crate) fn new(target: Box<dyn Target>, alloc: Py<PyAny>) -> Self {
         Loading {
             target,
-            alloc,
-            keep: HashMap::new(),
+            dests: Destinations::new(alloc),
         }
     }
 
     /// Ask Python for `t`'s destination and queue its copies into it. `t`
-    /// comes back when Python has no room for it until the tensors in
-    /// flight are handed back (a ring of device memory, for `copy=False`).
+    /// comes back when Python has no room for it yet.
     pub(crate) fn stage(
         &mut self,
         t: HostTensor,
         ckpt: &Checkpoint,
     ) -> Result<Option<HostTensor>, Fail> {
-        let info = ckpt.tensor(t.id());
-        let file = ckpt.shard(info.file).path();
-        let answer = Python::attach(|py| -> PyResult<Option<(Py<PyAny>, u64, usize)>> {
-            let answer = self.alloc.bind(py).call1((
-                info.name.as_str(),
-                info.dtype.as_str(),
-                info.shape.clone(),
-                file,
-            ))?;
-            answer.extract()
-        })
-        .map_err(Fail::Py)?;
-        let Some((obj, ptr, nbytes)) = answer else {
+        let Some(ptr) = self.dests.ask(t.id(), ckpt)? else {
             return Ok(Some(t));
         };
-        if nbytes != t.len() {
-            return Err(Fail::Mismatch(format!(
-                "tensor {:?} in {}: its destination holds {nbytes} bytes, the tensor {}",
-                info.name,
-                file.display(),
-                t.len()
-            )));
+        // SAFETY: the object owning the memory at `ptr` (Python's word)
+        // stays in `dests` until the tensor is handed back, or until after
+        // the pipeline, dropped first, waited for every copy.
+        unsafe {
+            self.target
+                .upload_into(t.id().index(), &ckpt.tensor(t.id()).name, t.bytes(), ptr)
         }
-        let id = t.id().index();
-        // Kept before any copy is queued, until its copies completed or
-        // the pipeline is gone.
-        self.keep.insert(id, obj);
-        // SAFETY: `obj` owns the memory at `ptr` (Python's word) and stays
-        // in `keep` until the tensor is handed back, or until after the
-        // pipeline, dropped first, waited for every copy.
-        unsafe { self.target.upload_into(id, &info.name, t.bytes(), ptr) }.map_err(Fail::Gpu)?;
+        .map_err(Fail::Gpu)?;
         Ok(None)
     }
 
@@ -327,30 +393,13 @@ impl Loading {
     pub(crate) fn stage_alone(&mut self, t: HostTensor, ckpt: &Checkpoint) -> Result<(), Fail> {
         match self.stage(t, ckpt)? {
             None => Ok(()),
-            Some(t) => {
-                let info = ckpt.tensor(t.id());
-                Err(Fail::Device(format!(
-                    "tensor {:?} in {}: no device memory was given for its {} bytes",
-                    info.name,
-                    ckpt.shard(info.file).path().display(),
-                    t.len()
-                )))
-            }
+            Some(t) => Err(no_room(t.id(), ckpt)),
         }
     }
 
     /// The objects of the tensors `ids`, with their names.
     pub(crate) fn hand_back(&mut self, ids: Vec<usize>, ckpt: &Checkpoint) -> crate::Uploaded {
-        ids.into_iter()
-            .filter_map(|id| {
-                let obj = self.keep.remove(&id)?;
-                let name = ckpt
-                    .tensor(weightlift_format::TensorId(id as u32))
-                    .name
-                    .clone();
-                Some((name, obj))
-            })
-            .collect()
+        self.dests.hand_back(ids, ckpt)
     }
 }
 
@@ -384,7 +433,7 @@ impl Upload {
     ) -> Result<Option<Vec<usize>>, Fail> {
         loop {
             if let Some(t) = self.deferred.take() {
-                if self.loading.keep.is_empty() {
+                if self.loading.dests.is_empty() {
                     // Nothing in flight holds the room it needs.
                     self.loading.stage_alone(t, ckpt)?;
                 } else if let Some(t) = self.loading.stage(t, ckpt)? {
@@ -441,7 +490,7 @@ fn cufile() -> Result<Arc<CuFile>, GpuError> {
 
 /// A reader straight from `ckpt`'s files into the memory of the device
 /// `spec` names (`cuda:N` through cuFile; `host`, the stand-in, with
-/// pread), and the load's settings, described.
+/// pread).
 fn direct_reader(spec: &str, ckpt: &Checkpoint) -> Result<Arc<dyn DirectReader>, GpuError> {
     let paths: Vec<PathBuf> = ckpt
         .shards()
@@ -449,24 +498,23 @@ fn direct_reader(spec: &str, ckpt: &Checkpoint) -> Result<Arc<dyn DirectReader>,
         .map(|s| s.path().to_path_buf())
         .collect();
     let sizes: Vec<u64> = ckpt.shards().iter().map(|s| s.size()).collect();
-    if let Some(n) = spec.strip_prefix("cuda:") {
-        let ordinal = n.parse().map_err(|_| GpuError::Setting {
-            name: "device",
-            reason: format!("{spec:?}: not a device number"),
-        })?;
-        let device = gpu_device(Runtime::Cuda, ordinal)?;
-        return Ok(Arc::new(CuFileReader::open(
-            cufile()?,
-            device,
-            &paths,
-            &sizes,
-        )?));
-    }
-    if spec.starts_with("hip:") {
-        return Err(GpuError::Unavailable {
-            api: "cuFile",
-            reason: "GPUDirect Storage is NVIDIA's: AMD GPUs load through the pipeline".into(),
-        });
+    match gpu_spec(spec)? {
+        Some((Runtime::Cuda, ordinal)) => {
+            let device = gpu_device(Runtime::Cuda, ordinal)?;
+            return Ok(Arc::new(CuFileReader::open(
+                cufile()?,
+                device,
+                &paths,
+                &sizes,
+            )?));
+        }
+        Some(_) => {
+            return Err(GpuError::Unavailable {
+                api: "cuFile",
+                reason: "GPUDirect Storage is NVIDIA's: AMD GPUs load through the pipeline".into(),
+            });
+        }
+        None => {}
     }
     if spec.starts_with("host") {
         return Ok(Arc::new(HostFileReader::open(&paths, &sizes)?));
@@ -482,8 +530,7 @@ fn direct_reader(spec: &str, ckpt: &Checkpoint) -> Result<Arc<dyn DirectReader>,
 /// read) is declared before the objects owning the destinations.
 pub(crate) struct Direct {
     load: DirectLoad,
-    alloc: Py<PyAny>,
-    keep: HashMap<usize, Py<PyAny>>,
+    dests: Destinations,
     /// The tensors to read, in file order, and the next to queue.
     ids: Vec<TensorId>,
     next: usize,
@@ -503,8 +550,7 @@ impl Direct {
         let reader = direct_reader(spec, ckpt)?;
         Ok(Direct {
             load: DirectLoad::new(reader, threads, DIRECT_CHUNK),
-            alloc,
-            keep: HashMap::new(),
+            dests: Destinations::new(alloc),
             ids,
             next: 0,
             limit: threads.max(1) * DIRECT_CHUNK * 2,
@@ -535,16 +581,10 @@ impl Direct {
                 self.next += 1;
             }
             if self.load.in_flight() == 0 {
-                let Some(&id) = self.ids.get(self.next) else {
-                    return Ok(None);
+                return match self.ids.get(self.next) {
+                    None => Ok(None),
+                    Some(&id) => Err(no_room(id, ckpt)),
                 };
-                let info = ckpt.tensor(id);
-                return Err(Fail::Device(format!(
-                    "tensor {:?} in {}: no device memory was given for its {} bytes",
-                    info.name,
-                    ckpt.shard(info.file).path().display(),
-                    info.len()
-                )));
             }
             match self.load.next_done(Duration::from_millis(50)) {
                 Ok(done) if !done.is_empty() => return Ok(Some(done)),
@@ -566,54 +606,27 @@ impl Direct {
     /// Ask Python for tensor `id`'s destination and queue its reads; false
     /// when Python has no room for it until tensors in flight come back.
     fn stage(&mut self, id: TensorId, ckpt: &Checkpoint) -> Result<bool, Fail> {
-        let info = ckpt.tensor(id);
-        let file = ckpt.shard(info.file).path();
-        let answer = Python::attach(|py| -> PyResult<Option<(Py<PyAny>, u64, usize)>> {
-            self.alloc
-                .bind(py)
-                .call1((
-                    info.name.as_str(),
-                    info.dtype.as_str(),
-                    info.shape.clone(),
-                    file,
-                ))?
-                .extract()
-        })
-        .map_err(Fail::Py)?;
-        let Some((obj, ptr, nbytes)) = answer else {
+        let Some(ptr) = self.dests.ask(id, ckpt)? else {
             return Ok(false);
         };
-        let len = info.len() as usize;
-        if nbytes != len {
-            return Err(Fail::Mismatch(format!(
-                "tensor {:?} in {}: its destination holds {nbytes} bytes, the tensor {len}",
-                info.name,
-                file.display()
-            )));
-        }
-        self.keep.insert(id.index(), obj);
+        let info = ckpt.tensor(id);
         let job = DirectJob {
             id: id.index(),
             file: info.file.index(),
             offset: info.range.start,
-            len,
+            len: info.len() as usize,
             dst: ptr,
         };
-        // SAFETY: `obj` owns the memory at `ptr` (Python's word) and stays
-        // in `keep` until the tensor is handed back, or until after the
-        // load, dropped first, joined every read.
+        // SAFETY: the object owning the memory at `ptr` (Python's word)
+        // stays in `dests` until the tensor is handed back, or until after
+        // the load, dropped first, joined every read.
         unsafe { self.load.submit(job) }.map_err(Fail::Gpu)?;
         Ok(true)
     }
 
     /// The objects of the tensors `ids`, with their names.
     pub(crate) fn hand_back(&mut self, ids: Vec<usize>, ckpt: &Checkpoint) -> crate::Uploaded {
-        ids.into_iter()
-            .filter_map(|id| {
-                let obj = self.keep.remove(&id)?;
-                Some((ckpt.tensor(TensorId(id as u32)).name.clone(), obj))
-            })
-            .collect()
+        self.dests.hand_back(ids, ckpt)
     }
 }
 
