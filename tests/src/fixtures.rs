@@ -342,3 +342,74 @@ pub fn assert_same_as_reference<'a>(
         );
     }
 }
+
+/// A directory for one test's files under `base`, removed with everything
+/// in it when dropped: `base/<tag>-<pid>-<n>`. Tests of direct I/O put it
+/// under cargo's `CARGO_TARGET_TMPDIR` (a real disk) rather than the
+/// system's temporary directory, which may be tmpfs, where `O_DIRECT` is
+/// refused. Its path is the field.
+#[derive(Debug)]
+pub struct Scratch(pub PathBuf);
+
+impl Scratch {
+    /// Create a fresh directory under `base`.
+    pub fn new(base: &Path, tag: &str) -> Self {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let dir = base.join(format!(
+            "{tag}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).expect("create a scratch directory");
+        Scratch(dir)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Write a shard holding `U8` tensors `<prefix><i>` of these sizes (so
+/// offsets and sizes are arbitrary, not aligned), filled with bytes derived
+/// from `seed`; returns the file's bytes.
+pub fn write_u8_shard(path: &Path, prefix: &str, sizes: &[u64], seed: u64) -> Vec<u8> {
+    let specs: Vec<TensorSpec> = sizes
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| TensorSpec::new(format!("{prefix}{i}"), Dtype::U8, [n]))
+        .collect();
+    let enc = encode_header(&specs, None).expect("encode a header");
+    let mut bytes = enc.bytes;
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    for _ in 0..enc.data_len {
+        // xorshift: cheap, deterministic, no runs of equal bytes.
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        bytes.push(x as u8);
+    }
+    std::fs::write(path, &bytes).expect("write a shard");
+    bytes
+}
+
+/// Tensor name -> bytes of every tensor of `ckpt`, read with plain
+/// `std::fs::read`.
+pub fn plain_bytes(
+    ckpt: &weightlift_format::Checkpoint,
+) -> std::collections::HashMap<String, Vec<u8>> {
+    let mut out = std::collections::HashMap::new();
+    for shard in ckpt.shards() {
+        let file = std::fs::read(shard.path()).expect("read a shard");
+        for id in shard.tensor_ids() {
+            let t = ckpt.tensor(id);
+            out.insert(
+                t.name.clone(),
+                file[t.range.start as usize..t.range.end as usize].to_vec(),
+            );
+        }
+    }
+    out
+}

@@ -1,4 +1,4 @@
-//! The crates composed: weightlift-io loads a checkpoint into host memory,
+//! The crates composed: weightlift loads a checkpoint into host memory,
 //! weightlift-gpu's pipeline uploads each tensor as it arrives onto the
 //! host-memory device, and every tensor that comes back equals what the
 //! reference `safetensors` crate reads from the same file.
@@ -7,9 +7,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use weightlift::{LoadOptions, host};
 use weightlift_format::{Checkpoint, TensorId};
 use weightlift_gpu::{HostDevice, UploadOptions, Uploaded, Uploader};
-use weightlift_io::{EngineOptions, host};
 use weightlift_plan::Selection;
 use weightlift_tests::fixtures::{
     LlamaConfig, TempDir, assert_same_as_reference, moe_specs, write_checkpoint,
@@ -24,7 +24,7 @@ fn load_and_upload(
 ) -> HashMap<TensorId, Uploaded<weightlift_gpu::HostMemory>> {
     let mut up = Uploader::new(device, opts).unwrap();
     let mut done = HashMap::new();
-    let load = host::load(ckpt.clone(), &Selection::All, &EngineOptions::default()).unwrap();
+    let load = host::load(ckpt.clone(), &Selection::All, &LoadOptions::default()).unwrap();
     for tensor in load {
         let tensor = tensor.unwrap();
         let id = tensor.id();

@@ -9,8 +9,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
 use serde::{Deserialize, Serialize};
+use weightlift::{LoadOptions, host};
 use weightlift_format::Checkpoint;
-use weightlift_io::{Backend, EngineOptions, cache, host};
+use weightlift_io::{Backend, cache};
 use weightlift_plan::Selection;
 
 use crate::args::Args;
@@ -202,7 +203,7 @@ pub(crate) fn run_once(loader: &Loader, target: &Target<'_>, digest: bool) -> Re
         }
     };
     // The choice must come from the loader's own default, not the caller's environment.
-    cmd.env_remove(weightlift_io::BACKEND_ENV);
+    cmd.env_remove("WEIGHTLIFT_BACKEND");
     let out = output_within(&mut cmd, RUN_TIMEOUT)
         .with_context(|| format!("running {}", loader.name()))?;
     let Some((status, stdout, stderr)) = out else {
@@ -334,10 +335,8 @@ pub(crate) fn load_once(args: &mut Args) -> Result<()> {
             } else {
                 Some(Backend::parse_list(name)?)
             };
-            let opts = EngineOptions {
-                backends,
-                ..EngineOptions::default().with_env()?
-            };
+            let mut opts = LoadOptions::from_env()?;
+            opts.engine.backends = backends;
             load_and_touch(&ckpt, &opts)?
         }
     };
@@ -347,7 +346,7 @@ pub(crate) fn load_once(args: &mut Args) -> Result<()> {
 
 /// Load every tensor and read one byte of every page of each as it
 /// arrives; the clock stops when the last page was read.
-fn load_and_touch(ckpt: &Arc<Checkpoint>, opts: &EngineOptions) -> Result<Run> {
+fn load_and_touch(ckpt: &Arc<Checkpoint>, opts: &LoadOptions) -> Result<Run> {
     let base_rss = rss("VmRSS");
     let t = Instant::now();
     let load = host::load(ckpt.clone(), &Selection::All, opts)?;

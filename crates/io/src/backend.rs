@@ -12,11 +12,6 @@ use crate::queue::aio::Aio;
 use crate::queue::uring::Uring;
 use crate::{Error, OpenMode, ReadFile, cache};
 
-/// The environment variable that overrides the default candidates when no
-/// backend is given in the options: comma-separated backend or policy
-/// names, such as `URING,AIO` or `BUFFERED`.
-pub const BACKEND_ENV: &str = "WEIGHTLIFT_BACKEND";
-
 /// A way of reading files.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[non_exhaustive]
@@ -69,7 +64,7 @@ impl BackendPolicy {
         }
     }
 
-    /// The policy's name, as in `WEIGHTLIFT_BACKEND`.
+    /// The policy's name, as [`Backend::parse_list`] takes it.
     pub fn name(self) -> &'static str {
         match self {
             BackendPolicy::Buffered => "BUFFERED",
@@ -91,7 +86,8 @@ impl Backend {
         Backend::Cufile,
     ];
 
-    /// The name, as in `WEIGHTLIFT_BACKEND` (and InstantTensor's `Backend`).
+    /// The name, as [`Backend::parse_list`] takes it (and InstantTensor's
+    /// `Backend` spells it).
     pub fn name(self) -> &'static str {
         match self {
             Backend::Uring => "URING",
@@ -146,14 +142,6 @@ impl Backend {
             });
         }
         Ok(out)
-    }
-
-    /// The candidates named by [`BACKEND_ENV`], if it is set and not empty.
-    pub fn from_env() -> Result<Option<Vec<Backend>>, Error> {
-        match std::env::var(BACKEND_ENV) {
-            Ok(v) if !v.trim().is_empty() => Backend::parse_list(&v).map(Some),
-            _ => Ok(None),
-        }
     }
 }
 
@@ -266,7 +254,7 @@ pub struct Chosen {
 }
 
 /// Choose the first of `candidates` that can read every file in `paths`
-/// (the default order when `None`: [`BACKEND_ENV`] if set, else by
+/// (when `None`, the default order for where the files are: see
 /// [`Residence`]), and open the files for it.
 ///
 /// `staged` says whether reads go to staging memory through the engine (a
@@ -278,13 +266,10 @@ pub fn choose(
 ) -> Result<Chosen, Error> {
     let (candidates, residence) = match candidates {
         Some(c) => (c.to_vec(), None),
-        None => match Backend::from_env()? {
-            Some(c) => (c, None),
-            None => {
-                let r = Residence::of(paths)?;
-                (r.default_candidates(), Some(r))
-            }
-        },
+        None => {
+            let r = Residence::of(paths)?;
+            (r.default_candidates(), Some(r))
+        }
     };
     let mut rejected = Vec::new();
     // Opening is shared by candidates of the same mode.
@@ -329,7 +314,8 @@ pub fn choose(
 }
 
 /// Why `CUFILE` is refused, wherever it is asked for.
-pub(crate) const CUFILE_REASON: &str = "cuFile reads straight into GPU memory: it serves GPU devices (device='cuda:N'), not host loads";
+pub(crate) const CUFILE_REASON: &str =
+    "cuFile reads straight into GPU memory: it serves GPU devices, not loads into host memory";
 
 fn open_all(paths: &[PathBuf], mode: OpenMode) -> Result<Vec<ReadFile>, Error> {
     paths.iter().map(|p| ReadFile::open(p, mode)).collect()

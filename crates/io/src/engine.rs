@@ -22,8 +22,8 @@ use crate::{Backend, Error, ReadFile};
 /// storage (see docs/ARCHITECTURE.md); `Default` gives them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EngineOptions {
-    /// Backends to try, in order. `None`: [`crate::BACKEND_ENV`] if set,
-    /// else the default for where the files are ([`Residence`]).
+    /// Backends to try, in order. `None`: the default for where the files
+    /// are ([`Residence`]).
     pub backends: Option<Vec<Backend>>,
     /// Reads in flight at most.
     pub queue_depth: usize,
@@ -49,31 +49,13 @@ impl EngineOptions {
     /// Default staging memory: one slot per read in flight.
     pub const DEFAULT_RING_BYTES: usize = Self::DEFAULT_QUEUE_DEPTH * Self::DEFAULT_SLOT_SIZE;
 
-    /// Apply overrides from the environment: `WEIGHTLIFT_QUEUE_DEPTH`,
-    /// `WEIGHTLIFT_SLOT_SIZE`, `WEIGHTLIFT_RING_BYTES` (bytes, or with a
-    /// `K`, `M` or `G` suffix for KiB, MiB, GiB) and `WEIGHTLIFT_THREADS`.
-    /// (`WEIGHTLIFT_BACKEND` is read when a backend is chosen.)
-    pub fn with_env(mut self) -> Result<Self, Error> {
-        for (var, field) in [
-            ("WEIGHTLIFT_QUEUE_DEPTH", &mut self.queue_depth),
-            ("WEIGHTLIFT_SLOT_SIZE", &mut self.slot_size),
-            ("WEIGHTLIFT_RING_BYTES", &mut self.ring_bytes),
-            ("WEIGHTLIFT_THREADS", &mut self.threads),
-        ] {
-            if let Ok(v) = std::env::var(var) {
-                *field = parse_amount(&v).ok_or(Error::Setting {
-                    name: var,
-                    value: 0,
-                    reason: "not a whole number (with an optional K, M or G suffix)",
-                })?;
-            }
-        }
-        check_options(&self)?;
-        Ok(self)
+    /// Check every setting: a queue depth from 1 to 4096, a slot size
+    /// that is a multiple of 4096 up to 1 GiB, a ring holding at least one
+    /// slot, at least one thread.
+    pub fn check(&self) -> Result<(), Error> {
+        check_options(self)
     }
-}
 
-impl EngineOptions {
     /// Bound staging memory to `bytes` (InstantTensor's `buffer_size`):
     /// the ring gets `bytes`, and reads shrink to fit it when it holds less
     /// than one slot (to a multiple of 4096; less than 4096 is refused).
@@ -92,21 +74,6 @@ impl EngineOptions {
     }
 }
 
-/// `123`, `64K`, `4M`, `1G` (binary multiples; `KiB`, `MiB`, `GiB` too).
-fn parse_amount(s: &str) -> Option<usize> {
-    let s = s.trim();
-    let digits = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let n: usize = s[..digits].parse().ok()?;
-    let shift = match s[digits..].trim().to_ascii_uppercase().as_str() {
-        "" => 0,
-        "K" | "KIB" => 10,
-        "M" | "MIB" => 20,
-        "G" | "GIB" => 30,
-        _ => return None,
-    };
-    n.checked_mul(1 << shift)
-}
-
 impl Default for EngineOptions {
     fn default() -> Self {
         Self {
@@ -122,7 +89,7 @@ impl Default for EngineOptions {
 
 #[cfg(test)]
 mod tests {
-    use super::{EngineOptions, Error, parse_amount};
+    use super::{EngineOptions, Error};
 
     #[test]
     fn a_small_buffer_size_shrinks_reads_to_fit() {
@@ -139,17 +106,6 @@ mod tests {
                 ..
             })
         ));
-    }
-
-    #[test]
-    fn amounts() {
-        assert_eq!(parse_amount("4096"), Some(4096));
-        assert_eq!(parse_amount("4M"), Some(4 << 20));
-        assert_eq!(parse_amount(" 64 KiB "), Some(64 << 10));
-        assert_eq!(parse_amount("1g"), Some(1 << 30));
-        assert_eq!(parse_amount("4X"), None);
-        assert_eq!(parse_amount("M"), None);
-        assert_eq!(parse_amount("99999999999999999999G"), None);
     }
 }
 

@@ -128,14 +128,6 @@ pub enum Error {
         /// The value at fault.
         value: u64,
     },
-    /// A file is not what it was when its header was read: its size or its
-    /// header changed (it was replaced or rewritten).
-    Changed {
-        /// The file.
-        file: PathBuf,
-        /// What differs.
-        what: &'static str,
-    },
     /// A setting out of range.
     Setting {
         /// The setting.
@@ -147,27 +139,8 @@ pub enum Error {
     },
     /// The consumer of the bytes failed (a device copy, say).
     Sink(Box<dyn std::error::Error + Send + Sync>),
-    /// A failure while reading a tensor's bytes: the tensor, and the cause
-    /// (which names the file).
-    Tensor {
-        /// The tensor's name.
-        tensor: String,
-        /// The failure.
-        source: Box<Error>,
-    },
-    /// The selection cannot be planned (it names a tensor the checkpoint
-    /// lacks, say): the planner's error, which names it.
-    Select(weightlift_plan::Error),
     /// The load was cancelled.
     Cancelled,
-    /// A load ended without handing out every tensor and without saying why
-    /// (its thread ended unexpectedly).
-    Incomplete {
-        /// Tensors the load was to hand out.
-        expected: usize,
-        /// Tensors it handed out.
-        delivered: usize,
-    },
 }
 
 impl Error {
@@ -179,18 +152,8 @@ impl Error {
             | Error::Read { file, .. }
             | Error::Truncated { file, .. }
             | Error::Misaligned { file, .. }
-            | Error::Cache { file, .. }
-            | Error::Changed { file, .. } => Some(file),
+            | Error::Cache { file, .. } => Some(file),
             Error::Map { file, .. } => file.as_deref(),
-            Error::Tensor { source, .. } => source.file(),
-            _ => None,
-        }
-    }
-
-    /// The tensor the error is about, if known.
-    pub fn tensor(&self) -> Option<&str> {
-        match self {
-            Error::Tensor { tensor, .. } => Some(tensor),
             _ => None,
         }
     }
@@ -272,27 +235,13 @@ impl fmt::Display for Error {
             Error::Plan { reason, value } => {
                 write!(f, "read plan does not fit: {reason} ({value})")
             }
-            Error::Changed { file, what } => write!(
-                f,
-                "{}: {what} changed since its header was read (the file was replaced or rewritten)",
-                file.display()
-            ),
             Error::Setting {
                 name,
                 value,
                 reason,
             } => write!(f, "setting {name} = {value}: {reason}"),
             Error::Sink(e) => write!(f, "delivering read bytes failed: {e}"),
-            Error::Tensor { tensor, source } => write!(f, "{source} (tensor {tensor:?})"),
-            Error::Select(e) => write!(f, "cannot load this selection: {e}"),
             Error::Cancelled => write!(f, "the load was cancelled"),
-            Error::Incomplete {
-                expected,
-                delivered,
-            } => write!(
-                f,
-                "the load ended after {delivered} of {expected} tensors without an error (its thread ended unexpectedly)"
-            ),
         }
     }
 }
@@ -306,8 +255,6 @@ impl std::error::Error for Error {
             | Error::Map { source, .. }
             | Error::Queue { source, .. } => Some(source),
             Error::Sink(e) => Some(&**e),
-            Error::Select(e) => Some(e),
-            Error::Tensor { source, .. } => Some(&**source),
             Error::DirectUnsupported {
                 source: Some(e), ..
             } => Some(e),

@@ -21,11 +21,10 @@
 //!   [`choose`], which says why each rejected candidate cannot be used;
 //! - the [`Engine`], which executes a `weightlift_plan::ReadPlan` with many
 //!   reads in flight, either into a [`Ring`] of staging slots handed to a
-//!   [`Sink`] (the path to a GPU) or straight into their final place;
-//! - [`host::load`], which loads a checkpoint's tensors into host memory and
-//!   hands each out as it completes;
-//! - [`session::Session`], random access and repeated passes over a
-//!   checkpoint's tensors, built on `host::load`.
+//!   [`Sink`] (the path to a GPU) or straight into their final place.
+//!
+//! Loading a checkpoint's tensors with it (into host memory, or onto a
+//! device) is the `weightlift` crate's job.
 //!
 //! ```
 //! use weightlift_io::{AlignedBuf, OpenMode, ReadFile};
@@ -47,12 +46,10 @@ pub mod cache;
 mod engine;
 mod error;
 mod file;
-pub mod host;
 mod queue;
 mod region;
-pub mod session;
 
-pub use backend::{BACKEND_ENV, Backend, BackendPolicy, Chosen, Residence, choose};
+pub use backend::{Backend, BackendPolicy, Chosen, Residence, choose};
 pub use buf::AlignedBuf;
 pub use engine::{Engine, EngineOptions, InPlace, InjectedFault, Release, Ring, Sink};
 pub use error::{Error, Rejected};

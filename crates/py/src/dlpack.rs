@@ -13,8 +13,8 @@ use std::sync::Arc;
 
 use pyo3::ffi;
 use pyo3::prelude::*;
+use weightlift::HostTensor;
 use weightlift_io::Region;
-use weightlift_io::host::HostTensor;
 
 /// What keeps a buffer's bytes alive.
 #[derive(Debug, Clone)]

@@ -7,6 +7,7 @@
 use std::io::ErrorKind;
 
 use pyo3::prelude::*;
+use weightlift::Error as LoadError;
 use weightlift_format::{Checkpoint, Error as FormatError};
 use weightlift_gpu::Error as GpuError;
 use weightlift_io::Error as IoError;
@@ -36,16 +37,48 @@ fn format_class(e: &FormatError) -> &'static str {
     }
 }
 
-/// The class for an error loading.
+/// The class for an error reading.
 fn io_class(e: &IoError) -> &'static str {
     match e {
-        IoError::Tensor { source, .. } => io_class(source),
         IoError::Open { source, .. } if source.kind() == ErrorKind::NotFound => "MissingFileError",
-        IoError::Select(_) => "TensorNotFoundError",
         IoError::UnknownBackend { .. } | IoError::NoBackend { .. } => "BackendError",
         IoError::Setting { .. } => "SettingError",
         IoError::Cancelled => "WeightliftError",
         _ => "WeightliftIOError",
+    }
+}
+
+/// The class for an error loading.
+fn load_class(e: &LoadError) -> &'static str {
+    match e {
+        LoadError::Tensor { source, .. } => load_class(source),
+        LoadError::Open(e) => format_class(e),
+        LoadError::Io(e) => io_class(e),
+        LoadError::Device(e) => gpu_class(e),
+        LoadError::Select(_) => "TensorNotFoundError",
+        LoadError::Setting {
+            name: "WEIGHTLIFT_BACKEND",
+            ..
+        } => "BackendError",
+        LoadError::Setting { .. } => "SettingError",
+        LoadError::Destination { .. } => "MismatchError",
+        LoadError::NoRoom { .. } | LoadError::UnknownDevice { .. } => "DeviceError",
+        LoadError::Range { .. } | LoadError::Cancelled | LoadError::Spawn { .. } => {
+            "WeightliftError"
+        }
+        _ => "WeightliftIOError",
+    }
+}
+
+/// The class for a device's error.
+fn gpu_class(e: &GpuError) -> &'static str {
+    match e {
+        GpuError::Upload { source, .. } => gpu_class(source),
+        GpuError::Setting { .. } => "SettingError",
+        GpuError::Read { .. } => "WeightliftIOError",
+        // GPUDirect Storage missing is a backend that cannot be used here.
+        GpuError::Unavailable { api: "cuFile", .. } => "BackendError",
+        _ => "DeviceError",
     }
 }
 
@@ -55,8 +88,8 @@ pub(crate) fn from_format(py: Python<'_>, e: FormatError) -> PyErr {
 }
 
 /// A Python exception for an error loading.
-pub(crate) fn from_io(py: Python<'_>, e: IoError) -> PyErr {
-    raise(py, io_class(&e), chain(&e))
+pub(crate) fn from_load(py: Python<'_>, e: LoadError) -> PyErr {
+    raise(py, load_class(&e), chain(&e))
 }
 
 /// A Python exception for an error on a device: DeviceError (SettingError
@@ -67,13 +100,7 @@ pub(crate) fn from_gpu(py: Python<'_>, e: GpuError, ckpt: &Checkpoint) -> PyErr 
         GpuError::Upload { tensor, source } => (Some(tensor.as_str()), source.as_ref()),
         other => (None, other),
     };
-    let class = match inner {
-        GpuError::Setting { .. } => "SettingError",
-        GpuError::Read { .. } => "WeightliftIOError",
-        // GPUDirect Storage missing is a backend that cannot be used here.
-        GpuError::Unavailable { api: "cuFile", .. } => "BackendError",
-        _ => "DeviceError",
-    };
+    let class = gpu_class(inner);
     let message = match tensor {
         Some(name) => {
             let file = ckpt

@@ -25,10 +25,9 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use pyo3::prelude::*;
+use weightlift::{Error as LoadError, HostTensor, LoadOptions, Pass, Session, Wait};
 use weightlift_format::Checkpoint;
-use weightlift_io::host::HostTensor;
-use weightlift_io::session::{Pass, Session, Wait};
-use weightlift_io::{Backend, EngineOptions, Error as IoError};
+use weightlift_io::Backend;
 use weightlift_plan::Selection;
 
 use dlpack::Keep;
@@ -43,7 +42,7 @@ type Uploaded = Vec<(String, Py<PyAny>)>;
 /// Why a call on a session did not return a value.
 enum Fail {
     Closed,
-    Io(IoError),
+    Load(LoadError),
     /// Copying onto a device failed.
     Gpu(weightlift_gpu::Error),
     /// A destination Python gave does not fit the tensor.
@@ -54,15 +53,15 @@ enum Fail {
     Py(PyErr),
 }
 
-impl From<IoError> for Fail {
-    fn from(e: IoError) -> Self {
-        Fail::Io(e)
+impl From<LoadError> for Fail {
+    fn from(e: LoadError) -> Self {
+        Fail::Load(e)
     }
 }
 
 /// The id of the selected tensor `name`, or the error naming it.
 fn selected_id(s: &Session, name: String) -> Result<weightlift_format::TensorId, Fail> {
-    s.id(&name).ok_or(Fail::Io(IoError::Select(
+    s.id(&name).ok_or(Fail::Load(LoadError::Select(
         weightlift_plan::Error::UnknownTensor { name },
     )))
 }
@@ -77,7 +76,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 #[pyclass(name = "_Session", module = "weightlift._weightlift", frozen)]
 struct PySession {
     ckpt: Arc<Checkpoint>,
-    options: EngineOptions,
+    options: LoadOptions,
     inner: Mutex<Option<Session>>,
     /// The latest device pipeline and its device and settings, kept for
     /// the next load with the same ones (its staging memory is costly to
@@ -101,17 +100,15 @@ impl PySession {
         backends: Option<String>,
         buffer_size: Option<usize>,
     ) -> PyResult<Self> {
-        let mut options = EngineOptions::default()
-            .with_env()
-            .map_err(|e| errors::from_io(py, e))?;
+        let mut options = LoadOptions::from_env().map_err(|e| errors::from_load(py, e))?;
         if let Some(list) = backends {
-            options.backends =
-                Some(Backend::parse_list(&list).map_err(|e| errors::from_io(py, e))?);
+            options.engine.backends =
+                Some(Backend::parse_list(&list).map_err(|e| errors::from_load(py, e.into()))?);
         }
         if let Some(n) = buffer_size {
             options = options
                 .with_buffer_size(n)
-                .map_err(|e| errors::from_io(py, e))?;
+                .map_err(|e| errors::from_load(py, e))?;
         }
         let opened = py.detach(|| match sources.as_slice() {
             [one] => Checkpoint::open(one),
@@ -119,7 +116,7 @@ impl PySession {
         });
         let ckpt = Arc::new(opened.map_err(|e| errors::from_format(py, e))?);
         let session = Session::new(ckpt.clone(), &Selection::All, options.clone())
-            .map_err(|e| errors::from_io(py, e))?;
+            .map_err(|e| errors::from_load(py, e))?;
         Ok(Self {
             ckpt,
             options,
@@ -136,7 +133,7 @@ impl PySession {
             &Selection::names(names),
             self.options.clone(),
         )
-        .map_err(|e| errors::from_io(py, e))?;
+        .map_err(|e| errors::from_load(py, e))?;
         self.run(py, move |s, _| {
             *s = session;
             Ok(())
@@ -203,7 +200,7 @@ impl PySession {
     /// Staging memory for device copies, in bytes.
     #[getter]
     fn buffer_size(&self) -> usize {
-        self.options.ring_bytes
+        self.options.engine.ring_bytes
     }
 
     /// The backend of the latest load and its settings; None before one.
@@ -400,7 +397,7 @@ impl PySession {
                 "ClosedError",
                 "the checkpoint was closed (use it inside its `with` block)".into(),
             ),
-            Fail::Io(e) => errors::from_io(py, e),
+            Fail::Load(e) => errors::from_load(py, e),
             Fail::Gpu(e) => errors::from_gpu(py, e, &self.ckpt),
             Fail::Mismatch(m) => errors::raise(py, "MismatchError", m),
             Fail::Device(m) => errors::raise(py, "DeviceError", m),
@@ -485,7 +482,7 @@ impl PyPass {
             // The session's lock is held; the pass's is only ever taken
             // inside it, so the two cannot deadlock.
             let mut pass = lock(pass);
-            s.next(&mut pass, wait).transpose().map_err(Fail::Io)
+            s.next(&mut pass, wait).transpose().map_err(Fail::Load)
         })?;
         t.map(|t| session.described(t)).transpose()
     }

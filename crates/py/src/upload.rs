@@ -15,13 +15,12 @@ use std::task::Poll;
 use std::time::Duration;
 
 use pyo3::prelude::*;
+use weightlift::{HostTensor, Pass, Session, Wait};
 use weightlift_format::{Checkpoint, TensorId};
 use weightlift_gpu::{
     CuFile, CuFileReader, Device, DirectJob, DirectLoad, DirectReader, Error as GpuError,
     GpuDevice, GpuDriver, HostDevice, HostFileReader, Runtime, UploadOptions, Uploader,
 };
-use weightlift_io::host::HostTensor;
-use weightlift_io::session::{Pass, Session, Wait};
 
 use crate::{Fail, lock};
 
@@ -469,7 +468,7 @@ impl Upload {
             };
             match next {
                 Some(Ok(t)) => self.deferred = self.loading.stage(t, ckpt)?,
-                Some(Err(e)) => return Err(Fail::Io(e)),
+                Some(Err(e)) => return Err(Fail::Load(e)),
                 None => {
                     let done = target.finish().map_err(Fail::Gpu)?;
                     return Ok((!done.is_empty()).then_some(done));
@@ -590,7 +589,7 @@ impl Direct {
                 Ok(done) if !done.is_empty() => return Ok(Some(done)),
                 Ok(_) => {
                     if !wait() {
-                        return Err(Fail::Io(weightlift_io::Error::Cancelled));
+                        return Err(Fail::Load(weightlift::Error::Cancelled));
                     }
                 }
                 Err((id, e)) => {

@@ -8,13 +8,13 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use common::*;
+use weightlift::{Error, LoadOptions, Session};
 use weightlift_format::Checkpoint;
-use weightlift_io::session::Session;
-use weightlift_io::{EngineOptions, Error};
+use weightlift_io::EngineOptions;
 use weightlift_plan::Selection;
 
 fn fixture(tag: &str) -> (Scratch, Arc<Checkpoint>) {
-    let dir = Scratch::new(tag);
+    let dir = scratch(tag);
     let sizes: Vec<u64> = (0..40).map(|i| [0, 1, 7, 4096, 70_001][i % 5]).collect();
     write_shard(&dir.0.join("a.safetensors"), "a", &sizes, 1);
     write_shard(&dir.0.join("b.safetensors"), "b", &sizes[..9], 2);
@@ -30,7 +30,7 @@ fn go() -> bool {
 fn single_reads_in_any_order_equal_a_plain_read_and_never_alias() {
     let (_dir, ckpt) = fixture("session-single");
     let plain = plain_bytes(&ckpt);
-    let mut s = Session::new(ckpt.clone(), &Selection::All, EngineOptions::default()).unwrap();
+    let mut s = Session::new(ckpt.clone(), &Selection::All, LoadOptions::default()).unwrap();
     // Reverse name order: never a walk, so every request is read alone.
     let names: Vec<String> = s
         .sorted()
@@ -61,7 +61,7 @@ fn single_reads_in_any_order_equal_a_plain_read_and_never_alias() {
 fn walking_the_names_in_order_streams_the_rest() {
     let (_dir, ckpt) = fixture("session-walk");
     let plain = plain_bytes(&ckpt);
-    let mut s = Session::new(ckpt.clone(), &Selection::All, EngineOptions::default()).unwrap();
+    let mut s = Session::new(ckpt.clone(), &Selection::All, LoadOptions::default()).unwrap();
     let names: Vec<String> = s
         .sorted()
         .iter()
@@ -81,10 +81,10 @@ fn walking_the_names_in_order_streams_the_rest() {
 fn named_backends_read_single_tensors_too() {
     let (_dir, ckpt) = fixture("session-forced");
     let plain = plain_bytes(&ckpt);
-    let options = only(
+    let options = with_engine(only(
         weightlift_io::Backend::PreadBuffered,
         &EngineOptions::default(),
-    );
+    ));
     let mut s = Session::new(ckpt.clone(), &Selection::All, options).unwrap();
     let name = &ckpt.tensors()[7].name;
     assert_eq!(s.get(name, &mut go).unwrap().bytes(), plain[name]);
@@ -108,7 +108,7 @@ fn every_pass_yields_each_selected_tensor_once() {
     let mut s = Session::new(
         ckpt.clone(),
         &Selection::names(wanted.clone()),
-        EngineOptions::default(),
+        LoadOptions::default(),
     )
     .unwrap();
     assert_eq!(s.selected().len(), wanted.len());
@@ -143,7 +143,7 @@ fn a_selection_naming_a_missing_tensor_is_refused() {
     let err = Session::new(
         ckpt,
         &Selection::names(["a0", "zzz"]),
-        EngineOptions::default(),
+        LoadOptions::default(),
     )
     .unwrap_err();
     assert!(
@@ -166,14 +166,14 @@ fn a_file_truncated_after_open_fails_a_single_read_naming_file_and_tensor() {
         f.set_len(ckpt.shards()[0].data_start() + 10).unwrap();
     };
     // Truncated before the session opened the file: it changed.
-    let mut s = Session::new(ckpt.clone(), &Selection::All, EngineOptions::default()).unwrap();
+    let mut s = Session::new(ckpt.clone(), &Selection::All, LoadOptions::default()).unwrap();
     truncate();
     let err = s.get(&last.name, &mut go).unwrap_err();
-    assert!(err.to_string().contains("a.safetensors"), "{err}");
+    assert!(chain(&err).contains("a.safetensors"), "{}", chain(&err));
     assert_eq!(err.tensor(), Some(last.name.as_str()), "{err}");
     // Truncated while open: the read comes up short.
     let (dir2, ckpt2) = fixture("session-truncated-open");
-    let mut s = Session::new(ckpt2.clone(), &Selection::All, EngineOptions::default()).unwrap();
+    let mut s = Session::new(ckpt2.clone(), &Selection::All, LoadOptions::default()).unwrap();
     s.get("a1", &mut go).unwrap();
     let f = std::fs::OpenOptions::new()
         .write(true)
@@ -182,17 +182,17 @@ fn a_file_truncated_after_open_fails_a_single_read_naming_file_and_tensor() {
     f.set_len(ckpt2.shards()[0].data_start() + 10).unwrap();
     let err = s.get(&last.name, &mut go).unwrap_err();
     assert!(
-        matches!(&err, Error::Tensor { source, .. } if matches!(**source, Error::Truncated { .. })),
+        matches!(&err, Error::Tensor { source, .. } if matches!(**source, Error::Io(weightlift_io::Error::Truncated { .. }))),
         "{err:?}"
     );
-    assert!(err.to_string().contains("a.safetensors"), "{err}");
+    assert!(chain(&err).contains("a.safetensors"), "{}", chain(&err));
 }
 
 #[test]
 fn a_pass_polled_without_waiting_yields_every_tensor_once() {
     let (_dir, ckpt) = fixture("session-try");
     let plain = plain_bytes(&ckpt);
-    let mut s = Session::new(ckpt.clone(), &Selection::All, EngineOptions::default()).unwrap();
+    let mut s = Session::new(ckpt.clone(), &Selection::All, LoadOptions::default()).unwrap();
     let mut pass = s.pass();
     let mut seen = HashSet::new();
     let mut pending = 0u64;
@@ -217,4 +217,20 @@ fn a_pass_polled_without_waiting_yields_every_tensor_once() {
         s.try_next(&mut pass),
         std::task::Poll::Ready(None)
     ));
+}
+
+#[test]
+fn a_load_naming_a_missing_tensor_names_it() {
+    let dir = scratch("select");
+    let path = dir.0.join("m.safetensors");
+    write_shard(&path, "t.", &[10], 3);
+    let ckpt = Arc::new(Checkpoint::open(&path).unwrap());
+    let selection = Selection::names(["t.0", "no.such.tensor"]);
+    match weightlift::host::load(ckpt, &selection, &LoadOptions::default()) {
+        Err(e @ Error::Select(_)) => assert!(e.to_string().contains("no.such.tensor"), "{e}"),
+        other => panic!(
+            "expected a selection error, got {:?}",
+            other.map(|l| l.backend())
+        ),
+    }
 }

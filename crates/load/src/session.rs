@@ -21,9 +21,8 @@
 //!
 //! ```
 //! use std::sync::Arc;
-//! use weightlift_format::{encode_header, Checkpoint, Dtype, TensorSpec};
-//! use weightlift_io::{session::Session, EngineOptions};
-//! use weightlift_plan::Selection;
+//! use weightlift::{Checkpoint, LoadOptions, Selection, Session};
+//! use weightlift_format::{encode_header, Dtype, TensorSpec};
 //!
 //! let enc = encode_header(&[TensorSpec::new("a", Dtype::U8, [2]), TensorSpec::new("b", Dtype::U8, [3])], None)?;
 //! let mut file = enc.bytes;
@@ -32,7 +31,7 @@
 //! std::fs::write(&path, &file)?;
 //!
 //! let ckpt = Arc::new(Checkpoint::open(&path)?);
-//! let mut session = Session::new(ckpt, &Selection::All, EngineOptions::default())?;
+//! let mut session = Session::new(ckpt, &Selection::All, LoadOptions::default())?;
 //! assert_eq!(session.get("b", &mut || true)?.bytes(), &[3, 4, 5]);
 //! let mut pass = session.pass();
 //! let mut seen = 0;
@@ -53,8 +52,10 @@ use std::time::Duration;
 use weightlift_format::{Checkpoint, TensorId};
 use weightlift_plan::Selection;
 
+use weightlift_io::{Backend, OpenMode, ReadFile, Region};
+
 use crate::host::{self, HostLoad, HostTensor, check_unchanged};
-use crate::{Backend, EngineOptions, Error, OpenMode, ReadFile, Region};
+use crate::{Error, LoadOptions};
 
 /// How long one wait lasts before the caller's `wait` callback is asked
 /// whether to go on.
@@ -73,7 +74,7 @@ pub type Wait<'a> = dyn FnMut() -> bool + 'a;
 #[derive(Debug)]
 pub struct Session {
     ckpt: Arc<Checkpoint>,
-    options: EngineOptions,
+    options: LoadOptions,
     /// The selection, in file order.
     selected: Vec<TensorId>,
     /// The selection, in name order.
@@ -87,8 +88,8 @@ pub struct Session {
     handed: HashSet<TensorId>,
     /// `Some(n)`: `get` was asked for exactly the first `n` sorted names, in order.
     walk: Option<usize>,
-    /// Backends were named (by the options or `WEIGHTLIFT_BACKEND`): single
-    /// tensors are read with them too, not alone through the page cache.
+    /// Backends were named in the options: single tensors are read with
+    /// them too, not alone through the page cache.
     forced: bool,
     /// Opened for single reads, on first use.
     files: Option<Vec<ReadFile>>,
@@ -123,7 +124,7 @@ impl Session {
     pub fn new(
         ckpt: Arc<Checkpoint>,
         selection: &Selection,
-        options: EngineOptions,
+        options: LoadOptions,
     ) -> Result<Self, Error> {
         let mut is_selected = vec![false; ckpt.len()];
         match selection {
@@ -152,7 +153,7 @@ impl Session {
             .filter(|&i| is_selected[i])
             .map(|i| TensorId(i as u32))
             .collect();
-        let forced = options.backends.is_some() || Backend::from_env()?.is_some();
+        let forced = options.engine.backends.is_some();
         let mut sorted = selected.clone();
         sorted.sort_by(|a, b| ckpt.tensor(*a).name.cmp(&ckpt.tensor(*b).name));
         Ok(Self {
@@ -281,10 +282,12 @@ impl Session {
         })?;
         let len = self.ckpt.tensor(id).len();
         if range.start > range.end || range.end > len {
-            return Err(Error::Plan {
-                reason: "byte range beyond the tensor",
-                value: range.end,
-            });
+            return Err(Error::Range {
+                start: range.start,
+                end: range.end,
+                len,
+            }
+            .about(name));
         }
         self.read_alone(id, range)
     }
@@ -471,31 +474,33 @@ impl Session {
                 .iter()
                 .map(|s| ReadFile::open(s.path(), OpenMode::Buffered))
                 .collect::<Result<Vec<_>, _>>()
-                .map_err(named)?;
+                .map_err(|e| named(e.into()))?;
             check_unchanged(&self.ckpt, &files).map_err(named)?;
             self.files = Some(files);
         }
         let file = &self.files.as_ref().expect("opened above")[t.file.index()];
         let region = Region::anonymous(len).map_err(|source| {
-            named(Error::Map {
+            named(Error::Io(weightlift_io::Error::Map {
                 file: None,
                 len,
                 source,
-            })
+            }))
         })?;
         if len > 0 {
             // SAFETY: the region was just created and is not shared yet, so
             // this is the only reference to its bytes.
             let dst = unsafe { std::slice::from_raw_parts_mut(region.as_ptr(), len) };
-            let n = file.read_at(dst, start).map_err(named)?;
+            let n = file.read_at(dst, start).map_err(|e| named(e.into()))?;
             if n < len {
-                return Err(named(Error::Truncated {
+                return Err(named(Error::Io(weightlift_io::Error::Truncated {
                     file: file.path().to_path_buf(),
                     at: start + n as u64,
                     size: file.size(),
-                }));
+                })));
             }
         }
-        Ok(HostTensor::new(id, Arc::new(region), 0, len))
+        // SAFETY: the region holds the bytes just read, and nothing else
+        // has it.
+        Ok(unsafe { HostTensor::new(id, Arc::new(region), 0, len) })
     }
 }

@@ -61,7 +61,7 @@ fn case() -> impl Strategy<Value = Case> {
 }
 
 fn run_case(c: &Case) {
-    let dir = Scratch::new("parity");
+    let dir = scratch("parity");
     let paths: Vec<PathBuf> = c
         .shards
         .iter()

@@ -14,8 +14,9 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use common::*;
+use weightlift::host;
 use weightlift_format::Checkpoint;
-use weightlift_io::{Backend, Engine, EngineOptions, Error, InjectedFault, Region, host};
+use weightlift_io::{Backend, Engine, EngineOptions, Error, InjectedFault, Region};
 use weightlift_plan::Selection;
 
 /// Open descriptors of this process, its regions (anonymous memory and
@@ -101,7 +102,7 @@ fn injected_read_error(backend: Backend, dir: &Scratch) {
         ckpt.find(tensor).is_some(),
         "{backend}: {tensor} is not a tensor of the file"
     );
-    assert!(e.to_string().contains("Input/output error"), "{e}");
+    assert!(chain(&e).contains("Input/output error"), "{}", chain(&e));
 }
 
 fn truncated_during_load(backend: Backend, dir: &Scratch) {
@@ -129,7 +130,7 @@ fn truncated_during_load(backend: Backend, dir: &Scratch) {
     }
     // A load that starts after the truncation sees it before reading.
     match load_host(&ckpt, &Selection::All, &opts) {
-        Err(Error::Changed { file, what: "size" }) => assert_eq!(file, path),
+        Err(weightlift::Error::Changed { file, what: "size" }) => assert_eq!(file, path),
         other => panic!("{backend} host: expected a changed file, got {other:?}"),
     }
 }
@@ -139,7 +140,7 @@ fn missing_file(dir: &Scratch) {
     std::fs::remove_file(&path).unwrap();
     for opts in [small_options(), only(Backend::Uring, &small_options())] {
         match load_host(&ckpt, &Selection::All, &opts) {
-            Err(Error::Open { file, source }) => {
+            Err(weightlift::Error::Io(Error::Open { file, source })) => {
                 assert_eq!(file, path);
                 assert_eq!(source.kind(), std::io::ErrorKind::NotFound);
             }
@@ -157,7 +158,7 @@ fn replaced(backend: Backend, dir: &Scratch) {
         ..only(backend, &small_options())
     };
     // Replaced during the load: the opened file keeps being read.
-    let mut load = host::load(ckpt.clone(), &Selection::All, &opts).unwrap();
+    let mut load = host::load(ckpt.clone(), &Selection::All, &with_engine(opts.clone())).unwrap();
     let first = load.next().unwrap().unwrap();
     let other = dir.0.join(format!("other-{backend}.safetensors"));
     write_shard(&other, "t.", &[5, 6, 7], 99);
@@ -171,7 +172,7 @@ fn replaced(backend: Backend, dir: &Scratch) {
     }
     // Replaced after its header was read, before the load: refused.
     match load_host(&ckpt, &Selection::All, &opts) {
-        Err(Error::Changed { file, .. }) => assert_eq!(file, path),
+        Err(weightlift::Error::Changed { file, .. }) => assert_eq!(file, path),
         other => panic!("{backend}: expected a changed file, got {other:?}"),
     }
 }
@@ -180,7 +181,7 @@ fn cancelled(backend: Backend, dir: &Scratch) {
     let (_, ckpt) = checkpoint(dir, &format!("cancel-{backend}.safetensors"), SIZES, 5);
     let opts = only(backend, &small_options());
     within_a_minute("cancel", move || {
-        let mut load = host::load(ckpt, &Selection::All, &opts).unwrap();
+        let mut load = host::load(ckpt, &Selection::All, &with_engine(opts)).unwrap();
         let first = load.next().unwrap().unwrap();
         drop(load);
         // Tensors outlive their load.
@@ -190,7 +191,7 @@ fn cancelled(backend: Backend, dir: &Scratch) {
 
 #[test]
 fn failures_are_typed_prompt_and_leak_nothing() {
-    let dir = Scratch::new("faults");
+    let dir = scratch("faults");
     let probe = dir.0.join("probe.safetensors");
     write_shard(&probe, "p.", &[10], 0);
     let backends: Vec<Backend> = engine_backends()

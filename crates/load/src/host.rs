@@ -3,9 +3,8 @@
 //!
 //! ```
 //! use std::sync::Arc;
-//! use weightlift_format::{encode_header, Checkpoint, Dtype, TensorSpec};
-//! use weightlift_io::{host, EngineOptions};
-//! use weightlift_plan::Selection;
+//! use weightlift::{host, Checkpoint, LoadOptions, Selection};
+//! use weightlift_format::{encode_header, Dtype, TensorSpec};
 //!
 //! // A small file: two tensors, 6 and 8 bytes.
 //! let enc = encode_header(&[TensorSpec::new("a", Dtype::U8, [6]), TensorSpec::new("b", Dtype::F32, [2])], None)?;
@@ -15,7 +14,7 @@
 //! std::fs::write(&path, &file)?;
 //!
 //! let ckpt = Arc::new(Checkpoint::open(&path)?);
-//! let load = host::load(ckpt.clone(), &Selection::All, &EngineOptions::default())?;
+//! let load = host::load(ckpt.clone(), &Selection::All, &LoadOptions::default())?;
 //! let mut tensors: Vec<_> = load.collect::<Result<_, _>>()?;
 //! tensors.sort_by_key(|t| t.id());
 //! assert_eq!(tensors[0].bytes(), &[1, 2, 3, 4, 5, 6]);
@@ -36,9 +35,9 @@ use std::time::Duration;
 use weightlift_format::{Checkpoint, TensorId};
 use weightlift_plan::{ReadPlan, Selection};
 
-use crate::engine::{Engine, EngineOptions, InPlace};
-use crate::region::Region;
-use crate::{AlignedBuf, Backend, Error, ReadFile};
+use weightlift_io::{AlignedBuf, Backend, Engine, InPlace, ReadFile, Region};
+
+use crate::{Error, LoadOptions};
 
 /// A tensor's bytes in host memory.
 ///
@@ -55,8 +54,22 @@ pub struct HostTensor {
 }
 
 impl HostTensor {
-    pub(crate) fn new(id: TensorId, memory: Arc<Region>, offset: usize, len: usize) -> Self {
-        debug_assert!(offset + len <= memory.len());
+    /// Tensor `id`'s `len` bytes at `offset` of `memory`.
+    ///
+    /// # Panics
+    ///
+    /// If `offset + len` lies beyond `memory`.
+    ///
+    /// # Safety
+    ///
+    /// Those bytes must hold the tensor, and nothing may write them while
+    /// the result, or a clone of it, lives.
+    pub unsafe fn new(id: TensorId, memory: Arc<Region>, offset: usize, len: usize) -> Self {
+        assert!(
+            offset
+                .checked_add(len)
+                .is_some_and(|end| end <= memory.len())
+        );
         Self {
             id,
             memory,
@@ -72,9 +85,11 @@ impl HostTensor {
 
     /// Its bytes.
     pub fn bytes(&self) -> &[u8] {
-        // SAFETY: a tensor is handed out only after every read into its
-        // bytes completed, and no read writes them again (each extent owns
-        // its own bytes of the memory); `memory` is kept alive by `self`.
+        // SAFETY: `new`'s contract: the bytes hold the tensor and nothing
+        // writes them while `self` lives (the loaders hand a tensor out only
+        // after every read into its bytes completed, and no read writes them
+        // again: each extent owns its own bytes); `memory` is kept alive by
+        // `self`, and `new` checked the range lies inside it.
         unsafe { self.memory.slice(self.offset, self.len) }
     }
 
@@ -214,17 +229,16 @@ impl Drop for HostLoad {
 pub fn load(
     ckpt: Arc<Checkpoint>,
     selection: &Selection,
-    options: &EngineOptions,
+    options: &LoadOptions,
 ) -> Result<HostLoad, Error> {
     let paths: Vec<PathBuf> = ckpt
         .shards()
         .iter()
         .map(|s| s.path().to_path_buf())
         .collect();
-    let engine = Engine::open(&paths, options, false)?;
+    let engine = Engine::open(&paths, &options.engine, false)?;
     check_unchanged(&ckpt, engine.files())?;
-    let plan =
-        weightlift_plan::plan(&ckpt, selection, &engine.geometry()).map_err(Error::Select)?;
+    let plan = weightlift_plan::plan(&ckpt, selection, &engine.geometry())?;
     let describe = engine.describe();
     log_debug(&describe);
     let (tx, rx) = mpsc::channel();
@@ -234,7 +248,13 @@ pub fn load(
     let bytes = plan.read_bytes();
     let counts = Arc::new(PieceCounts::new(&ckpt, &plan));
     // Tensors with no bytes are complete before anything is read.
-    let empty = Arc::new(Region::anonymous(0).expect("empty region needs no memory"));
+    let empty = Arc::new(Region::anonymous(0).map_err(|source| {
+        Error::Io(weightlift_io::Error::Map {
+            file: None,
+            len: 0,
+            source,
+        })
+    })?);
     for &id in plan.tensors() {
         if ckpt.tensor(id).is_empty() {
             let _ = tx.send(Ok(HostTensor {
@@ -298,6 +318,7 @@ pub(crate) fn check_unchanged(ckpt: &Checkpoint, files: &[ReadFile]) -> Result<(
             .max(8);
         let mut buf = AlignedBuf::zeroed(align, align)?;
         let n = file.read_at(buf.as_mut_slice(), 0)?;
+        // The length prefix: the header's length, little-endian.
         let expected = (shard.data_start() - 8).to_le_bytes();
         if n < 8 || buf.as_slice()[..8] != expected {
             return Err(changed("header length"));
@@ -327,10 +348,10 @@ impl PieceCounts {
 }
 
 /// Name the tensor whose bytes the error's read covered, where one is known.
-fn name_tensor(ckpt: &Checkpoint, plan: &ReadPlan, e: Error) -> Error {
+pub(crate) fn name_tensor(ckpt: &Checkpoint, plan: &ReadPlan, e: Error) -> Error {
     let (file, offset) = match &e {
-        Error::Read { file, offset, .. } => (file.clone(), *offset),
-        Error::Truncated { file, at, .. } => (file.clone(), *at),
+        Error::Io(weightlift_io::Error::Read { file, offset, .. }) => (file.clone(), *offset),
+        Error::Io(weightlift_io::Error::Truncated { file, at, .. }) => (file.clone(), *at),
         _ => return e,
     };
     let hit = plan.tensors().iter().map(|&id| ckpt.tensor(id)).find(|t| {
@@ -389,10 +410,10 @@ fn start_in_place(job: Job) -> Result<Vec<JoinHandle<()>>, Error> {
             if p.tensor_offset == 0 {
                 start[p.tensor.index()] = (region, at);
             } else if start[p.tensor.index()] != (region, at - p.tensor_offset as usize) {
-                return Err(Error::Plan {
+                return Err(Error::Io(weightlift_io::Error::Plan {
                     reason: "tensor pieces not contiguous in place",
                     value: u64::from(p.tensor.0),
-                });
+                }));
             }
         }
     }
@@ -426,7 +447,7 @@ fn start_in_place(job: Job) -> Result<Vec<JoinHandle<()>>, Error> {
                                 len: ckpt.tensor(p.tensor).len() as usize,
                             };
                             if tx.send(Ok(t)).is_err() {
-                                return Err(Error::Cancelled);
+                                return Err(weightlift_io::Error::Cancelled);
                             }
                         }
                     }
@@ -435,12 +456,11 @@ fn start_in_place(job: Job) -> Result<Vec<JoinHandle<()>>, Error> {
                 Some(&cancel),
             );
             if let Err(e) = result {
-                let _ = tx.send(Err(name_tensor(&ckpt, &plan, e)));
+                let _ = tx.send(Err(name_tensor(&ckpt, &plan, e.into())));
             }
         })
-        .map_err(|source| Error::Queue {
-            backend: Backend::Pread,
-            op: "setup",
+        .map_err(|source| Error::Spawn {
+            what: "reading into place",
             source,
         })?;
     workers.push(worker);
@@ -473,10 +493,12 @@ fn start_mapped(job: Job) -> Result<Vec<JoinHandle<()>>, Error> {
             let len = f.size() as usize; // the probe checked it fits
             Region::map_file(f.as_file(), len, true)
                 .map(Arc::new)
-                .map_err(|source| Error::Map {
-                    file: Some(f.path().to_path_buf()),
-                    len,
-                    source,
+                .map_err(|source| {
+                    Error::Io(weightlift_io::Error::Map {
+                        file: Some(f.path().to_path_buf()),
+                        len,
+                        source,
+                    })
                 })
         })
         .collect::<Result<_, _>>()?;
@@ -501,9 +523,8 @@ fn start_mapped(job: Job) -> Result<Vec<JoinHandle<()>>, Error> {
         match spawned {
             Ok(h) => workers.push(h),
             Err(source) if workers.is_empty() => {
-                return Err(Error::Queue {
-                    backend: Backend::Mmap,
-                    op: "setup",
+                return Err(Error::Spawn {
+                    what: "populating mappings",
                     source,
                 });
             }
@@ -565,20 +586,20 @@ impl Mapped {
             Ok(()) => Ok(()),
             Err(source) => {
                 let now = file.as_file().metadata().map(|m| m.size()).unwrap_or(0);
-                if now < end {
-                    Err(Error::Truncated {
+                Err(Error::Io(if now < end {
+                    weightlift_io::Error::Truncated {
                         file: file.path().to_path_buf(),
                         at: now,
                         size: file.size(),
-                    })
+                    }
                 } else {
-                    Err(Error::Read {
+                    weightlift_io::Error::Read {
                         file: file.path().to_path_buf(),
                         offset: start,
                         len: (end - start) as usize,
                         source,
-                    })
-                }
+                    }
+                }))
             }
         }
     }
