@@ -20,6 +20,10 @@ macro_rules! forward_device {
         fn alloc_pinned(&self, len: usize) -> Result<Self::Pinned, Error> {
             (**self).alloc_pinned(len)
         }
+        unsafe fn register(&self, ptr: *mut u8, len: usize) -> Result<Self::Pinned, Error> {
+            // SAFETY: the caller keeps the contract, which is the same.
+            unsafe { (**self).register(ptr, len) }
+        }
         fn stream(&self) -> Result<Self::Stream, Error> {
             (**self).stream()
         }
@@ -68,8 +72,9 @@ pub trait DeviceMemory: Send {
     fn device_ptr(&self) -> u64;
 }
 
-/// Host memory a device can copy from asynchronously (page-locked on a GPU),
-/// freed when dropped.
+/// Host memory a device can copy from asynchronously (page-locked on a GPU):
+/// allocated by the device and freed when dropped, or someone else's,
+/// registered with [`Device::register`] and unregistered when dropped.
 pub trait PinnedMemory: Send {
     /// Its bytes, to fill before a copy.
     fn as_mut_slice(&mut self) -> &mut [u8];
@@ -109,7 +114,8 @@ pub trait PinnedMemory: Send {
 /// - [`Device::synchronize`] returns only once every copy queued on the
 ///   stream has finished, whatever it returns;
 /// - [`Device::copy_to_device`] returning `Err` queued nothing;
-/// - memory from [`Device::borrow`] is never freed by it.
+/// - memory from [`Device::borrow`] or [`Device::register`] is never freed
+///   by it.
 pub unsafe trait Device: Send + Sync {
     /// Device memory.
     type Memory: DeviceMemory;
@@ -138,6 +144,24 @@ pub unsafe trait Device: Send + Sync {
 
     /// Allocate `len` bytes of staging memory on the host.
     fn alloc_pinned(&self, len: usize) -> Result<Self::Pinned, Error>;
+
+    /// Page-lock `len` bytes of host memory at `ptr`, allocated by someone
+    /// else (a staging ring of the I/O engine), so that copies from it run
+    /// asynchronously at full speed. Dropping the result unregisters it and
+    /// never frees the memory. A pointer or length that is not a multiple
+    /// of 4096 (the smallest page size), or a null pointer for a non-empty
+    /// range, is an error.
+    ///
+    /// # Safety
+    ///
+    /// `ptr..ptr + len` must be host memory, page aligned (ptr and len
+    /// multiples of the page size), that stays mapped as long as the
+    /// returned value lives; while it lives its contents may be written by
+    /// others only in ranges no queued copy reads (the
+    /// [`Device::copy_to_device`] contract), and
+    /// [`PinnedMemory::as_mut_slice`]/[`PinnedMemory::range_mut`] on the
+    /// result must not be used while anything else may access those bytes.
+    unsafe fn register(&self, ptr: *mut u8, len: usize) -> Result<Self::Pinned, Error>;
 
     /// A new stream.
     fn stream(&self) -> Result<Self::Stream, Error>;
@@ -204,6 +228,31 @@ pub(crate) fn check_range(
             reason: format!("{what} range {offset} + {len} is outside its {size} bytes"),
         }),
     }
+}
+
+/// The smallest page size of the platforms supported: registered memory
+/// must be aligned to it at least.
+pub(crate) const MIN_PAGE: usize = 4096;
+
+/// Check that `ptr..ptr + len` can be registered: page aligned (to
+/// [`MIN_PAGE`] at least), and not null unless empty.
+pub(crate) fn check_registrable(device: &str, ptr: *mut u8, len: usize) -> Result<(), Error> {
+    if len == 0 {
+        return Ok(());
+    }
+    let why = if ptr.is_null() {
+        format!("a null pointer for {len} bytes")
+    } else if !ptr.addr().is_multiple_of(MIN_PAGE) || !len.is_multiple_of(MIN_PAGE) {
+        format!(
+            "{len} bytes at {ptr:p}: the address and the length must be multiples of the page size"
+        )
+    } else {
+        return Ok(());
+    };
+    Err(Error::Setting {
+        name: "registered memory",
+        reason: format!("{device}: {why}"),
+    })
 }
 
 /// A device reached through a reference is the device.

@@ -80,6 +80,8 @@ struct Names {
     mem_free: &'static str,
     host_alloc: &'static str,
     host_free: &'static str,
+    host_register: &'static str,
+    host_unregister: &'static str,
     stream_create: &'static str,
     stream_destroy: &'static str,
     stream_synchronize: &'static str,
@@ -124,6 +126,8 @@ const CUDA: Names = Names {
     mem_free: "cuMemFree_v2",
     host_alloc: "cuMemHostAlloc",
     host_free: "cuMemFreeHost",
+    host_register: "cuMemHostRegister_v2",
+    host_unregister: "cuMemHostUnregister",
     stream_create: "cuStreamCreate",
     stream_destroy: "cuStreamDestroy_v2",
     stream_synchronize: "cuStreamSynchronize",
@@ -156,6 +160,8 @@ const HIP: Names = Names {
     mem_free: "hipFree",
     host_alloc: "hipHostMalloc",
     host_free: "hipHostFree",
+    host_register: "hipHostRegister",
+    host_unregister: "hipHostUnregister",
     stream_create: "hipStreamCreateWithFlags",
     stream_destroy: "hipStreamDestroy",
     stream_synchronize: "hipStreamSynchronize",
@@ -236,6 +242,8 @@ struct Api {
     mem_free: unsafe extern "C" fn(DevPtr) -> CuResult,
     host_alloc: unsafe extern "C" fn(*mut *mut c_void, usize, c_uint) -> CuResult,
     host_free: unsafe extern "C" fn(*mut c_void) -> CuResult,
+    host_register: unsafe extern "C" fn(*mut c_void, usize, c_uint) -> CuResult,
+    host_unregister: unsafe extern "C" fn(*mut c_void) -> CuResult,
     stream_create: unsafe extern "C" fn(*mut Stream, c_uint) -> CuResult,
     stream_destroy: unsafe extern "C" fn(Stream) -> CuResult,
     stream_synchronize: unsafe extern "C" fn(Stream) -> CuResult,
@@ -289,6 +297,8 @@ impl Api {
                 mem_free: symbol(&lib, runtime, n.mem_free)?,
                 host_alloc: symbol(&lib, runtime, n.host_alloc)?,
                 host_free: symbol(&lib, runtime, n.host_free)?,
+                host_register: symbol(&lib, runtime, n.host_register)?,
+                host_unregister: symbol(&lib, runtime, n.host_unregister)?,
                 stream_create: symbol(&lib, runtime, n.stream_create)?,
                 stream_destroy: symbol(&lib, runtime, n.stream_destroy)?,
                 stream_synchronize: symbol(&lib, runtime, n.stream_synchronize)?,
@@ -715,14 +725,29 @@ impl Drop for GpuMemory {
     }
 }
 
-/// Page-locked host memory from `cuMemHostAlloc`.
+/// Page-locked host memory: from `cuMemHostAlloc`, or someone else's
+/// memory page-locked with `cuMemHostRegister`.
 pub struct GpuPinned {
     ctx: Arc<Context>,
     ptr: *mut u8,
     len: usize,
+    /// How it was made, and so how it goes.
+    origin: Origin,
 }
 
-// SAFETY: plain host memory, uniquely owned.
+/// Where page-locked memory came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    /// `cuMemHostAlloc`: freed with `cuMemFreeHost`.
+    Allocated,
+    /// `cuMemHostRegister`: unregistered with `cuMemHostUnregister`, never
+    /// freed (its owner frees it).
+    Registered,
+}
+
+// SAFETY: plain host memory, uniquely owned (allocated here, or registered
+// on the word of `register`'s caller that nothing else uses the bytes
+// copies read).
 unsafe impl Send for GpuPinned {}
 
 impl PinnedMemory for GpuPinned {
@@ -730,9 +755,11 @@ impl PinnedMemory for GpuPinned {
         if self.len == 0 {
             return &mut [];
         }
-        // SAFETY: `len` bytes allocated by cuMemHostAlloc, uniquely
-        // borrowed; in-flight copies are excluded by the caller
-        // (`copy_to_device`'s contract).
+        // SAFETY: `len` bytes allocated by cuMemHostAlloc, or registered
+        // and kept mapped by `register`'s caller; uniquely borrowed;
+        // in-flight copies (and, for registered memory, other users) are
+        // excluded by the caller (`copy_to_device`'s and `register`'s
+        // contracts).
         unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
     }
 
@@ -742,9 +769,9 @@ impl PinnedMemory for GpuPinned {
             return &mut [];
         }
         // SAFETY: the range lies within the `len` bytes allocated by
-        // cuMemHostAlloc, uniquely borrowed; copies in flight read other
-        // ranges only (`copy_to_device`'s contract), so no reference spans
-        // them.
+        // cuMemHostAlloc (or registered and kept mapped), uniquely
+        // borrowed; copies in flight read other ranges only
+        // (`copy_to_device`'s contract), so no reference spans them.
         unsafe { std::slice::from_raw_parts_mut(self.ptr.add(offset), len) }
     }
 
@@ -755,12 +782,22 @@ impl PinnedMemory for GpuPinned {
 
 impl Drop for GpuPinned {
     fn drop(&mut self) {
-        if !self.ptr.is_null() {
-            // SAFETY: allocated by cuMemHostAlloc; no copy reads it any more.
-            unsafe {
-                let _current = self.ctx.enter();
+        if self.ptr.is_null() || self.len == 0 {
+            // Nothing was allocated or registered.
+            return;
+        }
+        let _current = self.ctx.enter();
+        match self.origin {
+            // SAFETY: allocated by cuMemHostAlloc in this context; no copy
+            // reads it any more.
+            Origin::Allocated => unsafe {
                 (self.ctx.api.host_free)(self.ptr.cast());
-            }
+            },
+            // SAFETY: registered by cuMemHostRegister in this context; no
+            // copy reads it any more. Its owner frees it, never this.
+            Origin::Registered => unsafe {
+                (self.ctx.api.host_unregister)(self.ptr.cast());
+            },
         }
     }
 }
@@ -809,6 +846,9 @@ impl Drop for GpuEvent {
 
 /// `cuMemHostAlloc` flag: portable across contexts.
 const HOST_ALLOC_PORTABLE: c_uint = 0x1;
+/// `cuMemHostRegister` flag (`CU_MEMHOSTREGISTER_PORTABLE`,
+/// `hipHostRegisterPortable`): page-locked for every context.
+const HOST_REGISTER_PORTABLE: c_uint = 0x1;
 /// `cuStreamCreate` flag: no implicit synchronization with stream 0.
 const STREAM_NON_BLOCKING: c_uint = 0x1;
 /// `cuEventCreate` flag: no timing, the cheapest event.
@@ -890,6 +930,34 @@ unsafe impl Device for GpuDevice {
             ctx: self.ctx.clone(),
             ptr: ptr.cast(),
             len,
+            origin: Origin::Allocated,
+        })
+    }
+
+    unsafe fn register(&self, ptr: *mut u8, len: usize) -> Result<GpuPinned, Error> {
+        crate::device::check_registrable(&self.name, ptr, len)?;
+        if len > 0 {
+            let _current = self.current()?;
+            // SAFETY: `len` bytes of mapped host memory at `ptr`, page
+            // aligned (the caller's contract, checked above as far as it
+            // can be); the context is current. Portable: pinned for every
+            // context, as the staging from `alloc_pinned` is.
+            let rc = unsafe { (self.api().host_register)(ptr.cast(), len, HOST_REGISTER_PORTABLE) };
+            if rc == OUT_OF_MEMORY {
+                return Err(Error::OutOfMemory {
+                    device: self.name.clone(),
+                    kind: "pinned host",
+                    requested: len as u64,
+                    free: None,
+                });
+            }
+            check(&self.name, self.names().host_register, rc)?;
+        }
+        Ok(GpuPinned {
+            ctx: self.ctx.clone(),
+            ptr,
+            len,
+            origin: Origin::Registered,
         })
     }
 
@@ -1013,6 +1081,8 @@ fn describe(call: &str, rc: CuResult) -> &'static str {
         101 => Some("invalid device"),
         400 => Some("invalid handle"),
         700 => Some("illegal address"),
+        712 => Some("the memory is already registered"),
+        713 => Some("the memory is not registered"),
         999 => Some("unknown error"),
         _ => None,
     };

@@ -8,7 +8,10 @@
 //! a staging slot, freeing either): a correct caller makes none
 //! ([`HostDevice::violations`]), and the device leaks rather than frees
 //! memory a copy may still touch, so a test of a broken caller fails
-//! instead of corrupting memory.
+//! instead of corrupting memory. Registered memory ([`Device::register`])
+//! is written by others, unseen: a copy from it fingerprints its source
+//! when queued and the bytes it copied when it runs, and a difference (the
+//! source was rewritten while the copy was in flight) counts too.
 
 use std::alloc::{Layout, alloc_zeroed, dealloc};
 use std::ptr::NonNull;
@@ -18,7 +21,7 @@ use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crate::device::check_range;
+use crate::device::{check_range, check_registrable};
 use crate::{Device, DeviceMemory, Error, PinnedMemory};
 
 /// Alignment of every allocation, as device allocators give.
@@ -100,8 +103,9 @@ impl HostDevice {
 
     /// Uses of memory while a copy on it was in flight: device memory
     /// read, a staging range handed out for writing while a copy reads it,
-    /// or either dropped. Each breaks [`Device::copy_to_device`]'s
-    /// contract.
+    /// either dropped, or registered memory whose bytes a copy read differ
+    /// from those it held when the copy was queued. Each breaks
+    /// [`Device::copy_to_device`]'s contract.
     pub fn violations(&self) -> u64 {
         self.violations.load(Ordering::SeqCst)
     }
@@ -218,9 +222,30 @@ impl Drop for HostMemory {
     }
 }
 
-/// Staging memory of a [`HostDevice`].
+/// Staging memory of a [`HostDevice`]: allocated, or registered (borrowed
+/// from its owner, never freed here).
 pub struct HostPinned {
     block: Block,
+    /// Registered: others write it without asking, so copies from it
+    /// fingerprint their source to notice a write while they are in flight.
+    registered: bool,
+}
+
+/// A fast, non-cryptographic hash of `bytes` (FxHash's rotate, xor and
+/// multiply, a word at a time): enough to notice bytes that changed.
+fn fingerprint(bytes: &[u8]) -> u64 {
+    const K: u64 = 0x517c_c1b7_2722_0a95;
+    let mix = |h: u64, v: u64| (h.rotate_left(5) ^ v).wrapping_mul(K);
+    let mut words = bytes.chunks_exact(8);
+    let mut h = (&mut words).fold(bytes.len() as u64, |h, w| {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(w);
+        mix(h, u64::from_le_bytes(word))
+    });
+    for &b in words.remainder() {
+        h = mix(h, u64::from(b));
+    }
+    h
 }
 
 impl PinnedMemory for HostPinned {
@@ -268,6 +293,8 @@ struct CopyOp {
     uses: [(Ranges, (usize, usize)); 2],
     /// Whether this copy is the one to fail.
     fail: bool,
+    /// The source's fingerprint when queued, for registered memory.
+    src_hash: Option<u64>,
 }
 
 impl CopyOp {
@@ -387,13 +414,32 @@ unsafe impl Device for HostDevice {
 
     fn alloc_pinned(&self, len: usize) -> Result<HostPinned, Error> {
         self.block(len)
-            .map(|block| HostPinned { block })
+            .map(|block| HostPinned {
+                block,
+                registered: false,
+            })
             .ok_or_else(|| Error::OutOfMemory {
                 device: self.name().to_string(),
                 kind: "pinned host",
                 requested: len as u64,
                 free: None,
             })
+    }
+
+    unsafe fn register(&self, ptr: *mut u8, len: usize) -> Result<HostPinned, Error> {
+        check_registrable(self.name(), ptr, len)?;
+        // Host memory needs no locking: the block only borrows it.
+        let ptr = NonNull::new(ptr).unwrap_or(NonNull::dangling());
+        Ok(HostPinned {
+            block: Block {
+                ptr,
+                len,
+                owned: false,
+                in_flight: Ranges::default(),
+                violations: self.violations.clone(),
+            },
+            registered: true,
+        })
     }
 
     fn stream(&self) -> Result<HostStream, Error> {
@@ -404,6 +450,7 @@ unsafe impl Device for HostDevice {
             n => self.delays[k % n],
         };
         let copies = self.copies.clone();
+        let violations = self.violations.clone();
         let thread = std::thread::Builder::new()
             .name("weightlift-host-stream".into())
             .spawn(move || {
@@ -423,6 +470,18 @@ unsafe impl Device for HostDevice {
                                 // leaked, not freed); ranges were checked
                                 // when queued.
                                 unsafe { std::ptr::copy_nonoverlapping(c.src, c.dst, c.len) }
+                                if let Some(queued) = c.src_hash {
+                                    // SAFETY: the bytes just written, which
+                                    // nothing else touches until the next
+                                    // event completes.
+                                    let copied =
+                                        unsafe { std::slice::from_raw_parts(c.dst, c.len) };
+                                    if fingerprint(copied) != queued {
+                                        // The source was written while the
+                                        // copy was in flight.
+                                        violations.fetch_add(1, Ordering::SeqCst);
+                                    }
+                                }
                             }
                             c.finished();
                         }
@@ -473,6 +532,15 @@ unsafe impl Device for HostDevice {
                 reason: "a copy was refused (injected)".into(),
             });
         }
+        // Registered memory is written by others without asking: remember
+        // what the copy must read, to compare with what it did.
+        let src_hash = src.registered.then(|| {
+            // SAFETY: within the block (checked above); the caller keeps the
+            // range unwritten from now until the copy completes
+            // (`copy_to_device`'s contract), and nothing writes it through
+            // this device.
+            fingerprint(unsafe { std::slice::from_raw_parts(s, len) })
+        });
         let uses = [
             (dst.block.in_flight.clone(), (dst_offset, len)),
             (src.block.in_flight.clone(), (src_offset, len)),
@@ -486,6 +554,7 @@ unsafe impl Device for HostDevice {
             len,
             uses,
             fail: self.fail_copy == Some(n),
+            src_hash,
         };
         sender.send(Op::Copy(op)).map_err(|e| {
             // Not queued after all.

@@ -10,7 +10,9 @@
 //! streams, optionally ordered after a stream of the caller's; it hands a
 //! tensor back only once its copies have completed, and refills a slot only
 //! after the event behind its copies has completed, on error paths and on
-//! drop too. [`HostDevice`] implements [`Device`] in host
+//! drop too. [`Device::register`] page-locks host memory someone else
+//! allocated (an I/O engine's staging ring) so that copies run from it
+//! directly. [`HostDevice`] implements [`Device`] in host
 //! memory, with threads for streams, so that the pipeline is tested where
 //! there is no GPU; it can also slow copies down, limit memory and fail a
 //! copy, to open the windows a GPU keeps narrow.

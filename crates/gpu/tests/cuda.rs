@@ -1,10 +1,13 @@
 //! The CUDA driver and the HIP runtime are found at run time, or their
 //! absence is an error that says what is missing; with
 //! `WEIGHTLIFT_REQUIRE_GPU=1` the CUDA driver must be found.
-//! On a GPU, the upload pipeline delivers every byte and running out of
+//! On a GPU, the upload pipeline delivers every byte, memory someone else
+//! mapped is registered as staging and copied from, and running out of
 //! memory is an error that leaves the device usable.
 
-use weightlift_gpu::{Device, DeviceMemory, Error, GpuDriver, UploadOptions, Uploader};
+use weightlift_gpu::{
+    Device, DeviceMemory, Error, GpuDriver, PinnedMemory, UploadOptions, Uploader,
+};
 
 #[test]
 fn the_driver_loads_or_says_what_is_missing() {
@@ -120,4 +123,88 @@ fn out_of_memory_is_an_error_and_the_gpu_stays_usable() {
     }
     let small = device.alloc(4096).unwrap();
     assert_eq!(small.len(), 4096);
+}
+
+/// Anonymous memory from mmap, page aligned, as an I/O engine's staging
+/// ring is; unmapped when dropped.
+struct Mapped {
+    ptr: *mut u8,
+    len: usize,
+}
+
+impl Mapped {
+    fn new(len: usize) -> Self {
+        // SAFETY: a fresh private anonymous mapping; no memory of this
+        // process is touched.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert!(
+            ptr != libc::MAP_FAILED,
+            "mmap: {}",
+            std::io::Error::last_os_error()
+        );
+        Mapped {
+            ptr: ptr.cast(),
+            len,
+        }
+    }
+}
+
+impl Drop for Mapped {
+    fn drop(&mut self) {
+        // SAFETY: mapped in `new` with this length; every registration of
+        // it is gone (they are dropped first).
+        unsafe { libc::munmap(self.ptr.cast(), self.len) };
+    }
+}
+
+#[test]
+fn mapped_memory_is_registered_copied_from_and_left_mapped() {
+    let Some((_driver, device)) = gpu() else {
+        return;
+    };
+    let mapped = Mapped::new(4 << 20);
+    let data: Vec<u8> = (0..mapped.len).map(|k| (k * 13 + k / 4099) as u8).collect();
+    // SAFETY: within the mapping, which nothing else uses.
+    unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), mapped.ptr, mapped.len) };
+    {
+        // SAFETY: the mapping outlives the registration, page aligned; the
+        // bytes are written before the copies are queued and not after.
+        let src = unsafe { device.register(mapped.ptr, mapped.len) }.unwrap();
+        assert_eq!(src.len(), mapped.len);
+        let whole = device.alloc(mapped.len).unwrap();
+        let part = device.alloc(4097).unwrap();
+        let stream = device.stream().unwrap();
+        // SAFETY: source and destinations stay alive and untouched until
+        // the event below completes.
+        unsafe {
+            device
+                .copy_to_device(&stream, &whole, 0, &src, 0, mapped.len)
+                .unwrap();
+            device
+                .copy_to_device(&stream, &part, 0, &src, 12_345, 4097)
+                .unwrap();
+        }
+        device.wait(&device.record(&stream).unwrap()).unwrap();
+        assert!(
+            device.read_back(&whole).unwrap() == data,
+            "the whole mapping"
+        );
+        assert_eq!(
+            device.read_back(&part).unwrap(),
+            &data[12_345..12_345 + 4097]
+        );
+    }
+    // Unregistered, not freed: the mapping still holds its bytes.
+    // SAFETY: within the mapping, which nothing else uses now.
+    let now = unsafe { std::slice::from_raw_parts(mapped.ptr, mapped.len) };
+    assert!(now == &data[..], "the mapping changed");
 }
