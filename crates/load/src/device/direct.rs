@@ -1,0 +1,178 @@
+//! Loads straight from the files into device memory, with no host staging:
+//! GPUDirect Storage (cuFile), or for tests its host-memory stand-in.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use weightlift_format::{Checkpoint, TensorId};
+use weightlift_gpu::{DirectJob, DirectLoad, DirectReader};
+
+use super::load::{Destinations, Loaded};
+use crate::Error;
+use crate::session::Wait;
+
+/// Bytes of one read straight into device memory.
+pub const DIRECT_CHUNK: usize = 16 << 20;
+
+/// How long one wait lasts before the caller's `wait` callback is asked
+/// whether to go on.
+const WAIT_SLICE: Duration = Duration::from_millis(50);
+
+/// Tensors read straight from their files into destinations on the device,
+/// on a pool of threads, handed out in completion order.
+///
+/// Dropping it stops the reads and waits for those in flight before the
+/// destinations are let go.
+pub struct DirectDeviceLoad<T: Destinations> {
+    /// `None` only while dropping.
+    load: Option<DirectLoad>,
+    ckpt: Arc<Checkpoint>,
+    dests: T,
+    /// Owners of destinations being read into, by tensor index.
+    keep: HashMap<usize, T::Owner>,
+    /// The tensors to read, in file order, and the next to queue.
+    ids: Vec<TensorId>,
+    next: usize,
+    /// Bytes in flight at most.
+    limit: usize,
+    threads: usize,
+    failed: bool,
+}
+
+impl<T: Destinations> DirectDeviceLoad<T> {
+    /// Read `ids` of `ckpt` through `reader` on `threads` threads.
+    pub fn start(
+        reader: Arc<dyn DirectReader>,
+        ckpt: Arc<Checkpoint>,
+        ids: Vec<TensorId>,
+        dests: T,
+        threads: usize,
+    ) -> Result<Self, Error> {
+        let threads = threads.max(1);
+        Ok(DirectDeviceLoad {
+            load: Some(DirectLoad::new(reader, threads, DIRECT_CHUNK)),
+            ckpt,
+            dests,
+            keep: HashMap::new(),
+            ids,
+            next: 0,
+            limit: threads * DIRECT_CHUNK * 2,
+            threads,
+            failed: false,
+        })
+    }
+
+    /// The way it reads, described.
+    pub fn describe(&self) -> String {
+        format!(
+            "backend CUFILE (reads straight into device memory, {} thread{}, chunks of {} KiB)",
+            self.threads,
+            if self.threads == 1 { "" } else { "s" },
+            DIRECT_CHUNK >> 10
+        )
+    }
+
+    /// The next tensors whose bytes have all landed, in completion order;
+    /// `None` once every tensor was handed out, or after a failure.
+    pub fn next(&mut self, wait: &mut Wait<'_>) -> Result<Option<Vec<Loaded<T::Owner>>>, Error> {
+        if self.failed {
+            return Ok(None);
+        }
+        let result = self.step(wait);
+        if result.is_err() {
+            self.failed = true;
+        }
+        result
+    }
+
+    fn step(&mut self, wait: &mut Wait<'_>) -> Result<Option<Vec<Loaded<T::Owner>>>, Error> {
+        loop {
+            while self.next < self.ids.len() && self.load().in_flight_bytes() < self.limit {
+                if !self.queue(self.ids[self.next])? {
+                    break;
+                }
+                self.next += 1;
+            }
+            if self.load().in_flight() == 0 {
+                return match self.ids.get(self.next) {
+                    None => Ok(None),
+                    Some(&id) => {
+                        let info = self.ckpt.tensor(id);
+                        Err(Error::NoRoom { len: info.len() }.about(&info.name))
+                    }
+                };
+            }
+            let done = self.load.as_mut().expect("present").next_done(WAIT_SLICE);
+            match done {
+                Ok(done) if !done.is_empty() => {
+                    let batch = done
+                        .into_iter()
+                        .filter_map(|i| {
+                            let owner = self.keep.remove(&i)?;
+                            Some(Loaded {
+                                id: TensorId(i as u32),
+                                owner,
+                            })
+                        })
+                        .collect();
+                    return Ok(Some(batch));
+                }
+                Ok(_) => {
+                    if !wait() {
+                        return Err(Error::Cancelled);
+                    }
+                }
+                Err((i, e)) => {
+                    let name = &self.ckpt.tensor(TensorId(i as u32)).name;
+                    return Err(Error::Device(e).about(name));
+                }
+            }
+        }
+    }
+
+    fn load(&self) -> &DirectLoad {
+        self.load.as_ref().expect("present until dropped")
+    }
+
+    /// Ask for tensor `id`'s destination and queue its reads; false when
+    /// there is no room for it until tensors in flight come back.
+    fn queue(&mut self, id: TensorId) -> Result<bool, Error> {
+        let info = self.ckpt.tensor(id);
+        let named = |e: Error| e.about(&info.name);
+        let Some(d) = self.dests.destination(&self.ckpt, id).map_err(named)? else {
+            return Ok(false);
+        };
+        if d.len != info.len() {
+            return Err(named(Error::Destination {
+                expected: info.len(),
+                given: d.len,
+            }));
+        }
+        let job = DirectJob {
+            id: id.index(),
+            file: info.file.index(),
+            offset: info.range.start,
+            len: usize::try_from(d.len).map_err(|_| named(Error::NoRoom { len: d.len }))?,
+            dst: d.ptr,
+        };
+        // Kept before anything writes the memory, until it is handed back
+        // or the reads are gone.
+        self.keep.insert(id.index(), d.owner);
+        // SAFETY: `Destinations`' contract: the memory stays allocated while
+        // its owner lives, and nothing else uses it until the tensor is
+        // handed back; the owner is in `keep` until then, and `Drop` joins
+        // every read before `keep` goes.
+        unsafe { self.load.as_mut().expect("present").submit(job) }.map_err(|e| named(e.into()))?;
+        Ok(true)
+    }
+}
+
+impl<T: Destinations> Drop for DirectDeviceLoad<T> {
+    fn drop(&mut self) {
+        // The reads write the destinations: stop and join them before the
+        // owners in `keep` go.
+        drop(self.load.take());
+        self.keep.clear();
+    }
+}

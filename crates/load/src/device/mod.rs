@@ -1,0 +1,379 @@
+//! Loading onto a device.
+//!
+//! - [`DeviceLoad`]: reads land in page-locked staging ([`Staging`]),
+//!   and each landed extent is copied asynchronously into its tensors'
+//!   destinations on the device; host memory stays within the staging.
+//! - [`DirectDeviceLoad`]: reads straight from the files into device
+//!   memory (GPUDirect Storage).
+//! - [`Destinations`]: where each tensor goes ([`Allocate`]: memory the
+//!   device allocates; the Python wheel: tensors torch allocates, a
+//!   module's own tensors, or regions of one reused buffer placed by
+//!   [`Carve`]).
+//! - [`Onto`]: a device opened by name (`cuda:N`, `hip:N`), the staging
+//!   kept between loads onto it, and the choice between staging and
+//!   reading straight into device memory.
+
+mod carve;
+mod direct;
+mod load;
+mod spec;
+mod staged;
+
+use std::sync::Arc;
+
+pub use carve::{Carve, Place};
+pub use direct::{DIRECT_CHUNK, DirectDeviceLoad};
+pub use load::{Allocate, Destination, Destinations, DeviceLoad, Loaded, Staging};
+pub use spec::{GpuSpec, cufile, describe_driver, driver};
+use weightlift_format::{Checkpoint, TensorId};
+use weightlift_gpu::{CuFileReader, Device, DirectReader, GpuDevice};
+#[cfg(feature = "test-hooks")]
+use weightlift_gpu::{HostDevice, HostFileReader};
+use weightlift_io::Backend;
+use weightlift_plan::Selection;
+
+use crate::session::Wait;
+use crate::{Error, LoadOptions};
+
+/// A device opened by name.
+#[derive(Clone)]
+pub enum Target {
+    /// A GPU, through its runtime.
+    Gpu {
+        /// Its name.
+        spec: GpuSpec,
+        /// The device.
+        device: Arc<GpuDevice>,
+    },
+    /// Host memory standing in for a GPU (`host`, or
+    /// `host:delay_us=N,fail=N`), for tests.
+    #[cfg(feature = "test-hooks")]
+    Host(Arc<HostDevice>),
+}
+
+impl Target {
+    /// Open the device `name` names: `cuda:N` or `hip:N` (with the
+    /// `test-hooks` feature, also `host`, `host:delay_us=N,fail=N`: a delay
+    /// before each copy, the n-th copy failing).
+    pub fn open(name: &str) -> Result<Self, Error> {
+        #[cfg(feature = "test-hooks")]
+        if let Some(settings) = name.strip_prefix("host") {
+            return host_standin(name, settings).map(|d| Target::Host(Arc::new(d)));
+        }
+        let spec: GpuSpec = name.parse()?;
+        Ok(Target::Gpu {
+            spec,
+            device: spec.open()?,
+        })
+    }
+
+    /// Staging onto this device.
+    fn staging(&self, options: crate::StagingOptions) -> Result<AnyStaging, Error> {
+        Ok(match self {
+            Target::Gpu { device, .. } => AnyStaging::Gpu(Staging::new(device.clone(), options)?),
+            #[cfg(feature = "test-hooks")]
+            Target::Host(device) => AnyStaging::Host(Staging::new(device.clone(), options)?),
+        })
+    }
+
+    /// A reader straight from `ckpt`'s files into this device's memory.
+    fn direct_reader(&self, ckpt: &Checkpoint) -> Result<Arc<dyn DirectReader>, Error> {
+        let paths = staged::paths(ckpt);
+        let sizes: Vec<u64> = ckpt.shards().iter().map(|s| s.size()).collect();
+        match self {
+            Target::Gpu { spec, device } => {
+                if spec.runtime != weightlift_gpu::Runtime::Cuda {
+                    return Err(Error::Device(weightlift_gpu::Error::Unavailable {
+                        api: "cuFile",
+                        reason: "GPUDirect Storage is NVIDIA's: AMD GPUs load through staging"
+                            .into(),
+                    }));
+                }
+                Ok(Arc::new(CuFileReader::open(
+                    cufile()?,
+                    device.clone(),
+                    &paths,
+                    &sizes,
+                )?))
+            }
+            #[cfg(feature = "test-hooks")]
+            Target::Host(_) => Ok(Arc::new(HostFileReader::open(&paths, &sizes)?)),
+        }
+    }
+}
+
+/// The host-memory stand-in `name` describes.
+#[cfg(feature = "test-hooks")]
+fn host_standin(name: &str, settings: &str) -> Result<HostDevice, Error> {
+    use std::time::Duration;
+    let bad = |reason| Error::UnknownDevice {
+        name: name.to_owned(),
+        reason,
+    };
+    let mut device = HostDevice::new();
+    for item in settings.trim_start_matches(':').split(',') {
+        if item.is_empty() {
+            continue;
+        }
+        let (key, value) = item
+            .split_once('=')
+            .ok_or_else(|| bad("settings are key=value"))?;
+        let n: u64 = value
+            .parse()
+            .map_err(|_| bad("a setting is not a number"))?;
+        device = match key {
+            "delay_us" => device.with_copy_delay(Duration::from_micros(n)),
+            "fail" => device.with_failing_copy(n),
+            _ => return Err(bad("settings are delay_us and fail")),
+        };
+    }
+    Ok(device)
+}
+
+/// Staging onto one of the devices [`Target`] names.
+pub enum AnyStaging {
+    /// Onto a GPU.
+    Gpu(Staging<Arc<GpuDevice>>),
+    /// Onto host memory standing in for one.
+    #[cfg(feature = "test-hooks")]
+    Host(Staging<Arc<HostDevice>>),
+}
+
+macro_rules! each_staging {
+    ($s:expr, $x:ident => $body:expr) => {
+        match $s {
+            AnyStaging::Gpu($x) => $body,
+            #[cfg(feature = "test-hooks")]
+            AnyStaging::Host($x) => $body,
+        }
+    };
+}
+
+impl AnyStaging {
+    /// The staging, described.
+    pub fn describe(&self) -> String {
+        each_staging!(self, s => s.describe())
+    }
+
+    /// Its settings.
+    pub fn options(&self) -> &crate::StagingOptions {
+        each_staging!(self, s => s.options())
+    }
+}
+
+/// A load onto one of the devices [`Target`] names.
+pub enum AnyLoad<T: Destinations> {
+    /// Through staging onto a GPU.
+    Gpu(DeviceLoad<Arc<GpuDevice>, T>),
+    /// Through staging onto host memory standing in for a GPU.
+    #[cfg(feature = "test-hooks")]
+    Host(DeviceLoad<Arc<HostDevice>, T>),
+    /// Straight from the files into device memory.
+    Direct(DirectDeviceLoad<T>),
+}
+
+impl<T: Destinations> AnyLoad<T> {
+    /// The next tensors on the device, in completion order; `None` once
+    /// every tensor was handed out, or after a failure.
+    pub fn next(&mut self, wait: &mut Wait<'_>) -> Result<Option<Vec<Loaded<T::Owner>>>, Error> {
+        match self {
+            AnyLoad::Gpu(l) => l.next(wait),
+            #[cfg(feature = "test-hooks")]
+            AnyLoad::Host(l) => l.next(wait),
+            AnyLoad::Direct(l) => l.next(wait),
+        }
+    }
+
+    /// How it reads, in one line.
+    pub fn describe(&self) -> String {
+        match self {
+            AnyLoad::Gpu(l) => l.describe().to_owned(),
+            #[cfg(feature = "test-hooks")]
+            AnyLoad::Host(l) => l.describe().to_owned(),
+            AnyLoad::Direct(l) => l.describe(),
+        }
+    }
+
+    /// End it: its staging, for the next load (none for direct reads).
+    fn into_staging(self) -> Option<AnyStaging> {
+        match self {
+            AnyLoad::Gpu(l) => Some(AnyStaging::Gpu(l.into_staging())),
+            #[cfg(feature = "test-hooks")]
+            AnyLoad::Host(l) => Some(AnyStaging::Host(l.into_staging())),
+            AnyLoad::Direct(_) => None,
+        }
+    }
+}
+
+/// A device, opened by name, with the staging kept between loads onto it
+/// and the decision of how each load reads:
+///
+/// - `CUFILE` named first in the options' backends, on a CUDA GPU:
+///   straight from the files into device memory; where cuFile cannot be
+///   used, through staging with the backends named after it, and an
+///   [`Error::Device`] saying what is missing when none is.
+/// - Otherwise through staging, with the backend chosen as for host loads
+///   (for staged reads: a mapping is copied out of by the fill threads).
+pub struct Onto {
+    target: Target,
+    options: LoadOptions,
+    staging: Option<AnyStaging>,
+    /// Whether cuFile was asked for and has not failed to open here.
+    cufile: bool,
+}
+
+impl Onto {
+    /// The device `name` names, with `options` for every load onto it.
+    pub fn open(name: &str, options: LoadOptions) -> Result<Self, Error> {
+        options.check()?;
+        let cufile = options
+            .engine
+            .backends
+            .as_ref()
+            .is_some_and(|b| b.first() == Some(&Backend::Cufile));
+        Ok(Onto {
+            target: Target::open(name)?,
+            options,
+            staging: None,
+            cufile,
+        })
+    }
+
+    /// The device.
+    pub fn target(&self) -> &Target {
+        &self.target
+    }
+
+    /// Start loading the tensors of `ckpt` that `ids` names into
+    /// destinations from `dests`.
+    ///
+    /// # Safety
+    ///
+    /// `stream`, if given, must be a stream handle of this device (torch's
+    /// current stream) that stays valid until the load ends: every copy
+    /// waits for the work queued on it.
+    pub unsafe fn start<T: Destinations>(
+        &mut self,
+        ckpt: &Arc<Checkpoint>,
+        ids: Vec<TensorId>,
+        dests: T,
+        stream: Option<u64>,
+    ) -> Result<AnyLoad<T>, Error> {
+        if self.cufile {
+            match self.target.direct_reader(ckpt) {
+                Ok(reader) => {
+                    let threads = self.options.staging.fill_threads;
+                    return Ok(AnyLoad::Direct(DirectDeviceLoad::start(
+                        reader,
+                        ckpt.clone(),
+                        ids,
+                        dests,
+                        threads,
+                    )?));
+                }
+                Err(e) if self.fallback().is_empty() => return Err(e),
+                // The backends after it, through staging, from now on.
+                Err(_) => self.cufile = false,
+            }
+        }
+        let mut options = self.options.clone();
+        if let Some(b) = options.engine.backends.as_mut() {
+            b.retain(|&b| b != Backend::Cufile);
+        }
+        let mut staging = match self.staging.take() {
+            Some(s) => s,
+            None => self.target.staging(self.options.staging)?,
+        };
+        // SAFETY: the caller's contract for `stream`.
+        unsafe { each_staging!(&mut staging, s => s.wait_for_stream(stream)) };
+        let selection = Selection::Ids(ids.into_iter().collect());
+        Ok(match staging {
+            AnyStaging::Gpu(s) => AnyLoad::Gpu(DeviceLoad::start(
+                s,
+                ckpt.clone(),
+                &selection,
+                dests,
+                &options,
+            )?),
+            #[cfg(feature = "test-hooks")]
+            AnyStaging::Host(s) => AnyLoad::Host(DeviceLoad::start(
+                s,
+                ckpt.clone(),
+                &selection,
+                dests,
+                &options,
+            )?),
+        })
+    }
+
+    /// The backends named after `CUFILE`.
+    fn fallback(&self) -> Vec<Backend> {
+        let backends = self.options.engine.backends.as_deref().unwrap_or(&[]);
+        backends
+            .iter()
+            .copied()
+            .filter(|&b| b != Backend::Cufile)
+            .collect()
+    }
+
+    /// End `load` and keep its staging for the next load.
+    pub fn finish<T: Destinations>(&mut self, load: AnyLoad<T>) {
+        if let Some(mut staging) = load.into_staging() {
+            // SAFETY: waiting for no stream; the next load names its own.
+            unsafe { each_staging!(&mut staging, s => s.wait_for_stream(None)) };
+            self.staging = Some(staging);
+        }
+    }
+
+    /// Tensor `id` of `ckpt`, read into host memory as `bytes`, copied into
+    /// a destination from `dests` through the staging; returns its owner
+    /// once the bytes are on the device.
+    ///
+    /// # Safety
+    ///
+    /// As for [`Onto::start`].
+    pub unsafe fn upload_alone<T: Destinations>(
+        &mut self,
+        ckpt: &Checkpoint,
+        id: TensorId,
+        bytes: &[u8],
+        dests: &mut T,
+        stream: Option<u64>,
+    ) -> Result<T::Owner, Error> {
+        let info = ckpt.tensor(id);
+        let named = |e: Error| e.about(&info.name);
+        let Some(d) = dests.destination(ckpt, id).map_err(named)? else {
+            return Err(named(Error::NoRoom { len: info.len() }));
+        };
+        if d.len != bytes.len() as u64 {
+            return Err(named(Error::Destination {
+                expected: bytes.len() as u64,
+                given: d.len,
+            }));
+        }
+        let mut staging = match self.staging.take() {
+            Some(s) => s,
+            None => self.target.staging(self.options.staging).map_err(named)?,
+        };
+        let result = each_staging!(&mut staging, s => {
+            // SAFETY: the caller's contract for `stream`.
+            unsafe { s.wait_for_stream(stream) };
+            // SAFETY: `Destinations`' contract: the memory stays allocated
+            // while `d.owner` lives, which is past this call, and nothing
+            // else uses it meanwhile.
+            let uploaded = unsafe { s.device().borrow(d.ptr, bytes.len()) }
+                .and_then(|dst| s.upload(bytes, &dst));
+            // SAFETY: waiting for no stream; the next load names its own.
+            unsafe { s.wait_for_stream(None) };
+            uploaded
+        });
+        self.staging = Some(staging);
+        result.map_err(|e| named(e.into()))?;
+        Ok(d.owner)
+    }
+
+    /// The staging of the latest load, described; `None` before one.
+    pub fn describe_staging(&self) -> Option<String> {
+        self.staging.as_ref().map(AnyStaging::describe)
+    }
+}
