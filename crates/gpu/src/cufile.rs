@@ -13,7 +13,7 @@ use std::sync::Arc;
 use libloading::Library;
 
 use crate::direct::{DirectReader, open_checked};
-use crate::{Error, GpuDevice};
+use crate::{CuFileError, DriverError, Error, GpuDevice, Runtime};
 
 /// The names the library goes by, most specific first.
 const LIBRARIES: &[&str] = &["libcufile.so.0", "libcufile.so"];
@@ -22,7 +22,7 @@ const LIBRARIES: &[&str] = &["libcufile.so.0", "libcufile.so"];
 /// result; returned by value.
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
-struct CuFileError {
+struct CuFileStatus {
     err: c_int,
     cu_err: c_int,
 }
@@ -42,14 +42,34 @@ union DescrHandle {
     handle: *mut c_void,
 }
 
+impl CuFileStatus {
+    /// The failure it reports, from `call`.
+    fn error(self, call: &'static str) -> CuFileError {
+        CuFileError {
+            call,
+            code: self.err,
+            cuda: (self.err == CUDA_DRIVER_ERROR).then_some(DriverError {
+                runtime: Runtime::Cuda,
+                call,
+                code: self.cu_err,
+            }),
+        }
+    }
+}
+
+/// `CUFILEOP_BASE_ERR`: cuFile's own statuses lie above it; a read's
+/// negative result at or below it is an `errno`.
+const OP_BASE_ERR: i32 = 5000;
+/// `CU_FILE_CUDA_DRIVER_ERROR`: `cu_err` holds the CUDA driver's result.
+const CUDA_DRIVER_ERROR: c_int = OP_BASE_ERR + 11;
 const HANDLE_TYPE_OPAQUE_FD: c_int = 1;
 type Handle = *mut c_void;
 
 /// The calls used (signatures from cufile.h).
 struct Api {
-    driver_open: unsafe extern "C" fn() -> CuFileError,
-    driver_close: Option<unsafe extern "C" fn() -> CuFileError>,
-    handle_register: unsafe extern "C" fn(*mut Handle, *mut CuFileDescr) -> CuFileError,
+    driver_open: unsafe extern "C" fn() -> CuFileStatus,
+    driver_close: Option<unsafe extern "C" fn() -> CuFileStatus>,
+    handle_register: unsafe extern "C" fn(*mut Handle, *mut CuFileDescr) -> CuFileStatus,
     handle_deregister: unsafe extern "C" fn(Handle),
     read: unsafe extern "C" fn(Handle, *mut c_void, usize, i64, i64) -> isize,
     // Last, so that it is unloaded after nothing can call into it.
@@ -107,10 +127,10 @@ impl CuFile {
         // SAFETY: no arguments; opens cuFile's driver for this process.
         let opened = unsafe { (api.driver_open)() };
         if opened.err != 0 {
-            return Err(unavailable(format!(
-                "cuFileDriverOpen failed: cuFile error {} (CUDA result {})",
-                opened.err, opened.cu_err
-            )));
+            return Err(Error::CuFile {
+                path: None,
+                source: opened.error("cuFileDriverOpen"),
+            });
         }
         Ok(Arc::new(CuFile { api }))
     }
@@ -189,13 +209,9 @@ impl CuFileReader {
             // SAFETY: writes one handle; the descriptor is valid and open.
             let rc = unsafe { (reader.cufile.api.handle_register)(&mut handle, &mut descr) };
             if rc.err != 0 {
-                return Err(Error::Read {
-                    path: path.clone(),
-                    offset: 0,
-                    reason: format!(
-                        "cuFileHandleRegister failed: cuFile error {} (CUDA result {})",
-                        rc.err, rc.cu_err
-                    ),
+                return Err(Error::CuFile {
+                    path: Some(path.clone()),
+                    source: rc.error("cuFileHandleRegister"),
                 });
             }
             reader.handles.push(handle);
@@ -220,10 +236,10 @@ impl DirectReader for CuFileReader {
     }
 
     unsafe fn read(&self, file: usize, dst: u64, len: usize, offset: u64) -> Result<usize, Error> {
-        let failed = |reason: String| Error::Read {
+        let failed = |source: std::io::Error| Error::Read {
             path: self.paths[file].clone(),
             offset,
-            reason,
+            source,
         };
         let read = self.cufile.api.read;
         let handle = self.handles[file];
@@ -233,10 +249,21 @@ impl DirectReader for CuFileReader {
         let n = self
             .device
             .with_current(|| unsafe { read(handle, dst as *mut c_void, len, offset as i64, 0) })?;
+        // -1 sets errno; below it, -n is a cuFile status when above
+        // cuFile's base, and an errno otherwise.
         match n {
             n if n >= 0 => Ok(n as usize),
-            -1 => Err(failed(std::io::Error::last_os_error().to_string())),
-            n => Err(failed(format!("cuFileRead failed: cuFile error {}", -n))),
+            -1 => Err(failed(std::io::Error::last_os_error())),
+            n => match i32::try_from(n.unsigned_abs()) {
+                Ok(code) if code <= OP_BASE_ERR => {
+                    Err(failed(std::io::Error::from_raw_os_error(code)))
+                }
+                code => Err(failed(std::io::Error::other(CuFileError {
+                    call: "cuFileRead",
+                    code: code.unwrap_or(i32::MAX),
+                    cuda: None,
+                }))),
+            },
         }
     }
 }

@@ -45,18 +45,18 @@ pub(crate) fn open_checked(
         .iter()
         .zip(sizes)
         .map(|(path, &size)| {
-            let failed = |e: std::io::Error| Error::Read {
+            let failed = |source: std::io::Error| Error::Read {
                 path: path.clone(),
                 offset: 0,
-                reason: e.to_string(),
+                source,
             };
             let file = open(path).map_err(failed)?;
             let now = file.metadata().map_err(failed)?.len();
             if now != size {
-                return Err(Error::Read {
+                return Err(Error::Changed {
                     path: path.clone(),
-                    offset: 0,
-                    reason: format!("the file changed: {now} bytes, its header said {size}"),
+                    size: now,
+                    expected: size,
                 });
             }
             Ok(file)
@@ -93,11 +93,11 @@ impl DirectReader for HostFileReader {
         loop {
             match self.files[file].read_at(buf, offset) {
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => {
+                Err(source) => {
                     return Err(Error::Read {
                         path: self.paths[file].clone(),
                         offset,
-                        reason: e.to_string(),
+                        source,
                     });
                 }
                 Ok(n) => return Ok(n),
@@ -140,7 +140,6 @@ type Done = Result<(usize, usize), (usize, Error)>;
 /// after the reads they are in and waits for them, so no read is in flight
 /// into any destination once it is gone.
 pub struct DirectLoad {
-    reader: Arc<dyn DirectReader>,
     jobs: Option<Sender<Chunk>>,
     done: Receiver<Done>,
     workers: Vec<JoinHandle<()>>,
@@ -155,24 +154,33 @@ pub struct DirectLoad {
 
 impl DirectLoad {
     /// A load through `reader` on `threads` threads (at least one) in
-    /// chunks of `chunk` bytes (at least one).
-    pub fn new(reader: Arc<dyn DirectReader>, threads: usize, chunk: usize) -> Self {
+    /// chunks of `chunk` bytes (at least one). Fewer threads than asked
+    /// for are used if the system refuses more; none is an error.
+    pub fn new(reader: Arc<dyn DirectReader>, threads: usize, chunk: usize) -> Result<Self, Error> {
         let (jobs, rx) = channel::<Chunk>();
         let (done_tx, done) = channel::<Done>();
         let rx = Arc::new(Mutex::new(rx));
         let cancel = Arc::new(AtomicBool::new(false));
-        let workers = (0..threads.max(1))
-            .filter_map(|_| {
-                let (rx, tx, reader, cancel) =
-                    (rx.clone(), done_tx.clone(), reader.clone(), cancel.clone());
-                std::thread::Builder::new()
-                    .name("weightlift-direct".into())
-                    .spawn(move || work(&rx, &tx, &*reader, &cancel))
-                    .ok()
-            })
-            .collect();
-        DirectLoad {
-            reader,
+        let mut workers = Vec::with_capacity(threads.max(1));
+        for _ in 0..threads.max(1) {
+            let (rx, tx, reader, cancel) =
+                (rx.clone(), done_tx.clone(), reader.clone(), cancel.clone());
+            let spawned = std::thread::Builder::new()
+                .name("weightlift-direct".into())
+                .spawn(move || work(&rx, &tx, &*reader, &cancel));
+            match spawned {
+                Ok(worker) => workers.push(worker),
+                // One thread reads it all, only slower.
+                Err(_) if !workers.is_empty() => break,
+                Err(source) => {
+                    return Err(Error::Spawn {
+                        what: "direct read thread",
+                        source,
+                    });
+                }
+            }
+        }
+        Ok(DirectLoad {
             jobs: Some(jobs),
             done,
             workers,
@@ -181,7 +189,7 @@ impl DirectLoad {
             ready: Vec::new(),
             in_flight_bytes: 0,
             chunk: chunk.max(1),
-        }
+        })
     }
 
     /// Queue the reads of one tensor.
@@ -196,15 +204,9 @@ impl DirectLoad {
             self.ready.push(job.id);
             return Ok(());
         }
-        let jobs = match (&self.jobs, self.workers.is_empty()) {
-            (Some(jobs), false) => jobs,
-            _ => {
-                return Err(Error::Read {
-                    path: self.reader.path(job.file).to_path_buf(),
-                    offset: job.offset,
-                    reason: "no reading thread could be started".into(),
-                });
-            }
+        // Taken only by `drop`; `new` started at least one thread.
+        let Some(jobs) = &self.jobs else {
+            return Err(self.stopped().1);
         };
         self.left.insert(job.id, job.len);
         self.in_flight_bytes += job.len;
@@ -309,13 +311,10 @@ fn read_exact(
         // no other chunk touches.
         let n = unsafe { reader.read(job.file, job.dst + (at + got) as u64, len - got, offset) }?;
         if n == 0 {
-            return Err(Error::Read {
+            return Err(Error::Truncated {
                 path: reader.path(job.file).to_path_buf(),
                 offset,
-                reason: format!(
-                    "the file ended {} bytes before the tensor's end",
-                    len - got + (job.len - at - len)
-                ),
+                missing: (len - got + (job.len - at - len)) as u64,
             });
         }
         got += n;

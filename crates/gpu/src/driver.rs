@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use libloading::Library;
 
-use crate::{Device, DeviceMemory, Error, PinnedMemory};
+use crate::{Device, DeviceMemory, DriverError, Error, PinnedMemory};
 
 /// Which GPU runtime.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -491,7 +491,7 @@ impl GpuDriver {
         let n = api.names();
         let mut device: c_int = 0;
         // SAFETY: writes one handle; the ordinal is below the count.
-        check(&name, n.device_get, unsafe {
+        check(&name, api.runtime, n.device_get, unsafe {
             (api.device_get)(&mut device, ordinal as c_int)
         })?;
         let mut raw: Ctx = std::ptr::null_mut();
@@ -501,7 +501,9 @@ impl GpuDriver {
         ) = (&api.current, &n.current)
         {
             // SAFETY: writes one context handle for a valid device.
-            check(&name, call, unsafe { retain(&mut raw, device) })?;
+            check(&name, api.runtime, call, unsafe {
+                retain(&mut raw, device)
+            })?;
         }
         Ok(GpuDevice {
             ctx: Arc::new(Context { api, device, raw }),
@@ -635,13 +637,18 @@ impl GpuDevice {
         self.ctx.api.names()
     }
 
+    /// A failed call on this device.
+    fn check(&self, call: &'static str, rc: CuResult) -> Result<(), Error> {
+        check(&self.name, self.api().runtime, call, rc)
+    }
+
     /// Make this device current on the calling thread until the guard goes.
     fn current(&self) -> Result<Entered<'_>, Error> {
         let (entered, rc) = self.ctx.enter();
         let call = match &self.names().current {
             CurrentNames::Contexts { set, .. } | CurrentNames::Devices { set, .. } => set,
         };
-        check(&self.name, call, rc).map(|()| entered)
+        self.check(call, rc).map(|()| entered)
     }
 
     /// Run `f` with this device current on the calling thread (for calls
@@ -658,7 +665,7 @@ impl GpuDevice {
         let mut out = vec![0u8; memory.len];
         if memory.len > 0 {
             // SAFETY: `out` holds `len` bytes; the allocation holds as many.
-            check(&self.name, self.names().copy_dtoh, unsafe {
+            self.check(self.names().copy_dtoh, unsafe {
                 (self.api().copy_dtoh)(out.as_mut_ptr().cast(), memory.ptr, memory.len)
             })?;
         }
@@ -670,7 +677,7 @@ impl GpuDevice {
         let _current = self.current()?;
         let mut raw: Event = std::ptr::null_mut();
         // SAFETY: writes one event handle; the context is current.
-        check(&self.name, self.names().event_create, unsafe {
+        self.check(self.names().event_create, unsafe {
             (self.api().event_create)(&mut raw, EVENT_DISABLE_TIMING)
         })?;
         let event = GpuEvent {
@@ -679,7 +686,7 @@ impl GpuDevice {
         };
         // SAFETY: an event of this context and a stream of it (the
         // callers' contracts).
-        check(&self.name, self.names().event_record, unsafe {
+        self.check(self.names().event_record, unsafe {
             (self.api().event_record)(event.raw, stream)
         })?;
         Ok(event)
@@ -885,7 +892,7 @@ unsafe impl Device for GpuDevice {
                     free: self.free_bytes(),
                 });
             }
-            check(&self.name, self.names().mem_alloc, rc)?;
+            self.check(self.names().mem_alloc, rc)?;
         }
         Ok(GpuMemory {
             ctx: self.ctx.clone(),
@@ -924,7 +931,7 @@ unsafe impl Device for GpuDevice {
                     free: None,
                 });
             }
-            check(&self.name, self.names().host_alloc, rc)?;
+            self.check(self.names().host_alloc, rc)?;
         }
         Ok(GpuPinned {
             ctx: self.ctx.clone(),
@@ -951,7 +958,7 @@ unsafe impl Device for GpuDevice {
                     free: None,
                 });
             }
-            check(&self.name, self.names().host_register, rc)?;
+            self.check(self.names().host_register, rc)?;
         }
         Ok(GpuPinned {
             ctx: self.ctx.clone(),
@@ -965,7 +972,7 @@ unsafe impl Device for GpuDevice {
         let _current = self.current()?;
         let mut raw: Stream = std::ptr::null_mut();
         // SAFETY: writes one stream handle; the context is current.
-        check(&self.name, self.names().stream_create, unsafe {
+        self.check(self.names().stream_create, unsafe {
             (self.api().stream_create)(&mut raw, STREAM_NON_BLOCKING)
         })?;
         Ok(GpuStream {
@@ -992,7 +999,7 @@ unsafe impl Device for GpuDevice {
         // SAFETY: both ranges lie within their allocations (checked above);
         // the caller keeps them alive and untouched until an event after
         // this copy completes.
-        check(&self.name, self.names().copy_htod_async, unsafe {
+        self.check(self.names().copy_htod_async, unsafe {
             (self.api().copy_htod_async)(
                 dst.ptr + dst_offset as u64,
                 src.ptr.add(src_offset).cast_const().cast(),
@@ -1010,7 +1017,7 @@ unsafe impl Device for GpuDevice {
         let _current = self.current()?;
         let marker = self.record_on(external as Stream)?;
         // SAFETY: a stream and an event of this context.
-        check(&self.name, self.names().stream_wait_event, unsafe {
+        self.check(self.names().stream_wait_event, unsafe {
             (self.api().stream_wait_event)(stream.raw, marker.raw, 0)
         })
     }
@@ -1025,7 +1032,7 @@ unsafe impl Device for GpuDevice {
         match unsafe { (self.api().event_query)(event.raw) } {
             0 => Ok(true),
             NOT_READY => Ok(false),
-            rc => check(&self.name, self.names().event_query, rc).map(|()| false),
+            rc => self.check(self.names().event_query, rc).map(|()| false),
         }
     }
 
@@ -1036,7 +1043,7 @@ unsafe impl Device for GpuDevice {
         // SAFETY: an event of this context.
         let rc = unsafe { (self.api().event_synchronize)(event.raw) };
         drop(entered);
-        check(&self.name, self.names().event_synchronize, rc)
+        self.check(self.names().event_synchronize, rc)
     }
 
     fn synchronize(&self, stream: &GpuStream) -> Result<(), Error> {
@@ -1045,67 +1052,140 @@ unsafe impl Device for GpuDevice {
         // SAFETY: a stream of this context.
         let rc = unsafe { (self.api().stream_synchronize)(stream.raw) };
         drop(entered);
-        check(&self.name, self.names().stream_synchronize, rc)
+        self.check(self.names().stream_synchronize, rc)
     }
 }
 
-/// A failed driver call on `device`.
-fn check(device: &str, call: &str, rc: CuResult) -> Result<(), Error> {
+/// A failed call on `device`.
+fn check(device: &str, runtime: Runtime, call: &'static str, rc: CuResult) -> Result<(), Error> {
     if rc == 0 {
         return Ok(());
     }
-    Err(Error::Copy {
-        device: device.to_string(),
-        reason: format!("{call} failed: {} (result {rc})", describe(call, rc)),
+    Err(Error::Driver {
+        device: Some(device.to_string()),
+        source: DriverError {
+            runtime,
+            call,
+            code: rc,
+        },
     })
 }
 
-/// A failed call while loading the runtime: it is unavailable.
-fn check_init(runtime: Runtime, call: &str, rc: CuResult) -> Result<(), Error> {
+/// A failed call while loading the runtime: it cannot be used here.
+fn check_init(runtime: Runtime, call: &'static str, rc: CuResult) -> Result<(), Error> {
     if rc == 0 {
         return Ok(());
     }
-    Err(unavailable(
-        runtime,
-        format!("{call} failed: {} (result {rc})", describe(call, rc)),
-    ))
+    Err(Error::Driver {
+        device: None,
+        source: DriverError {
+            runtime,
+            call,
+            code: rc,
+        },
+    })
 }
 
-/// What result `rc` of `call` means, in the words of its runtime (the
-/// codes used here agree; the rarer ones do not).
-fn describe(call: &str, rc: CuResult) -> &'static str {
-    let common = match rc {
-        1 => Some("invalid value"),
-        2 => Some("out of memory"),
-        3 => Some("not initialized"),
-        101 => Some("invalid device"),
-        400 => Some("invalid handle"),
-        700 => Some("illegal address"),
-        712 => Some("the memory is already registered"),
-        713 => Some("the memory is not registered"),
-        999 => Some("unknown error"),
-        _ => None,
+/// The runtime's own name for result `rc` and what it means, in its words,
+/// for the results this crate meets (the two runtimes number these alike,
+/// and differ in the rarer ones).
+pub(crate) fn describe(runtime: Runtime, rc: CuResult) -> Option<(&'static str, &'static str)> {
+    let (cuda, hip, text) = match rc {
+        1 => (
+            "CUDA_ERROR_INVALID_VALUE",
+            "hipErrorInvalidValue",
+            "invalid value",
+        ),
+        2 => (
+            "CUDA_ERROR_OUT_OF_MEMORY",
+            "hipErrorOutOfMemory",
+            "out of memory",
+        ),
+        3 => (
+            "CUDA_ERROR_NOT_INITIALIZED",
+            "hipErrorNotInitialized",
+            "not initialized",
+        ),
+        4 => (
+            "CUDA_ERROR_DEINITIALIZED",
+            "hipErrorDeinitialized",
+            "the runtime is shutting down",
+        ),
+        101 => (
+            "CUDA_ERROR_INVALID_DEVICE",
+            "hipErrorInvalidDevice",
+            "invalid device",
+        ),
+        201 => (
+            "CUDA_ERROR_INVALID_CONTEXT",
+            "hipErrorInvalidContext",
+            "invalid context",
+        ),
+        304 => (
+            "CUDA_ERROR_OPERATING_SYSTEM",
+            "hipErrorOperatingSystem",
+            "the operating system refused (is the device node accessible?)",
+        ),
+        400 => (
+            "CUDA_ERROR_INVALID_HANDLE",
+            "hipErrorInvalidHandle",
+            "invalid handle",
+        ),
+        600 => ("CUDA_ERROR_NOT_READY", "hipErrorNotReady", "not ready"),
+        700 => (
+            "CUDA_ERROR_ILLEGAL_ADDRESS",
+            "hipErrorIllegalAddress",
+            "illegal address",
+        ),
+        712 => (
+            "CUDA_ERROR_HOST_MEMORY_ALREADY_REGISTERED",
+            "hipErrorHostMemoryAlreadyRegistered",
+            "the memory is already registered",
+        ),
+        713 => (
+            "CUDA_ERROR_HOST_MEMORY_NOT_REGISTERED",
+            "hipErrorHostMemoryNotRegistered",
+            "the memory is not registered",
+        ),
+        719 => (
+            "CUDA_ERROR_LAUNCH_FAILED",
+            "hipErrorLaunchFailure",
+            "launch failure: the context is unusable",
+        ),
+        801 => (
+            "CUDA_ERROR_NOT_SUPPORTED",
+            "hipErrorNotSupported",
+            "not supported",
+        ),
+        999 => ("CUDA_ERROR_UNKNOWN", "hipErrorUnknown", "unknown error"),
+        _ => {
+            return match (runtime, rc) {
+                (Runtime::Cuda, 34) => Some((
+                    "CUDA_ERROR_STUB_LIBRARY",
+                    "the stub library, not a driver: no driver is installed",
+                )),
+                (Runtime::Cuda, 46) => Some((
+                    "CUDA_ERROR_DEVICE_UNAVAILABLE",
+                    "the device is unavailable (exclusive use, or busy)",
+                )),
+                (Runtime::Cuda, 100) => Some(("CUDA_ERROR_NO_DEVICE", "no CUDA device is visible")),
+                (Runtime::Cuda, 803) => Some((
+                    "CUDA_ERROR_SYSTEM_DRIVER_MISMATCH",
+                    "the driver and the kernel module do not match",
+                )),
+                (Runtime::Hip, 35) => Some((
+                    "hipErrorInsufficientDriver",
+                    "the driver is older than the runtime",
+                )),
+                (Runtime::Hip, 100) => Some(("hipErrorNoDevice", "no AMD GPU is visible")),
+                _ => None,
+            };
+        }
     };
-    if let Some(text) = common {
-        return text;
-    }
-    if call.starts_with("hip") {
-        return match rc {
-            35 => "the driver is older than the runtime",
-            100 => "no AMD GPU is visible",
-            _ => "error",
-        };
-    }
-    match rc {
-        34 => "the stub library, not a driver: no driver is installed",
-        46 => "the device is unavailable (exclusive use, or busy)",
-        100 => "no CUDA device is visible",
-        201 => "invalid context",
-        304 => "the operating system refused (is the device node accessible?)",
-        719 => "launch failure: the context is unusable",
-        803 => "the driver and the kernel module do not match",
-        _ => "error",
-    }
+    Some(match runtime {
+        Runtime::Cuda => (cuda, text),
+        Runtime::Hip => (hip, text),
+    })
 }
 
 fn unavailable(runtime: Runtime, reason: String) -> Error {
@@ -1132,9 +1212,27 @@ mod tests {
 
     #[test]
     fn results_read_in_their_runtime_s_words() {
-        assert_eq!(describe("cuInit", 100), "no CUDA device is visible");
-        assert_eq!(describe("hipInit", 100), "no AMD GPU is visible");
-        assert_eq!(describe("hipMalloc", 2), "out of memory");
-        assert_eq!(describe("hipInit", 34), "error");
+        let e = |runtime, call, code| DriverError {
+            runtime,
+            call,
+            code,
+        };
+        let no_device = e(Runtime::Cuda, "cuInit", 100);
+        assert_eq!(no_device.name(), Some("CUDA_ERROR_NO_DEVICE"));
+        assert_eq!(no_device.description(), Some("no CUDA device is visible"));
+        assert_eq!(
+            no_device.to_string(),
+            "cuInit: no CUDA device is visible (CUDA_ERROR_NO_DEVICE, CUDA driver result 100)"
+        );
+        let no_gpu = e(Runtime::Hip, "hipInit", 100);
+        assert_eq!(no_gpu.name(), Some("hipErrorNoDevice"));
+        assert_eq!(no_gpu.description(), Some("no AMD GPU is visible"));
+        let oom = e(Runtime::Hip, "hipMalloc", 2);
+        assert_eq!(oom.name(), Some("hipErrorOutOfMemory"));
+        assert_eq!(oom.description(), Some("out of memory"));
+        // CUDA's stub-library result means nothing to HIP.
+        let odd = e(Runtime::Hip, "hipInit", 34);
+        assert_eq!((odd.name(), odd.description()), (None, None));
+        assert_eq!(odd.to_string(), "hipInit failed: HIP runtime result 34");
     }
 }

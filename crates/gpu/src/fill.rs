@@ -7,6 +7,8 @@ use std::sync::mpsc::{Receiver, Sender, channel};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::JoinHandle;
 
+use crate::Error;
+
 /// The smallest part worth handing to another thread.
 const PART_BYTES: usize = 1 << 20;
 
@@ -63,23 +65,33 @@ pub(crate) struct Filler {
 
 impl Filler {
     /// A filler using up to `threads` threads; the workers (`threads - 1`)
-    /// start now, and as many as the system allows are used.
-    pub(crate) fn new(threads: usize) -> Self {
+    /// start now. If the system refuses some, the ones started are used;
+    /// if it refuses the first one asked for, that is the error.
+    pub(crate) fn new(threads: usize) -> Result<Self, Error> {
         let (tx, rx) = channel::<Job>();
         let rx = Arc::new(Mutex::new(rx));
-        let workers: Vec<JoinHandle<()>> = (1..threads)
-            .map_while(|_| {
-                let rx = rx.clone();
-                std::thread::Builder::new()
-                    .name("weightlift-fill".into())
-                    .spawn(move || work(&rx))
-                    .ok()
-            })
-            .collect();
-        Filler {
+        let mut workers: Vec<JoinHandle<()>> = Vec::with_capacity(threads.saturating_sub(1));
+        for _ in 1..threads {
+            let rx = rx.clone();
+            let spawned = std::thread::Builder::new()
+                .name("weightlift-fill".into())
+                .spawn(move || work(&rx));
+            match spawned {
+                Ok(worker) => workers.push(worker),
+                // Fewer threads fill as well, only slower.
+                Err(_) if !workers.is_empty() => break,
+                Err(source) => {
+                    return Err(Error::Spawn {
+                        what: "fill thread",
+                        source,
+                    });
+                }
+            }
+        }
+        Ok(Filler {
             jobs: (!workers.is_empty()).then_some(tx),
             workers,
-        }
+        })
     }
 
     /// Copy `src` into `dst` (as long), returning once every part is done.
@@ -144,7 +156,7 @@ mod tests {
             .map(|i| (i * 7 + i / 251) as u8)
             .collect();
         for threads in [1, 2, 3, 8] {
-            let filler = Filler::new(threads);
+            let filler = Filler::new(threads).unwrap();
             for len in [
                 0,
                 1,

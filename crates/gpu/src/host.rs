@@ -496,9 +496,9 @@ unsafe impl Device for HostDevice {
                     }
                 }
             })
-            .map_err(|e| Error::Copy {
-                device: self.name().to_string(),
-                reason: format!("starting a stream thread: {e}"),
+            .map_err(|source| Error::Spawn {
+                what: "host stream thread",
+                source,
             })?;
         Ok(HostStream {
             ops: Some(tx),

@@ -36,6 +36,10 @@
 //! [`DirectLoad`] reads file bytes straight into device memory on a pool of
 //! threads, through GPUDirect Storage ([`CuFileReader`]) or, in tests, a
 //! host-memory stand-in ([`HostFileReader`]).
+//!
+//! An [`Error`]'s cause (a [`DriverError`], a [`CuFileError`], an
+//! [`std::io::Error`], the error of an upload's tensor) is what
+//! [`std::error::Error::source`] returns, never repeated in its message.
 
 mod cufile;
 mod device;
@@ -50,6 +54,6 @@ pub use cufile::{CuFile, CuFileReader};
 pub use device::{Device, DeviceMemory, PinnedMemory};
 pub use direct::{DirectJob, DirectLoad, DirectReader, HostFileReader};
 pub use driver::{GpuDevice, GpuDriver, GpuEvent, GpuMemory, GpuPinned, GpuStream, Runtime};
-pub use error::Error;
+pub use error::{CuFileError, DriverError, Error};
 pub use host::{HostDevice, HostEvent, HostMemory, HostPinned, HostStream};
 pub use upload::{UploadOptions, Uploaded, Uploader};

@@ -181,6 +181,7 @@ impl<D: Device> Uploader<D> {
         let streams = (0..opts.streams)
             .map(|_| device.stream())
             .collect::<Result<_, _>>()?;
+        let filler = Filler::new(opts.fill_threads)?;
         Ok(Uploader {
             device,
             opts,
@@ -195,7 +196,7 @@ impl<D: Device> Uploader<D> {
             next_stream: 0,
             next_seq: 0,
             launches: 0,
-            filler: Filler::new(opts.fill_threads),
+            filler,
         })
     }
 

@@ -30,12 +30,23 @@ fn the_driver_loads_or_says_what_is_missing() {
             assert!(!required, "WEIGHTLIFT_REQUIRE_GPU=1, but {api}: {reason}");
             assert_eq!(api, "CUDA driver");
             assert!(
-                reason.contains("libcuda") || reason.contains("result"),
-                "the reason names the library or the call: {reason}"
+                reason.contains("libcuda"),
+                "the reason names the library: {reason}"
             );
             eprintln!("no CUDA here: {reason}");
         }
-        Err(e) => panic!("expected the driver or Error::Unavailable, got {e:?}"),
+        // Loaded, but a call setting it up failed (no device, the stub).
+        Err(Error::Driver {
+            device: None,
+            source,
+        }) => {
+            assert!(!required, "WEIGHTLIFT_REQUIRE_GPU=1, but {source}");
+            assert_eq!(source.runtime, weightlift_gpu::Runtime::Cuda);
+            assert!(source.call.starts_with("cu"), "{source}");
+            assert!(source.to_string().contains("result"), "{source}");
+            eprintln!("no CUDA here: {source}");
+        }
+        Err(e) => panic!("expected the driver, Error::Unavailable or Error::Driver, got {e:?}"),
     }
 }
 
@@ -52,12 +63,30 @@ fn the_hip_runtime_loads_or_says_what_is_missing() {
         Err(Error::Unavailable { api, reason }) => {
             assert_eq!(api, "HIP runtime");
             assert!(
-                reason.contains("libamdhip64") || reason.contains("result"),
-                "the reason names the library or the call: {reason}"
+                reason.contains("libamdhip64"),
+                "the reason names the library: {reason}"
             );
         }
-        Err(e) => panic!("expected the runtime or Error::Unavailable, got {e:?}"),
+        Err(Error::Driver {
+            device: None,
+            source,
+        }) => {
+            assert_eq!(source.runtime, weightlift_gpu::Runtime::Hip);
+            assert!(source.call.starts_with("hip"), "{source}");
+        }
+        Err(e) => panic!("expected the runtime, Error::Unavailable or Error::Driver, got {e:?}"),
     }
+}
+
+/// An error and its causes, as `a: b: c`.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text = format!("{text}: {c}");
+        cause = c.source();
+    }
+    text
 }
 
 /// The driver and its first device, or `None` (and why) without a GPU.
@@ -68,9 +97,10 @@ fn gpu() -> Option<(GpuDriver, weightlift_gpu::GpuDevice)> {
             Some((driver, device))
         }
         Err(e) => {
+            let why = chain(&e);
             let required = std::env::var("WEIGHTLIFT_REQUIRE_GPU").is_ok_and(|v| v == "1");
-            assert!(!required, "WEIGHTLIFT_REQUIRE_GPU=1, but {e}");
-            eprintln!("skipped, no GPU: {e}");
+            assert!(!required, "WEIGHTLIFT_REQUIRE_GPU=1, but {why}");
+            eprintln!("skipped, no GPU: {why}");
             None
         }
     }

@@ -32,7 +32,7 @@ fn run(
     let reader = HostFileReader::open(std::slice::from_ref(path), &[size]).map_err(|e| (0, e))?;
     let mut dests: Vec<Vec<u8>> = ranges.iter().map(|&(_, n)| vec![0xEE; n]).collect();
     {
-        let mut load = DirectLoad::new(Arc::new(reader), threads, chunk);
+        let mut load = DirectLoad::new(Arc::new(reader), threads, chunk).map_err(|e| (0, e))?;
         for (id, (&(offset, len), d)) in ranges.iter().zip(dests.iter_mut()).enumerate() {
             let job = DirectJob {
                 id,
@@ -86,12 +86,14 @@ fn a_file_that_changed_is_refused_naming_it() {
     match run(&path, 999, &[(0, 10)], 2, 4096) {
         Err((
             _,
-            Error::Read {
-                path: p, reason, ..
+            e @ Error::Changed {
+                size: 1000,
+                expected: 999,
+                ..
             },
         )) => {
-            assert_eq!(p, path);
-            assert!(reason.contains("changed"), "{reason}");
+            assert_eq!(e.path(), Some(path.as_path()));
+            assert!(e.to_string().contains("changed"), "{e}");
         }
         other => panic!("expected a read error, got {:?}", other.map(|_| ())),
     }
@@ -104,15 +106,17 @@ fn a_short_file_is_an_error_naming_file_and_offset() {
     match run(&path, 1000, &[(0, 10), (900, 200)], 2, 64) {
         Err((
             id,
-            Error::Read {
-                path: p,
+            ref e @ Error::Truncated {
+                path: ref p,
                 offset,
-                reason,
+                missing,
             },
         )) => {
-            assert_eq!((id, &p), (1, &path));
+            assert_eq!((id, p), (1, &path));
             assert!(offset >= 900, "{offset}");
-            assert!(reason.contains("ended"), "{reason}");
+            // The file ends at 1000: 100 of the tensor's 200 bytes are not there.
+            assert_eq!(missing, 100);
+            assert!(e.to_string().contains("ended"), "{e}");
         }
         other => panic!("expected a read error, got {:?}", other.map(|_| ())),
     }
@@ -124,7 +128,7 @@ fn dropping_mid_flight_waits_for_the_reads() {
     let path = file("drop", &data);
     let reader = HostFileReader::open(std::slice::from_ref(&path), &[data.len() as u64]).unwrap();
     let mut dests: Vec<Vec<u8>> = (0..64).map(|_| vec![0; 64 << 10]).collect();
-    let mut load = DirectLoad::new(Arc::new(reader), 4, 4096);
+    let mut load = DirectLoad::new(Arc::new(reader), 4, 4096).unwrap();
     for (id, d) in dests.iter_mut().enumerate() {
         let job = DirectJob {
             id,
@@ -153,6 +157,10 @@ fn cufile_loads_or_says_what_is_missing() {
                 reason.contains("libcufile") || reason.contains("cuFile"),
                 "{reason}"
             );
+        }
+        // Found, but its driver would not open.
+        Err(Error::CuFile { path: None, source }) => {
+            assert_eq!(source.call, "cuFileDriverOpen");
         }
         Err(e) => panic!("expected cuFile or Error::Unavailable, got {e:?}"),
     }

@@ -75,9 +75,16 @@ fn gpu_class(e: &GpuError) -> &'static str {
     match e {
         GpuError::Upload { source, .. } => gpu_class(source),
         GpuError::Setting { .. } => "SettingError",
-        GpuError::Read { .. } => "WeightliftIOError",
+        GpuError::Read { source, .. } if source.kind() == ErrorKind::NotFound => "MissingFileError",
+        GpuError::Read { .. }
+        | GpuError::Changed { .. }
+        | GpuError::Truncated { .. }
+        | GpuError::CuFile { path: Some(_), .. } => "WeightliftIOError",
         // GPUDirect Storage missing is a backend that cannot be used here.
-        GpuError::Unavailable { api: "cuFile", .. } => "BackendError",
+        GpuError::Unavailable { api: "cuFile", .. } | GpuError::CuFile { path: None, .. } => {
+            "BackendError"
+        }
+        GpuError::Spawn { .. } => "WeightliftError",
         _ => "DeviceError",
     }
 }
@@ -103,10 +110,12 @@ pub(crate) fn from_gpu(py: Python<'_>, e: GpuError, ckpt: &Checkpoint) -> PyErr 
     let class = gpu_class(inner);
     let message = match tensor {
         Some(name) => {
+            // The file, unless the error names it already.
             let file = ckpt
                 .tensors()
                 .iter()
                 .find(|t| t.name == name)
+                .filter(|_| inner.path().is_none())
                 .map(|t| ckpt.shard(t.file).path().display().to_string());
             match file {
                 Some(file) => format!("{file}: tensor {name:?}: {}", chain(inner)),
@@ -120,7 +129,7 @@ pub(crate) fn from_gpu(py: Python<'_>, e: GpuError, ckpt: &Checkpoint) -> PyErr 
 
 /// The error's message followed by its causes, as `a: b: c`, skipping a
 /// cause already spelled out in the message.
-fn chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut cause = e.source();
     while let Some(c) = cause {

@@ -623,7 +623,7 @@ fn gpu_driver(py: Python<'_>, runtime: &str) -> PyResult<String> {
                 d.devices().join(", ")
             ))
         }
-        Err(e) => Err(errors::raise(py, "DeviceError", e.to_string())),
+        Err(e) => Err(errors::raise(py, "DeviceError", errors::chain(&e))),
     }
 }
 

@@ -115,7 +115,33 @@ pub(crate) fn driver(runtime: Runtime) -> Result<&'static GpuDriver, GpuError> {
         Runtime::Hip => (&HIP, GpuDriver::hip),
         _ => (&CUDA, GpuDriver::cuda),
     };
-    cell.get_or_init(load).as_ref().map_err(Clone::clone)
+    cell.get_or_init(load)
+        .as_ref()
+        .map_err(|e| again(e, runtime.api()))
+}
+
+/// A failure to load a library, cached for the process, handed out again.
+/// Loading fails only with plain data (the loader's words, a call and its
+/// result), so it is rebuilt as it was; anything else keeps its words.
+fn again(e: &GpuError, api: &'static str) -> GpuError {
+    match e {
+        GpuError::Unavailable { api, reason } => GpuError::Unavailable {
+            api,
+            reason: reason.clone(),
+        },
+        GpuError::Driver { device, source } => GpuError::Driver {
+            device: device.clone(),
+            source: *source,
+        },
+        GpuError::CuFile { path, source } => GpuError::CuFile {
+            path: path.clone(),
+            source: *source,
+        },
+        other => GpuError::Unavailable {
+            api,
+            reason: crate::errors::chain(other),
+        },
+    }
 }
 
 /// Device `ordinal` of `runtime`, opened once per process.
@@ -484,7 +510,10 @@ const DIRECT_CHUNK: usize = 16 << 20;
 /// cuFile, loaded and opened once per process.
 fn cufile() -> Result<Arc<CuFile>, GpuError> {
     static CUFILE: OnceLock<Result<Arc<CuFile>, GpuError>> = OnceLock::new();
-    CUFILE.get_or_init(CuFile::open).clone()
+    match CUFILE.get_or_init(CuFile::open) {
+        Ok(cufile) => Ok(cufile.clone()),
+        Err(e) => Err(again(e, "cuFile")),
+    }
 }
 
 /// A reader straight from `ckpt`'s files into the memory of the device
@@ -548,7 +577,7 @@ impl Direct {
     ) -> Result<Self, GpuError> {
         let reader = direct_reader(spec, ckpt)?;
         Ok(Direct {
-            load: DirectLoad::new(reader, threads, DIRECT_CHUNK),
+            load: DirectLoad::new(reader, threads, DIRECT_CHUNK)?,
             dests: Destinations::new(alloc),
             ids,
             next: 0,

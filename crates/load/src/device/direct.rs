@@ -51,7 +51,7 @@ impl<T: Destinations> DirectDeviceLoad<T> {
     ) -> Result<Self, Error> {
         let threads = threads.max(1);
         Ok(DirectDeviceLoad {
-            load: Some(DirectLoad::new(reader, threads, DIRECT_CHUNK)),
+            load: Some(DirectLoad::new(reader, threads, DIRECT_CHUNK)?),
             ckpt,
             dests,
             keep: HashMap::new(),

@@ -78,16 +78,46 @@ pub fn driver(runtime: Runtime) -> Result<&'static GpuDriver, Error> {
     };
     cell.get_or_init(load)
         .as_ref()
-        .map_err(|e| Error::Device(e.clone()))
+        .map_err(|e| Error::Device(again(e, runtime.api())))
 }
 
 /// cuFile (GPUDirect Storage), loaded and opened once per process.
 pub fn cufile() -> Result<Arc<CuFile>, Error> {
     static CUFILE: OnceLock<Result<Arc<CuFile>, weightlift_gpu::Error>> = OnceLock::new();
-    CUFILE
-        .get_or_init(CuFile::open)
-        .clone()
-        .map_err(Error::Device)
+    match CUFILE.get_or_init(CuFile::open) {
+        Ok(c) => Ok(c.clone()),
+        Err(e) => Err(Error::Device(again(e, "cuFile"))),
+    }
+}
+
+/// A failure to load a library, cached for the process, handed out again.
+/// Loading fails only with plain data (the loader's words, a call and its
+/// result), so it is rebuilt as it was; anything else keeps its words.
+fn again(e: &weightlift_gpu::Error, api: &'static str) -> weightlift_gpu::Error {
+    use weightlift_gpu::Error as E;
+    match e {
+        E::Unavailable { api, reason } => E::Unavailable {
+            api,
+            reason: reason.clone(),
+        },
+        E::Driver { device, source } => E::Driver {
+            device: device.clone(),
+            source: *source,
+        },
+        E::CuFile { path, source } => E::CuFile {
+            path: path.clone(),
+            source: *source,
+        },
+        other => {
+            let mut reason = other.to_string();
+            let mut cause = std::error::Error::source(other);
+            while let Some(c) = cause {
+                reason = format!("{reason}: {c}");
+                cause = c.source();
+            }
+            E::Unavailable { api, reason }
+        }
+    }
 }
 
 /// The runtime described: "CUDA driver 12.8, 1 device: NVIDIA H100 80GB
