@@ -72,7 +72,9 @@ struct Api {
     handle_register: unsafe extern "C" fn(*mut Handle, *mut CuFileDescr) -> CuFileStatus,
     handle_deregister: unsafe extern "C" fn(Handle),
     read: unsafe extern "C" fn(Handle, *mut c_void, usize, i64, i64) -> isize,
-    // Last, so that it is unloaded after nothing can call into it.
+    // The calls above are plain pointers into it: it is unloaded when
+    // this goes, after `CuFile`'s `drop` closed the driver, and every
+    // reader holds the `CuFile`.
     _library: Library,
 }
 
@@ -163,8 +165,8 @@ pub struct CuFileReader {
     device: Arc<GpuDevice>,
     paths: Vec<PathBuf>,
     handles: Vec<Handle>,
-    // After `handles`: a file is closed only once deregistered.
-    _files: Vec<File>,
+    /// The files registered: closed by `drop`, after their handles.
+    files: Vec<File>,
 }
 
 // SAFETY: cuFile handles may be used from any thread (cuFileRead is
@@ -190,14 +192,16 @@ impl CuFileReader {
                 .open(p)
                 .or_else(|_| File::open(p))
         })?;
+        // The reader owns the files from now on, so that a failure below
+        // deregisters the handles made so far before the files close.
         let mut reader = CuFileReader {
             cufile,
             device,
             paths: paths.to_vec(),
             handles: Vec::with_capacity(files.len()),
-            _files: Vec::new(),
+            files,
         };
-        for (path, file) in paths.iter().zip(&files) {
+        for (path, file) in paths.iter().zip(&reader.files) {
             let mut descr = CuFileDescr {
                 kind: HANDLE_TYPE_OPAQUE_FD,
                 handle: DescrHandle {
@@ -216,7 +220,6 @@ impl CuFileReader {
             }
             reader.handles.push(handle);
         }
-        reader._files = files;
         Ok(reader)
     }
 }
@@ -270,10 +273,13 @@ impl DirectReader for CuFileReader {
 
 impl Drop for CuFileReader {
     fn drop(&mut self) {
-        for &h in &self.handles {
+        // In this order, not the fields': each handle deregistered, then
+        // its file closed, then (with the last reader) cuFile's driver.
+        for h in self.handles.drain(..) {
             // SAFETY: registered in `open`; no read is in flight (reads
             // are synchronous, and the load that made them has joined).
             unsafe { (self.cufile.api.handle_deregister)(h) };
         }
+        drop(std::mem::take(&mut self.files));
     }
 }

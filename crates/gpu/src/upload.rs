@@ -595,5 +595,17 @@ impl<D: Device> Drop for Uploader<D> {
         for stream in &self.streams {
             let _ = self.device.synchronize(stream);
         }
+        // Only now may what the copies used go, and it goes here, in this
+        // order, rather than by the order the fields are declared in: the
+        // destinations (tensors not handed back, and those stranded by a
+        // failure), then the slots (with the events behind their copies),
+        // then the streams. The device and the fill threads, which hold
+        // nothing a copy uses, go after.
+        drop(std::mem::take(&mut self.pending));
+        drop(std::mem::take(&mut self.stranded));
+        drop(self.filling.take());
+        drop(std::mem::take(&mut self.busy));
+        drop(std::mem::take(&mut self.free));
+        drop(std::mem::take(&mut self.streams));
     }
 }

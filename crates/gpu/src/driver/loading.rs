@@ -240,8 +240,10 @@ pub(super) struct Api {
     pub(super) copy_htod_async:
         unsafe extern "C" fn(DevPtr, *const c_void, usize, Stream) -> CuResult,
     pub(super) copy_dtoh: unsafe extern "C" fn(*mut c_void, DevPtr, usize) -> CuResult,
-    // Last, so that it is unloaded after nothing can call into it.
-    pub(super) _library: Library,
+    // The calls above are plain pointers into it: it is unloaded when
+    // this goes, which is after everything that could call them (each
+    // holds this `Api` through an `Arc`).
+    _library: Library,
 }
 
 impl Api {
