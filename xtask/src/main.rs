@@ -176,7 +176,7 @@ fn gpu_test(python: Option<PathBuf>) -> Result<()> {
             .env(REQUIRE, "1"),
     )?;
     let python = py::python(python)?;
-    py::install_wheel(&python)?;
+    py::install_wheel(&python, py::Wheel::Release)?;
     step(
         "pytest -m gpu crates/py/tests (WEIGHTLIFT_REQUIRE_GPU=1)",
         std::process::Command::new(&python)
@@ -215,6 +215,18 @@ fn test() -> Result<()> {
         ]),
     )?;
     step(
+        "cargo clippy with the test hooks (warnings denied)",
+        cargo().args([
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--all-features",
+            "--",
+            "-D",
+            "warnings",
+        ]),
+    )?;
+    step(
         "cargo test (workspace: unit, integration, property and corpus tests; benchmarks run once)",
         cargo()
             .args(["test", "--workspace", "--all-targets"])
@@ -231,7 +243,7 @@ fn test() -> Result<()> {
             .env("RUSTDOCFLAGS", "-D warnings"),
     )?;
     let python = py::python(None)?;
-    py::install_wheel(&python)?;
+    py::install_wheel(&python, py::Wheel::Tests)?;
     py::pytest(&python)?;
     step(
         "cargo check of the fuzz targets",

@@ -57,21 +57,37 @@ pub(crate) fn python(explicit: Option<PathBuf>) -> Result<PathBuf> {
     Ok(py)
 }
 
+/// Which wheel to build.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Wheel {
+    /// The wheel as released.
+    Release,
+    /// With the `test-hooks` feature: the `host` device name, host memory
+    /// standing in for a GPU, which the Python suite loads onto.
+    Tests,
+}
+
 /// Build the abi3 wheel with maturin (release) and install it into `py`'s
 /// environment, replacing any earlier build.
-pub(crate) fn install_wheel(py: &Path) -> Result<PathBuf> {
+pub(crate) fn install_wheel(py: &Path, wheel: Wheel) -> Result<PathBuf> {
     let out = root().join("target/wheels");
     if out.exists() {
         std::fs::remove_dir_all(&out).with_context(|| format!("clearing {}", out.display()))?;
     }
-    step(
-        "maturin build --release (the weightlift wheel)",
-        Command::new(py)
-            .current_dir(root())
-            .args(["-m", "maturin", "build", "--release", "--quiet", "--out"])
-            .arg(&out)
-            .args(["--manifest-path", "crates/py/Cargo.toml"]),
-    )?;
+    let mut build = Command::new(py);
+    build
+        .current_dir(root())
+        .args(["-m", "maturin", "build", "--release", "--quiet", "--out"])
+        .arg(&out)
+        .args(["--manifest-path", "crates/py/Cargo.toml"]);
+    let what = match wheel {
+        Wheel::Release => "maturin build --release (the weightlift wheel)",
+        Wheel::Tests => {
+            build.args(["--features", "test-hooks"]);
+            "maturin build --release --features test-hooks (the weightlift wheel, with the test hooks)"
+        }
+    };
+    step(what, &mut build)?;
     let wheel = std::fs::read_dir(&out)?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .find(|p| p.extension().is_some_and(|x| x == "whl"))
@@ -115,7 +131,7 @@ const BENCH_EXTRAS: &[(&str, &str, &str)] = &[
 /// why it did not run.
 pub(crate) fn bench_python(explicit: Option<PathBuf>, peers: &[&str]) -> Result<PathBuf> {
     let py = python(explicit)?;
-    install_wheel(&py)?;
+    install_wheel(&py, Wheel::Release)?;
     for &(peer, module, pip) in BENCH_EXTRAS {
         if !peers.contains(&peer) || importable(&py, module) {
             continue;

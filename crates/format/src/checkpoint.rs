@@ -74,6 +74,36 @@ impl Tensor {
     pub fn is_empty(&self) -> bool {
         self.range.is_empty()
     }
+
+    /// The bytes of rows `rows` along the first dimension, as offsets
+    /// inside the tensor; `None` for a scalar, for rows beyond the first
+    /// dimension, and where a row is not a whole number of bytes (4- and
+    /// 6-bit dtypes).
+    ///
+    /// ```
+    /// # use weightlift_format::{Checkpoint, Dtype, Header, Parsed, TensorSpec, encode_header};
+    /// let enc = encode_header(&[TensorSpec::new("w", Dtype::BF16, [4, 3])], None)?;
+    /// let size = enc.bytes.len() as u64 + enc.data_len;
+    /// let Parsed::Complete(header) = Header::parse(&enc.bytes, size)? else { unreachable!() };
+    /// let ckpt = Checkpoint::from_headers(vec![("m.safetensors".into(), size, header)])?;
+    /// let w = ckpt.find("w").unwrap();
+    /// assert_eq!(w.rows(1..3), Some(6..18)); // two rows of three 2-byte elements
+    /// assert_eq!(w.rows(3..5), None);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn rows(&self, rows: std::ops::Range<u64>) -> Option<std::ops::Range<u64>> {
+        let (&first, rest) = self.shape.split_first()?;
+        if rows.start > rows.end || rows.end > first {
+            return None;
+        }
+        let per_row = rest.iter().try_fold(1u64, |n, &d| n.checked_mul(d))?;
+        let row_bits = per_row.checked_mul(u64::from(self.dtype.bits()))?;
+        if !row_bits.is_multiple_of(8) {
+            return None;
+        }
+        let row = row_bits / 8;
+        Some(rows.start.checked_mul(row)?..rows.end.checked_mul(row)?)
+    }
 }
 
 /// Where a checkpoint comes from.

@@ -33,10 +33,12 @@ pub enum Error {
         /// What differs: `"size"` or `"header length"`.
         what: &'static str,
     },
-    /// A failure about one tensor; the cause names the file.
+    /// A failure about one tensor: its name, its file, and the cause.
     Tensor {
         /// The tensor's name.
         tensor: String,
+        /// The file holding it.
+        file: PathBuf,
         /// The failure.
         source: Box<Error>,
     },
@@ -106,8 +108,7 @@ impl Error {
         match self {
             Error::Open(e) => Some(e.file()),
             Error::Io(e) => e.file(),
-            Error::Changed { file, .. } => Some(file),
-            Error::Tensor { source, .. } => source.file(),
+            Error::Changed { file, .. } | Error::Tensor { file, .. } => Some(file),
             _ => None,
         }
     }
@@ -129,13 +130,20 @@ impl Error {
         }
     }
 
-    /// This error about `tensor`, unless it already names one.
-    pub fn about(self, tensor: &str) -> Error {
+    /// This error about tensor `id` of `ckpt`, unless it already names a
+    /// tensor.
+    pub fn about(
+        self,
+        ckpt: &weightlift_format::Checkpoint,
+        id: weightlift_format::TensorId,
+    ) -> Error {
         if self.tensor().is_some() {
             return self;
         }
+        let t = ckpt.tensor(id);
         Error::Tensor {
-            tensor: tensor.to_owned(),
+            tensor: t.name.clone(),
+            file: ckpt.shard(t.file).path().to_path_buf(),
             source: Box::new(self),
         }
     }
@@ -180,7 +188,15 @@ impl fmt::Display for Error {
                 "{}: {what} changed since its header was read (the file was replaced or rewritten)",
                 file.display()
             ),
-            Error::Tensor { tensor, .. } => write!(f, "tensor {tensor:?}"),
+            // The file, unless the cause names it.
+            Error::Tensor {
+                tensor,
+                file,
+                source,
+            } => match source.file() {
+                Some(_) => write!(f, "tensor {tensor:?}"),
+                None => write!(f, "{}: tensor {tensor:?}", file.display()),
+            },
             Error::Range { start, end, len } => write!(
                 f,
                 "byte range {start}..{end} does not lie inside the tensor's {len} bytes"

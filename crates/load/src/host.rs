@@ -369,11 +369,8 @@ pub(crate) fn name_tensor(ckpt: &Checkpoint, plan: &ReadPlan, e: Error) -> Error
             .filter(|t| ckpt.shard(t.file).path() == file && t.range.start >= offset)
             .min_by_key(|t| t.range.start)
     });
-    match hit {
-        Some(t) => Error::Tensor {
-            tensor: t.name.clone(),
-            source: Box::new(e),
-        },
+    match hit.and_then(|t| ckpt.id(&t.name)) {
+        Some(id) => e.about(ckpt, id),
         None => e,
     }
 }

@@ -287,7 +287,7 @@ impl Session {
                 end: range.end,
                 len,
             }
-            .about(name));
+            .about(&self.ckpt, id));
         }
         self.read_alone(id, range)
     }
@@ -400,13 +400,10 @@ impl Session {
         let Some(file) = e.file() else { return e };
         let first = ids
             .iter()
-            .map(|&id| self.ckpt.tensor(id))
-            .find(|t| self.ckpt.shard(t.file).path() == file);
+            .copied()
+            .find(|&id| self.ckpt.shard(self.ckpt.tensor(id).file).path() == file);
         match first {
-            Some(t) => Error::Tensor {
-                tensor: t.name.clone(),
-                source: Box::new(e),
-            },
+            Some(id) => e.about(&self.ckpt, id),
             None => e,
         }
     }
@@ -463,10 +460,8 @@ impl Session {
         let t = self.ckpt.tensor(id);
         let len = (range.end - range.start) as usize;
         let start = t.range.start + range.start;
-        let named = |e: Error| Error::Tensor {
-            tensor: t.name.clone(),
-            source: Box::new(e),
-        };
+        let ckpt = self.ckpt.clone();
+        let named = |e: Error| e.about(&ckpt, id);
         if self.files.is_none() {
             let files = self
                 .ckpt

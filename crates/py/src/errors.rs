@@ -8,7 +8,7 @@ use std::io::ErrorKind;
 
 use pyo3::prelude::*;
 use weightlift::Error as LoadError;
-use weightlift_format::{Checkpoint, Error as FormatError};
+use weightlift_format::Error as FormatError;
 use weightlift_gpu::Error as GpuError;
 use weightlift_io::Error as IoError;
 
@@ -89,42 +89,9 @@ fn gpu_class(e: &GpuError) -> &'static str {
     }
 }
 
-/// A Python exception for an error opening a checkpoint.
-pub(crate) fn from_format(py: Python<'_>, e: FormatError) -> PyErr {
-    raise(py, format_class(&e), chain(&e))
-}
-
 /// A Python exception for an error loading.
 pub(crate) fn from_load(py: Python<'_>, e: LoadError) -> PyErr {
     raise(py, load_class(&e), chain(&e))
-}
-
-/// A Python exception for an error on a device: DeviceError (SettingError
-/// for a setting that cannot work), naming the tensor and its file where
-/// the error names a tensor.
-pub(crate) fn from_gpu(py: Python<'_>, e: GpuError, ckpt: &Checkpoint) -> PyErr {
-    let (tensor, inner) = match &e {
-        GpuError::Upload { tensor, source } => (Some(tensor.as_str()), source.as_ref()),
-        other => (None, other),
-    };
-    let class = gpu_class(inner);
-    let message = match tensor {
-        Some(name) => {
-            // The file, unless the error names it already.
-            let file = ckpt
-                .tensors()
-                .iter()
-                .find(|t| t.name == name)
-                .filter(|_| inner.path().is_none())
-                .map(|t| ckpt.shard(t.file).path().display().to_string());
-            match file {
-                Some(file) => format!("{file}: tensor {name:?}: {}", chain(inner)),
-                None => format!("tensor {name:?}: {}", chain(inner)),
-            }
-        }
-        None => chain(&e),
-    };
-    raise(py, class, message)
 }
 
 /// The error's message followed by its causes, as `a: b: c`, skipping a

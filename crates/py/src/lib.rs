@@ -1,69 +1,82 @@
-//! The Python facade: a thin PyO3 layer over the Rust crates, built by
-//! maturin into the `weightlift._weightlift` extension module (abi3, so one
-//! wheel serves every CPython from 3.9). The `weightlift` package
+//! The Python facade: glue between Python and the `weightlift` crate, built
+//! by maturin into the `weightlift._weightlift` extension module (abi3, so
+//! one wheel serves every CPython from 3.9). The `weightlift` package
 //! (`python/weightlift`) builds the public API (`safe_open`, `load_file`,
 //! `load`, `load_into`) on the classes here:
 //!
 //! - `_Session`: an opened checkpoint and its [`Session`]: keys, metadata,
-//!   tensors by name, byte ranges of a tensor, and passes;
-//! - `_Pass`: one pass over the selected tensors, in completion order;
+//!   tensors by name, rows of a tensor, passes, and loads onto a device;
+//! - `_Pass`: one pass over the selected tensors in host memory, in
+//!   completion order;
+//! - `_DeviceLoad`: one pass onto a device, into memory Python allocates
+//!   (see `src/dests.rs`), in completion order;
 //! - `Buffer`: a tensor's bytes, handed to torch or numpy by DLPack without
-//!   copying; it keeps the memory alive as long as any consumer uses it;
-//! - `_Upload`: one pass onto a device, into memory Python allocates, in
-//!   completion order (see `src/upload.rs`).
+//!   copying; it keeps the memory alive as long as any consumer uses it.
 //!
-//! Every wait releases the GIL and checks for signals every 50 ms, so
-//! Ctrl-C interrupts a load promptly; the load is then cancelled and its
-//! memory freed. Only this crate knows Python.
+//! Every decision about loading is the `weightlift` crate's; this crate
+//! holds the GIL, signals, exceptions and DLPack. Every wait releases the
+//! GIL and checks for signals every 50 ms, so Ctrl-C interrupts a load
+//! promptly; the load is then cancelled and its memory freed.
 
+mod dests;
 mod dlpack;
 mod errors;
-mod upload;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use pyo3::prelude::*;
-use weightlift::{Error as LoadError, HostTensor, LoadOptions, Pass, Session, Wait};
-use weightlift_format::Checkpoint;
+use weightlift::device::{AnyLoad, Carve, Onto, Placement};
+use weightlift::{
+    Checkpoint, Error as LoadError, HostTensor, LoadOptions, Pass, Selection, Session, TensorId,
+    Wait,
+};
 use weightlift_io::Backend;
-use weightlift_plan::Selection;
 
+use dests::{Owner, PyDestinations};
 use dlpack::Keep;
-use upload::{Direct, Loading, Onto, Target, Upload};
 
 /// A loaded tensor as Python receives it: name, dtype, shape and bytes.
 type Described = (String, &'static str, Vec<u64>, Buffer);
 
-/// Tensors whose bytes reached a device: names and their destinations.
-type Uploaded = Vec<(String, Py<PyAny>)>;
-
-/// Why a call on a session did not return a value.
+/// Why a call did not return a value.
 enum Fail {
     Closed,
     Load(LoadError),
-    /// Copying onto a device failed.
-    Gpu(weightlift_gpu::Error),
-    /// A destination Python gave does not fit the tensor.
-    Mismatch(String),
-    /// Python gave no destination where one was needed.
-    Device(String),
     /// Python code called on the way raised.
     Py(PyErr),
 }
 
 impl From<LoadError> for Fail {
     fn from(e: LoadError) -> Self {
-        Fail::Load(e)
+        // An exception Python raised on the way (an allocator's) is raised
+        // again as it was.
+        match into_py_err(e) {
+            Ok(e) => Fail::Py(e),
+            Err(e) => Fail::Load(e),
+        }
     }
 }
 
-/// The id of the selected tensor `name`, or the error naming it.
-fn selected_id(s: &Session, name: String) -> Result<weightlift_format::TensorId, Fail> {
-    s.id(&name).ok_or(Fail::Load(LoadError::Select(
-        weightlift_plan::Error::UnknownTensor { name },
-    )))
+/// The Python exception inside `e`, if Python raised it.
+fn into_py_err(e: LoadError) -> Result<PyErr, LoadError> {
+    match e {
+        LoadError::Tensor {
+            tensor,
+            file,
+            source,
+        } => into_py_err(*source).map_err(|source| LoadError::Tensor {
+            tensor,
+            file,
+            source: Box::new(source),
+        }),
+        LoadError::Destinations(b) => b
+            .downcast::<PyErr>()
+            .map(|e| *e)
+            .map_err(LoadError::Destinations),
+        e => Err(e),
+    }
 }
 
 /// Lock, ignoring poisoning: the data behind these locks stays consistent
@@ -72,62 +85,168 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// Run `f` with the GIL released, giving it a wait callback that checks
+/// for signals. A signal's exception (KeyboardInterrupt) wins over the
+/// cancellation it caused.
+fn with_signals<T: Send>(
+    py: Python<'_>,
+    ckpt: &Checkpoint,
+    f: impl FnOnce(&mut Wait<'_>) -> Result<T, Fail> + Send,
+) -> PyResult<T> {
+    let mut interrupted: Option<PyErr> = None;
+    let result = py.detach(|| {
+        let mut wait = || {
+            Python::attach(|py| match py.check_signals() {
+                Ok(()) => true,
+                Err(e) => {
+                    interrupted = Some(e);
+                    false
+                }
+            })
+        };
+        f(&mut wait)
+    });
+    if let Some(e) = interrupted {
+        return Err(e);
+    }
+    result.map_err(|f| match f {
+        Fail::Closed => errors::raise(
+            py,
+            "ClosedError",
+            format!(
+                "{}: the checkpoint was closed (use it inside its `with` block)",
+                source_name(ckpt)
+            ),
+        ),
+        Fail::Load(e) => errors::from_load(py, e),
+        Fail::Py(e) => e,
+    })
+}
+
+/// The checkpoint's source, for messages: its index, or its first file.
+fn source_name(ckpt: &Checkpoint) -> String {
+    ckpt.index_path()
+        .or_else(|| ckpt.shards().first().map(|s| s.path()))
+        .map(|p| p.display().to_string())
+        .unwrap_or_default()
+}
+
+/// A whole number for setting `name`, or a `SettingError` saying what was
+/// given instead (a bool, a float, a string).
+fn whole(py: Python<'_>, name: &str, value: Option<&Bound<'_, PyAny>>) -> PyResult<Option<usize>> {
+    let Some(v) = value.filter(|v| !v.is_none()) else {
+        return Ok(None);
+    };
+    let is_int =
+        v.is_instance_of::<pyo3::types::PyInt>() && !v.is_instance_of::<pyo3::types::PyBool>();
+    match is_int.then(|| v.extract::<usize>()) {
+        Some(Ok(n)) => Ok(Some(n)),
+        _ => Err(errors::raise(
+            py,
+            "SettingError",
+            format!("{name} must be a whole number of the right range, not {v}"),
+        )),
+    }
+}
+
 /// An opened checkpoint.
 #[pyclass(name = "_Session", module = "weightlift._weightlift", frozen)]
 struct PySession {
     ckpt: Arc<Checkpoint>,
     options: LoadOptions,
     inner: Mutex<Option<Session>>,
-    /// The latest device pipeline and its device and settings, kept for
-    /// the next load with the same ones (its staging memory is costly to
-    /// allocate).
-    target: Mutex<Option<(String, Box<dyn Target>)>>,
-    /// The staging of the latest load onto a device, described.
-    staging: Mutex<Option<String>>,
+    /// The device of the latest load onto one (by name), with its staging,
+    /// kept for the next load onto it (pinned memory is costly).
+    onto: Mutex<Option<(String, Onto)>>,
+    /// The latest load, described; `None` before one.
+    described: Mutex<Option<String>>,
 }
 
 #[pymethods]
 impl PySession {
     /// Open the checkpoint at `sources`: one path (a file, a directory or an
     /// index) or several `.safetensors` files. `backends` is a
-    /// comma-separated list of backend and policy names (None: the
-    /// `WEIGHTLIFT_BACKEND` variable, else automatic).
+    /// comma-separated list of backend and policy names; every setting
+    /// left None comes from its `WEIGHTLIFT_*` variable, else its default.
     #[new]
-    #[pyo3(signature = (sources, backends=None, buffer_size=None))]
+    #[pyo3(signature = (sources, backends=None, buffer_size=None, pinned_bytes=None, fill_threads=None))]
     fn new(
         py: Python<'_>,
         sources: Vec<PathBuf>,
         backends: Option<String>,
-        buffer_size: Option<usize>,
+        buffer_size: Option<&Bound<'_, PyAny>>,
+        pinned_bytes: Option<&Bound<'_, PyAny>>,
+        fill_threads: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
-        let mut options = LoadOptions::from_env().map_err(|e| errors::from_load(py, e))?;
+        let load_err = |e: LoadError| errors::from_load(py, e);
+        let mut options = LoadOptions::from_env().map_err(load_err)?;
         if let Some(list) = backends {
             options.engine.backends =
-                Some(Backend::parse_list(&list).map_err(|e| errors::from_load(py, e.into()))?);
+                Some(Backend::parse_list(&list).map_err(|e| load_err(e.into()))?);
         }
-        if let Some(n) = buffer_size {
-            options = options
-                .with_buffer_size(n)
-                .map_err(|e| errors::from_load(py, e))?;
+        if let Some(n) = whole(py, "buffer_size", buffer_size)? {
+            options = options.with_buffer_size(n).map_err(load_err)?;
         }
+        if let Some(n) = whole(py, "pinned_bytes", pinned_bytes)? {
+            options.staging.pinned_bytes = n;
+        }
+        if let Some(n) = whole(py, "fill_threads", fill_threads)? {
+            options.staging.fill_threads = n;
+        }
+        options.check().map_err(load_err)?;
         let opened = py.detach(|| match sources.as_slice() {
             [one] => Checkpoint::open(one),
             many => Checkpoint::open_files(many),
         });
-        let ckpt = Arc::new(opened.map_err(|e| errors::from_format(py, e))?);
-        let session = Session::new(ckpt.clone(), &Selection::All, options.clone())
-            .map_err(|e| errors::from_load(py, e))?;
+        let ckpt = Arc::new(opened.map_err(|e| load_err(e.into()))?);
+        let session =
+            Session::new(ckpt.clone(), &Selection::All, options.clone()).map_err(load_err)?;
         Ok(Self {
             ckpt,
             options,
             inner: Mutex::new(Some(session)),
-            target: Mutex::new(None),
-            staging: Mutex::new(None),
+            onto: Mutex::new(None),
+            described: Mutex::new(None),
         })
     }
 
-    /// Restrict the selection to `names` (before anything is loaded).
-    fn select(&self, py: Python<'_>, names: Vec<String>) -> PyResult<()> {
+    /// Restrict the selection to `keys` (before anything is loaded): a
+    /// name, a collection of names, or a predicate called with each name.
+    fn select(&self, py: Python<'_>, keys: &Bound<'_, PyAny>) -> PyResult<()> {
+        let names: Vec<String> = if let Ok(name) = keys.extract::<String>() {
+            vec![name]
+        } else if keys.is_callable() {
+            let mut names = Vec::new();
+            for t in self.ckpt.tensors() {
+                if keys.call1((t.name.as_str(),))?.is_truthy()? {
+                    names.push(t.name.clone());
+                }
+            }
+            names
+        } else {
+            let items = keys.try_iter().map_err(|_| {
+                errors::raise(
+                    py,
+                    "SettingError",
+                    format!(
+                        "keys must be a name, a collection of names or a predicate, not {}",
+                        keys.get_type().name().map_or("?".into(), |n| n.to_string())
+                    ),
+                )
+            })?;
+            let mut names = Vec::new();
+            for item in items {
+                let item = item?;
+                names.push(item.extract::<String>().map_err(|_| {
+                    errors::raise(
+                        py,
+                        "SettingError",
+                        format!("keys must hold tensor names (str), not {item:?}"),
+                    )
+                })?);
+            }
+            names
+        };
         let session = Session::new(
             self.ckpt.clone(),
             &Selection::names(names),
@@ -187,31 +306,33 @@ impl PySession {
         self.run(py, |s, _| Ok(s.selected_bytes()))
     }
 
-    /// The byte length of each selected tensor, in file order.
-    fn sizes(&self, py: Python<'_>) -> PyResult<Vec<u64>> {
+    /// Bytes a reused device buffer of `size` bytes needs to hold every
+    /// selected tensor at once (each aligned; those larger than the buffer,
+    /// which get memory of their own, left out).
+    fn buffer_needed(&self, py: Python<'_>, size: u64) -> PyResult<u64> {
         self.run(py, |s, _| {
-            Ok(s.selected()
-                .iter()
-                .map(|&id| self.ckpt.tensor(id).len())
-                .collect())
+            Ok(Carve::needed(
+                size,
+                s.selected().iter().map(|&id| self.ckpt.tensor(id).len()),
+            ))
         })
     }
 
-    /// Staging memory for device copies, in bytes.
+    /// Staging memory for reads in flight, in bytes, and the device buffer
+    /// of `copy=False`.
     #[getter]
     fn buffer_size(&self) -> usize {
         self.options.engine.ring_bytes
     }
 
-    /// The backend of the latest load and its settings; None before one.
+    /// The backend of the latest load and its settings (for a device, its
+    /// staging too); None before one.
     fn describe(&self, py: Python<'_>) -> PyResult<Option<String>> {
-        self.run(py, |s, _| Ok(s.describe().map(str::to_owned)))
-    }
-
-    /// The staging of the latest load onto a device; None before one.
-    #[getter]
-    fn staging(&self, py: Python<'_>) -> Option<String> {
-        py.detach(|| lock(&self.staging).clone())
+        let device = py.detach(|| lock(&self.described).clone());
+        match device {
+            Some(d) => Ok(Some(d)),
+            None => self.run(py, |s, _| Ok(s.describe().map(str::to_owned))),
+        }
     }
 
     /// `(dtype, shape, Buffer)` of the selected tensor `name`.
@@ -221,15 +342,40 @@ impl PySession {
         Ok((dtype, shape, buf))
     }
 
-    /// Bytes `start..end` (inside the tensor) of the selected tensor `name`.
-    fn get_range(&self, py: Python<'_>, name: String, start: u64, end: u64) -> PyResult<Buffer> {
-        let t = self.run(py, move |s, _| Ok(s.get_range(&name, start..end)?))?;
-        Ok(Buffer {
-            keep: Keep::Host(t),
+    /// Rows `lo..hi` (along the first dimension) of the selected tensor
+    /// `name`, read on their own: `(Buffer, rows)`, `rows` the number read.
+    /// With `lo` None, or where rows are not whole bytes, the whole tensor
+    /// is read and `rows` is None.
+    #[pyo3(signature = (name, lo=None, hi=None))]
+    fn get_rows(
+        &self,
+        py: Python<'_>,
+        name: String,
+        lo: Option<u64>,
+        hi: Option<u64>,
+    ) -> PyResult<(Buffer, Option<u64>)> {
+        self.run(py, move |s, _| {
+            let id = selected_id(s, name.clone())?;
+            let info = self.ckpt.tensor(id);
+            let rows = match (lo, hi) {
+                (Some(lo), Some(hi)) => info.rows(lo..hi).map(|r| (r, hi - lo)),
+                _ => None,
+            };
+            let (range, read) = match rows {
+                Some((range, n)) => (range, Some(n)),
+                None => (0..info.len(), None),
+            };
+            let t = s.get_range(&name, range)?;
+            Ok((
+                Buffer {
+                    keep: Keep::Host(t),
+                },
+                read,
+            ))
         })
     }
 
-    /// A new pass over every selected tensor.
+    /// A new pass over every selected tensor, in host memory.
     fn stream(slf: Bound<'_, Self>) -> PyResult<PyPass> {
         let pass = slf.get().run(slf.py(), |s, _| Ok(s.pass()))?;
         Ok(PyPass {
@@ -238,47 +384,54 @@ impl PySession {
         })
     }
 
-    /// A pass over every selected tensor onto `device` (`cuda:N`, or
-    /// `host`, a stand-in for tests): an iterator of lists of
-    /// `(name, destination)` in completion order. For each tensor as it is
-    /// read, `alloc(name, dtype, shape, file)` returns `(destination,
-    /// address, nbytes)`: an object owning `nbytes` bytes of the device's
-    /// memory at `address`, kept until the copies into it completed; or
-    /// None when it has no room until the tensors in flight are handed back
-    /// (the pass then hands them back and asks again). Every
-    /// copy is ordered after the work queued on `stream` (torch's current
-    /// stream) when it is launched.
-    /// `pinned_bytes` and `fill_threads` set the staging (None: the
-    /// `WEIGHTLIFT_*` variables, else the defaults).
-    #[pyo3(signature = (device, alloc, stream=None, pinned_bytes=None, fill_threads=None))]
+    /// A pass over every selected tensor onto `device` (`cuda:N`, `hip:N`):
+    /// an iterator of lists of `(name, owner)` in completion order. For each
+    /// tensor, `alloc(name, dtype, shape, file)` returns `(owner, address,
+    /// nbytes)`: an object owning `nbytes` bytes of the device's memory at
+    /// `address`, kept until the copies into it completed, or None when it
+    /// has no room until the tensors in flight are handed back. With
+    /// `buffer = (owner, address, size)` (`copy=False`), tensors go to
+    /// regions of that buffer first, handed back as `(offset, dtype,
+    /// shape)` and reused once given back (`give_back(offset)`); those
+    /// larger than it go to `alloc`. Every copy is ordered after the work queued on
+    /// `stream` (torch's current stream).
+    #[pyo3(signature = (device, alloc, stream=None, buffer=None))]
     fn upload(
         slf: Bound<'_, Self>,
         device: String,
         alloc: Py<PyAny>,
         stream: Option<u64>,
-        pinned_bytes: Option<usize>,
-        fill_threads: Option<usize>,
-    ) -> PyResult<PyUpload> {
+        buffer: Option<(Py<PyAny>, u64, u64)>,
+    ) -> PyResult<PyDeviceLoad> {
         let py = slf.py();
         let this = slf.get();
-        let pass = this.run(py, |s, _| Ok(s.pass()))?;
-        let staging = upload::Staging {
-            pinned_bytes,
-            fill_threads,
-        };
-        let (key, target) = this.take_target(py, &device, staging, stream)?;
-        let loading = Loading::new(target, alloc);
-        Ok(PyUpload {
+        let ids = this.run(py, |s, _| Ok(s.selected().to_vec()))?;
+        let buffer = buffer.map(|(owner, ptr, size)| dests::Buffer {
+            owner,
+            ptr,
+            carve: Arc::new(Mutex::new(Carve::new(size))),
+        });
+        let carve = buffer.as_ref().map(|b| b.carve.clone());
+        let dests = PyDestinations { alloc, buffer };
+        let ckpt = this.ckpt.clone();
+        let load = this.with_onto(py, &device, |onto, _| {
+            // SAFETY: `stream` is torch's current stream on `device`, which
+            // the package passes and which outlives the load.
+            Ok(unsafe { onto.start(&ckpt, ids, dests, stream) }?)
+        })?;
+        let described = load.describe();
+        py.detach(|| *lock(&this.described) = Some(described));
+        Ok(PyDeviceLoad {
             session: slf.unbind(),
-            device: key,
-            state: Mutex::new(Some(Onto::Upload(Upload::new(loading, pass)))),
+            device,
+            state: Mutex::new(Some(load)),
+            carve,
         })
     }
 
     /// The selected tensor `name` onto `device`, into the destination
     /// `alloc` returns (as for `upload`), which is returned.
-    #[pyo3(signature = (device, name, alloc, stream=None, pinned_bytes=None, fill_threads=None))]
-    #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (device, name, alloc, stream=None))]
     fn get_into(
         &self,
         py: Python<'_>,
@@ -286,66 +439,41 @@ impl PySession {
         name: String,
         alloc: Py<PyAny>,
         stream: Option<u64>,
-        pinned_bytes: Option<usize>,
-        fill_threads: Option<usize>,
     ) -> PyResult<Py<PyAny>> {
-        let staging = upload::Staging {
-            pinned_bytes,
-            fill_threads,
+        let id = self.run(py, |s, _| selected_id(s, name.clone()))?;
+        let dests = PyDestinations {
+            alloc,
+            buffer: None,
         };
-        let (key, target) = self.take_target(py, &device, staging, stream)?;
-        let mut loading = Loading::new(target, alloc);
         let ckpt = self.ckpt.clone();
-        let done = self.run(py, |s, wait| {
-            let t = s.get(&name, wait)?;
-            loading.stage_alone(t, &ckpt)?;
-            loading.target.finish().map_err(Fail::Gpu)
-        });
-        let mut got = match done {
-            Ok(ids) => loading.hand_back(ids, &self.ckpt),
-            Err(e) => {
-                // Waits for every copy before the destination goes.
-                py.detach(|| drop(loading));
-                return Err(e);
-            }
-        };
-        self.put_target(py, key, loading);
-        got.pop()
-            .map(|(_, obj)| obj)
-            .ok_or_else(|| errors::raise(py, "DeviceError", format!("{name}: not uploaded")))
-    }
-
-    /// A pass reading the selected tensors (or only `name`) straight from
-    /// their files into device memory (`backend=CUFILE`): `cuda:N` through
-    /// cuFile, `host` (the stand-in) with pread; otherwise as `upload`.
-    /// `threads` read at once (None: half the cores, at most 8).
-    #[pyo3(signature = (device, alloc, name=None, threads=None))]
-    fn read_direct(
-        slf: Bound<'_, Self>,
-        device: String,
-        alloc: Py<PyAny>,
-        name: Option<String>,
-        threads: Option<usize>,
-    ) -> PyResult<PyUpload> {
-        let py = slf.py();
-        let this = slf.get();
-        let ids = this.run(py, move |s, _| match name {
-            None => Ok(s.selected().to_vec()),
-            Some(name) => selected_id(s, name).map(|id| vec![id]),
+        let owner = self.with_onto(py, &device, |onto, wait| {
+            let read = |wait: &mut Wait<'_>| {
+                let mut guard = lock(&self.inner);
+                let session = guard.as_mut().ok_or(LoadError::Cancelled)?;
+                session.get(&name, wait)
+            };
+            // SAFETY: `stream` is torch's current stream on `device`, which
+            // the package passes and which outlives the call.
+            let owner = unsafe { onto.load_one(&ckpt, id, read, dests, stream, wait) }?;
+            // Read straight into device memory, or read into host memory
+            // by the session and copied through the staging.
+            let read_by = lock(&self.inner)
+                .as_ref()
+                .and_then(|s| s.describe().map(str::to_owned));
+            *lock(&self.described) = Some(match read_by {
+                Some(r) if !onto.reads_direct() => format!("{r}; {}", onto.describe()),
+                _ => onto.describe(),
+            });
+            Ok(owner)
         })?;
-        let threads =
-            threads.unwrap_or_else(|| weightlift_gpu::UploadOptions::default().fill_threads);
-        let ckpt = this.ckpt.clone();
-        let direct = py
-            .detach(|| Direct::new(&device, &ckpt, ids, alloc, threads))
-            .map_err(|e| errors::from_gpu(py, e, &this.ckpt))?;
-        let described = Direct::describe(threads);
-        py.detach(|| *lock(&this.staging) = Some(described));
-        Ok(PyUpload {
-            session: slf.unbind(),
-            device,
-            state: Mutex::new(Some(Onto::Direct(direct))),
-        })
+        match owner {
+            Owner::Object(obj) => Ok(obj),
+            Owner::At(_) => Err(errors::raise(
+                py,
+                "DeviceError",
+                format!("{name}: a single tensor never goes to the reused buffer"),
+            )),
+        }
     }
 
     /// Cancel what is loading and free what was read ahead. Tensors already
@@ -353,8 +481,8 @@ impl PySession {
     fn close(&self, py: Python<'_>) {
         let session = py.detach(|| lock(&self.inner).take());
         py.detach(move || drop(session));
-        let target = py.detach(|| lock(&self.target).take());
-        py.detach(move || drop(target));
+        let onto = py.detach(|| lock(&self.onto).take());
+        py.detach(move || drop(onto));
     }
 
     /// Whether `close` was called.
@@ -364,84 +492,52 @@ impl PySession {
     }
 }
 
+/// The id of the selected tensor `name`, or the error naming it.
+fn selected_id(s: &Session, name: String) -> Result<TensorId, Fail> {
+    s.id(&name).ok_or(Fail::Load(LoadError::Select(
+        weightlift_plan::Error::UnknownTensor { name },
+    )))
+}
+
 impl PySession {
     /// Run `f` on the session with the GIL released, checking for signals
-    /// while it waits. A signal's exception (KeyboardInterrupt) wins over
-    /// the cancellation it caused.
+    /// while it waits.
     fn run<T: Send>(
         &self,
         py: Python<'_>,
         f: impl FnOnce(&mut Session, &mut Wait<'_>) -> Result<T, Fail> + Send,
     ) -> PyResult<T> {
-        let mut interrupted: Option<PyErr> = None;
-        let result = py.detach(|| {
+        with_signals(py, &self.ckpt, |wait| {
             let mut guard = lock(&self.inner);
             let session = guard.as_mut().ok_or(Fail::Closed)?;
-            let mut wait = || {
-                Python::attach(|py| match py.check_signals() {
-                    Ok(()) => true,
-                    Err(e) => {
-                        interrupted = Some(e);
-                        false
-                    }
-                })
-            };
-            f(session, &mut wait)
-        });
-        if let Some(e) = interrupted {
-            return Err(e);
-        }
-        result.map_err(|f| match f {
-            Fail::Closed => errors::raise(
-                py,
-                "ClosedError",
-                "the checkpoint was closed (use it inside its `with` block)".into(),
-            ),
-            Fail::Load(e) => errors::from_load(py, e),
-            Fail::Gpu(e) => errors::from_gpu(py, e, &self.ckpt),
-            Fail::Mismatch(m) => errors::raise(py, "MismatchError", m),
-            Fail::Device(m) => errors::raise(py, "DeviceError", m),
-            Fail::Py(e) => e,
+            f(session, wait)
         })
     }
 
-    /// The kept pipeline onto `device` with `staging`, or a new one;
-    /// ordered after `stream`. Returns it with the key to keep it under.
-    fn take_target(
+    /// Run `f` on the device `device` names (the one kept, or newly
+    /// opened), with the GIL released; keep it for the next load.
+    fn with_onto<T: Send>(
         &self,
         py: Python<'_>,
         device: &str,
-        staging: upload::Staging,
-        stream: Option<u64>,
-    ) -> PyResult<(String, Box<dyn Target>)> {
-        let key = format!("{device} {staging:?}");
-        let kept = py.detach(|| lock(&self.target).take());
-        let mut target = match kept {
-            Some((k, t)) if k == key => t,
-            other => {
-                py.detach(move || drop(other));
-                py.detach(|| upload::open(device, staging))
-                    .map_err(|e| errors::from_gpu(py, e, &self.ckpt))?
+        f: impl FnOnce(&mut Onto, &mut Wait<'_>) -> Result<T, Fail> + Send,
+    ) -> PyResult<T> {
+        with_signals(py, &self.ckpt, |wait| {
+            if lock(&self.inner).is_none() {
+                return Err(Fail::Closed);
             }
-        };
-        let described = target.describe();
-        py.detach(|| *lock(&self.staging) = Some(described));
-        // SAFETY: `stream` is torch's current stream on `device`, which the
-        // package passes and which outlives the load; `None` for the host.
-        unsafe { target.wait_for_stream(stream) };
-        Ok((key, target))
+            let kept = lock(&self.onto).take();
+            let mut onto = match kept {
+                Some((name, onto)) if name == device => onto,
+                _ => Onto::open(device, self.options.clone())?,
+            };
+            let result = f(&mut onto, wait);
+            *lock(&self.onto) = Some((device.to_owned(), onto));
+            result
+        })
     }
 
-    /// Keep the pipeline of a load that succeeded for the next one.
-    fn put_target(&self, py: Python<'_>, device: String, loading: Loading) {
-        let Loading { mut target, .. } = loading;
-        // SAFETY: waiting for no stream; the next load names its own.
-        unsafe { target.wait_for_stream(None) };
-        let old = py.detach(|| lock(&self.target).replace((device, target)));
-        py.detach(move || drop(old));
-    }
-
-    fn names(&self, ids: &[weightlift_format::TensorId]) -> Vec<String> {
+    fn names(&self, ids: &[TensorId]) -> Vec<String> {
         ids.iter()
             .map(|&id| self.ckpt.tensor(id).name.clone())
             .collect()
@@ -482,7 +578,7 @@ impl PyPass {
             // The session's lock is held; the pass's is only ever taken
             // inside it, so the two cannot deadlock.
             let mut pass = lock(pass);
-            s.next(&mut pass, wait).transpose().map_err(Fail::Load)
+            Ok(s.next(&mut pass, wait).transpose()?)
         })?;
         t.map(|t| session.described(t)).transpose()
     }
@@ -495,53 +591,83 @@ impl PyPass {
     }
 }
 
+/// A tensor onto a device, as Python receives it: its name, and its owner
+/// (a torch tensor) or, in the reused buffer, `(offset, dtype, shape)`.
+type Landed = (String, Py<PyAny>);
+
 /// One pass over the selected tensors onto a device: an iterator of lists
-/// of `(name, destination)`, in completion order.
-#[pyclass(name = "_Upload", module = "weightlift._weightlift", frozen)]
-struct PyUpload {
+/// of `(name, owner)`, in completion order.
+#[pyclass(name = "_DeviceLoad", module = "weightlift._weightlift", frozen)]
+struct PyDeviceLoad {
     session: Py<PySession>,
-    /// The key the pipeline is kept under when the pass ends.
+    /// The device, to keep its staging when the pass ends.
     device: String,
     /// `None` once finished or failed.
-    state: Mutex<Option<Onto>>,
+    state: Mutex<Option<AnyLoad<PyDestinations>>>,
+    /// The reused buffer's placement, with `copy=False`.
+    carve: Option<Arc<Mutex<Carve>>>,
 }
 
 #[pymethods]
-impl PyUpload {
+impl PyDeviceLoad {
     fn __iter__(slf: Bound<'_, Self>) -> Bound<'_, Self> {
         slf
     }
 
-    fn __next__(&self, py: Python<'_>) -> PyResult<Option<Uploaded>> {
+    fn __next__(&self, py: Python<'_>) -> PyResult<Option<Vec<Landed>>> {
         let session = self.session.get();
         let state = &self.state;
-        let ckpt = session.ckpt.clone();
-        let stepped = session.run(py, |s, wait| {
-            // The session's lock is held; the state's is only ever taken
-            // inside it.
+        let ckpt = &session.ckpt;
+        let stepped = with_signals(py, ckpt, |wait| {
             let mut guard = lock(state);
-            let Some(onto) = guard.as_mut() else {
-                return Ok(Err(None));
+            let Some(load) = guard.as_mut() else {
+                return Ok(None);
             };
-            match onto.step(s, wait, &ckpt) {
-                Ok(Some(batch)) => Ok(Ok(batch)),
-                Ok(None) => Ok(Err(guard.take())),
+            match load.next(wait) {
+                Ok(Some(batch)) => Ok(Some(batch)),
+                Ok(None) => {
+                    let load = guard.take().expect("present");
+                    // Keep the staging for the next load onto the device.
+                    let mut onto = lock(&session.onto);
+                    match onto.as_mut() {
+                        Some((name, onto)) if *name == self.device => onto.finish(load),
+                        _ => drop(load),
+                    }
+                    Ok(None)
+                }
                 Err(e) => {
-                    // The pipeline (or the reads) waits for every copy as it
-                    // goes, before the destinations.
+                    // Dropping the load waits for every copy before the
+                    // destinations go.
                     drop(guard.take());
-                    Err(e)
+                    Err(e.into())
                 }
             }
         })?;
-        match stepped {
-            Ok(batch) => Ok(Some(batch)),
-            Err(finished) => {
-                if let Some(Onto::Upload(upload)) = finished {
-                    session.put_target(py, self.device.clone(), upload.loading);
-                }
-                Ok(None)
-            }
+        let Some(batch) = stepped else {
+            return Ok(None);
+        };
+        batch
+            .into_iter()
+            .map(|l| {
+                let t = ckpt.tensor(l.id);
+                let owner = match l.owner {
+                    Owner::Object(obj) => obj,
+                    Owner::At(start) => (start, t.dtype.as_str(), t.shape.clone())
+                        .into_pyobject(py)?
+                        .into_any()
+                        .unbind(),
+                };
+                Ok((t.name.clone(), owner))
+            })
+            .collect::<PyResult<_>>()
+            .map(Some)
+    }
+
+    /// The caller moved past the tensor at `start` of the reused buffer: its
+    /// region may be reused.
+    fn give_back(&self, py: Python<'_>, start: u64) {
+        if let Some(carve) = &self.carve {
+            py.detach(|| lock(carve).give_back(start));
         }
     }
 
@@ -596,6 +722,18 @@ fn backend_names() -> Vec<&'static str> {
     Backend::ALL.iter().map(|b| b.name()).collect()
 }
 
+/// Where `name` asks tensors to go: `("cpu", None)`, or `("cuda", index)`
+/// with `index` None for the current GPU; `DeviceError` for a name that is
+/// neither.
+#[pyfunction]
+fn placement(py: Python<'_>, name: &str) -> PyResult<(&'static str, Option<usize>)> {
+    match name.parse::<Placement>() {
+        Ok(Placement::Host) => Ok(("cpu", None)),
+        Ok(Placement::Gpu(index)) => Ok(("cuda", index)),
+        Err(e) => Err(errors::from_load(py, e)),
+    }
+}
+
 /// The GPU runtime (`"cuda"` or `"hip"`) this process can load, described
 /// ("CUDA driver 12.8, 1 device: NVIDIA H100 80GB HBM3"); `DeviceError`
 /// saying what is missing when there is none.
@@ -612,29 +750,32 @@ fn gpu_driver(py: Python<'_>, runtime: &str) -> PyResult<String> {
             ));
         }
     };
-    match py.detach(|| upload::driver(runtime)) {
-        Ok(d) => {
-            let (major, minor) = d.version();
-            let n = d.devices().len();
-            Ok(format!(
-                "{} {major}.{minor}, {n} device{}: {}",
-                runtime.api(),
-                if n == 1 { "" } else { "s" },
-                d.devices().join(", ")
-            ))
-        }
-        Err(e) => Err(errors::raise(py, "DeviceError", errors::chain(&e))),
-    }
+    py.detach(|| weightlift::device::describe_driver(runtime))
+        .map_err(|e| errors::raise(py, "DeviceError", errors::chain(&e)))
+}
+
+/// Whether any two of `spans` (`(address, length)`, lengths of 0 aside)
+/// overlap: targets sharing memory (tied weights) cannot be written
+/// straight from staging.
+#[pyfunction]
+fn overlapping(mut spans: Vec<(u64, u64)>) -> bool {
+    spans.retain(|&(_, n)| n > 0);
+    spans.sort_unstable();
+    spans
+        .windows(2)
+        .any(|w| w[0].0.saturating_add(w[0].1) > w[1].0)
 }
 
 #[pymodule]
 fn _weightlift(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PySession>()?;
     m.add_class::<PyPass>()?;
-    m.add_class::<PyUpload>()?;
+    m.add_class::<PyDeviceLoad>()?;
     m.add_class::<Buffer>()?;
     m.add_function(wrap_pyfunction!(backend_names, m)?)?;
+    m.add_function(wrap_pyfunction!(placement, m)?)?;
     m.add_function(wrap_pyfunction!(gpu_driver, m)?)?;
+    m.add_function(wrap_pyfunction!(overlapping, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

@@ -140,6 +140,37 @@ mod tests {
     }
 
     #[test]
+    fn first_in_first_out_from_where_the_last_region_ended() {
+        let mut c = Carve::new(1024);
+        assert_eq!(c.place(400), Place::At(0));
+        assert_eq!(c.place(400), Place::At(512));
+        assert_eq!(
+            c.place(400),
+            Place::Full,
+            "no room before the first is back"
+        );
+        c.give_back(512);
+        assert_eq!(
+            c.place(400),
+            Place::Full,
+            "the second is back, not the first"
+        );
+        c.give_back(0);
+        assert_eq!(
+            c.place(400),
+            Place::At(0),
+            "all back, no room after the last"
+        );
+        c.give_back(0);
+        assert_eq!(
+            c.place(100),
+            Place::At(512),
+            "all back, room after the last"
+        );
+        assert_eq!(c.place(4096), Place::Own, "larger than the buffer");
+    }
+
+    #[test]
     fn a_buffer_holding_every_tensor_never_reuses_a_region() {
         let lens = [10u64, 300, 1, 4096, 77];
         let size = Carve::needed(1 << 20, lens);

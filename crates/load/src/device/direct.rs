@@ -19,6 +19,15 @@ pub const DIRECT_CHUNK: usize = 16 << 20;
 /// whether to go on.
 const WAIT_SLICE: Duration = Duration::from_millis(50);
 
+/// Reads straight into device memory on `threads` threads, described.
+pub(crate) fn describe_direct(threads: usize) -> String {
+    format!(
+        "backend CUFILE (reads straight into device memory, {threads} thread{}, chunks of {} KiB)",
+        if threads == 1 { "" } else { "s" },
+        DIRECT_CHUNK >> 10
+    )
+}
+
 /// Tensors read straight from their files into destinations on the device,
 /// on a pool of threads, handed out in completion order.
 ///
@@ -65,12 +74,7 @@ impl<T: Destinations> DirectDeviceLoad<T> {
 
     /// The way it reads, described.
     pub fn describe(&self) -> String {
-        format!(
-            "backend CUFILE (reads straight into device memory, {} thread{}, chunks of {} KiB)",
-            self.threads,
-            if self.threads == 1 { "" } else { "s" },
-            DIRECT_CHUNK >> 10
-        )
+        describe_direct(self.threads)
     }
 
     /// The next tensors whose bytes have all landed, in completion order;
@@ -99,7 +103,7 @@ impl<T: Destinations> DirectDeviceLoad<T> {
                     None => Ok(None),
                     Some(&id) => {
                         let info = self.ckpt.tensor(id);
-                        Err(Error::NoRoom { len: info.len() }.about(&info.name))
+                        Err(Error::NoRoom { len: info.len() }.about(&self.ckpt, id))
                     }
                 };
             }
@@ -124,8 +128,7 @@ impl<T: Destinations> DirectDeviceLoad<T> {
                     }
                 }
                 Err((i, e)) => {
-                    let name = &self.ckpt.tensor(TensorId(i as u32)).name;
-                    return Err(Error::Device(e).about(name));
+                    return Err(Error::Device(e).about(&self.ckpt, TensorId(i as u32)));
                 }
             }
         }
@@ -139,7 +142,8 @@ impl<T: Destinations> DirectDeviceLoad<T> {
     /// there is no room for it until tensors in flight come back.
     fn queue(&mut self, id: TensorId) -> Result<bool, Error> {
         let info = self.ckpt.tensor(id);
-        let named = |e: Error| e.about(&info.name);
+        let ckpt = self.ckpt.clone();
+        let named = |e: Error| e.about(&ckpt, id);
         let Some(d) = self.dests.destination(&self.ckpt, id).map_err(named)? else {
             return Ok(false);
         };

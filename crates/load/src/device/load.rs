@@ -260,6 +260,20 @@ impl<D: Device> Drop for Staging<D> {
     }
 }
 
+/// Staging with these settings, described: "staging 8 pinned slots of
+/// 16384 KiB, 4 fill threads, 2 streams".
+pub(crate) fn describe_staging(o: &StagingOptions) -> String {
+    format!(
+        "staging {} pinned slots of {} KiB, {} fill thread{}, {} stream{}",
+        o.slots(),
+        o.slot_size() >> 10,
+        o.fill_threads,
+        if o.fill_threads == 1 { "" } else { "s" },
+        o.streams,
+        if o.streams == 1 { "" } else { "s" },
+    )
+}
+
 /// A copy launch: the event after its copies, the slot they read, the
 /// tensors whose pieces they carry.
 struct Launch<E> {
@@ -315,6 +329,8 @@ pub struct DeviceLoad<D: Device, T: Destinations> {
     /// The tensors of the plan (in file order) before this one have been
     /// given destinations.
     given: usize,
+    /// Extents landed so far.
+    landed: usize,
     ready: Vec<Loaded<T::Owner>>,
     /// Tensors handed out so far, and in all.
     handed: usize,
@@ -365,6 +381,7 @@ impl<D: Device, T: Destinations> DeviceLoad<D, T> {
             launches: VecDeque::new(),
             held: VecDeque::new(),
             given: 0,
+            landed: 0,
             ready: Vec::new(),
             handed: 0,
             total,
@@ -380,7 +397,7 @@ impl<D: Device, T: Destinations> DeviceLoad<D, T> {
             .collect();
         for id in empty {
             if !load.destine(id)? {
-                return Err(Error::NoRoom { len: 0 }.about(&load.ckpt.tensor(id).name));
+                return Err(Error::NoRoom { len: 0 }.about(&load.ckpt, id));
             }
             load.complete_piece(id);
         }
@@ -424,7 +441,10 @@ impl<D: Device, T: Destinations> DeviceLoad<D, T> {
             if self.advance()? || received {
                 continue;
             }
-            let reads_done = self.reads.as_ref().is_none_or(Reads::finished);
+            // Every extent landed (the reads report that they finished only
+            // once every slot is back), or reading ended.
+            let reads_done = self.landed == self.plan.extents().len()
+                || self.reads.as_ref().is_none_or(Reads::finished);
             // Every slot is held: no read can land until copies complete or
             // room is made.
             let all_held = self.held.len() >= self.slots();
@@ -469,13 +489,16 @@ impl<D: Device, T: Destinations> DeviceLoad<D, T> {
         while let Some(landed) = next {
             any = true;
             match landed {
-                Landed::Extent { index, slot, len } => self.held.push_back(Held {
-                    index,
-                    slot,
-                    len,
-                    next: 0,
-                    launches: 0,
-                }),
+                Landed::Extent { index, slot, len } => {
+                    self.landed += 1;
+                    self.held.push_back(Held {
+                        index,
+                        slot,
+                        len,
+                        next: 0,
+                        launches: 0,
+                    });
+                }
                 Landed::Finished(Ok(())) => {}
                 Landed::Finished(Err(e)) => return Err(self.name_read_error(e)),
             }
@@ -544,7 +567,8 @@ impl<D: Device, T: Destinations> DeviceLoad<D, T> {
             return Ok(true);
         }
         let info = self.ckpt.tensor(id);
-        let named = |e: Error| e.about(&info.name);
+        let ckpt = self.ckpt.clone();
+        let named = |e: Error| e.about(&ckpt, id);
         let Some(d) = self.dests.destination(&self.ckpt, id).map_err(named)? else {
             return Ok(false);
         };
@@ -588,7 +612,7 @@ impl<D: Device, T: Destinations> DeviceLoad<D, T> {
         let pieces = &plan.pieces(&plan.extents()[index])[range.clone()];
         let first = pieces.first().map(|p| p.tensor);
         let blame = |e: weightlift_gpu::Error, id: Option<TensorId>| match id {
-            Some(id) => Error::Device(e).about(&self.ckpt.tensor(id).name),
+            Some(id) => Error::Device(e).about(&self.ckpt, id),
             None => Error::Device(e),
         };
         if let Some(external) = staging.external {
@@ -698,7 +722,7 @@ impl<D: Device, T: Destinations> DeviceLoad<D, T> {
     /// A failed copy, named by the first tensor of launch `i`.
     fn blame(&self, i: usize, e: weightlift_gpu::Error) -> Error {
         match self.launches.get(i).and_then(|l| l.tensors.first()) {
-            Some(&id) => Error::Device(e).about(&self.ckpt.tensor(id).name),
+            Some(&id) => Error::Device(e).about(&self.ckpt, id),
             None => Error::Device(e),
         }
     }
@@ -712,7 +736,7 @@ impl<D: Device, T: Destinations> DeviceLoad<D, T> {
         match waiting {
             Some(id) => {
                 let info = self.ckpt.tensor(id);
-                Error::NoRoom { len: info.len() }.about(&info.name)
+                Error::NoRoom { len: info.len() }.about(&self.ckpt, id)
             }
             None => Error::NoRoom { len: 0 },
         }

@@ -23,6 +23,7 @@ use std::sync::Arc;
 
 pub use carve::{Carve, Place};
 pub use direct::{DIRECT_CHUNK, DirectDeviceLoad};
+use load::describe_staging;
 pub use load::{Allocate, Destination, Destinations, DeviceLoad, Loaded, Staging};
 pub use spec::{GpuSpec, cufile, describe_driver, driver};
 use weightlift_format::{Checkpoint, TensorId};
@@ -34,6 +35,45 @@ use weightlift_plan::Selection;
 
 use crate::session::Wait;
 use crate::{Error, LoadOptions};
+
+/// Where a caller asks tensors to go, by the names torch uses: `cpu` (or
+/// `cpu:0`), `cuda` (the current GPU), `cuda:N`. AMD GPUs go by `cuda` too,
+/// as torch's ROCm builds name them; which runtime serves them is the
+/// caller's to say ([`GpuSpec`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placement {
+    /// Host memory.
+    Host,
+    /// A GPU: this one, or the current one.
+    Gpu(Option<usize>),
+}
+
+impl std::str::FromStr for Placement {
+    type Err = Error;
+
+    fn from_str(name: &str) -> Result<Self, Error> {
+        let unknown = |reason| Error::UnknownDevice {
+            name: name.to_owned(),
+            reason,
+        };
+        let (kind, index) = match name.split_once(':') {
+            Some((kind, index)) => (kind, Some(index)),
+            None => (name, None),
+        };
+        let index = index
+            .map(|i| i.parse::<usize>())
+            .transpose()
+            .map_err(|_| unknown("the device number is not a whole number"))?;
+        match (kind, index) {
+            ("cpu", None | Some(0)) => Ok(Placement::Host),
+            ("cuda", index) => Ok(Placement::Gpu(index)),
+            ("hip" | "rocm", _) => Err(unknown(
+                "ROCm devices go by torch's 'cuda' name: use 'cuda:N'",
+            )),
+            _ => Err(unknown("use 'cpu', 'cuda', 'cuda:N', N or a torch.device")),
+        }
+    }
+}
 
 /// A device opened by name.
 #[derive(Clone)]
@@ -325,6 +365,46 @@ impl Onto {
         }
     }
 
+    /// Tensor `id` of `ckpt` alone into a destination from `dests`: straight
+    /// from its file where this device reads with cuFile, otherwise read
+    /// into host memory by `read` (given `wait`) and copied through the
+    /// staging. Returns its owner once the bytes are on the device.
+    ///
+    /// # Safety
+    ///
+    /// As for [`Onto::start`].
+    pub unsafe fn load_one<T: Destinations>(
+        &mut self,
+        ckpt: &Arc<Checkpoint>,
+        id: TensorId,
+        read: impl FnOnce(&mut Wait<'_>) -> Result<crate::HostTensor, Error>,
+        mut dests: T,
+        stream: Option<u64>,
+        wait: &mut Wait<'_>,
+    ) -> Result<T::Owner, Error> {
+        if self.cufile {
+            // SAFETY: the caller's contract for `stream`.
+            let mut load = unsafe { self.start(ckpt, vec![id], dests, stream) }?;
+            let mut got = None;
+            let result = loop {
+                match load.next(wait) {
+                    Ok(Some(batch)) => got = got.or(batch.into_iter().next()),
+                    Ok(None) => break Ok(()),
+                    Err(e) => break Err(e),
+                }
+            };
+            self.finish(load);
+            result?;
+            let info = ckpt.tensor(id);
+            return got
+                .map(|l| l.owner)
+                .ok_or_else(|| Error::NoRoom { len: info.len() }.about(ckpt, id));
+        }
+        let tensor = read(wait)?;
+        // SAFETY: the caller's contract for `stream`.
+        unsafe { self.upload_alone(ckpt, id, tensor.bytes(), &mut dests, stream) }
+    }
+
     /// Tensor `id` of `ckpt`, read into host memory as `bytes`, copied into
     /// a destination from `dests` through the staging; returns its owner
     /// once the bytes are on the device.
@@ -341,7 +421,7 @@ impl Onto {
         stream: Option<u64>,
     ) -> Result<T::Owner, Error> {
         let info = ckpt.tensor(id);
-        let named = |e: Error| e.about(&info.name);
+        let named = |e: Error| e.about(ckpt, id);
         let Some(d) = dests.destination(ckpt, id).map_err(named)? else {
             return Err(named(Error::NoRoom { len: info.len() }));
         };
@@ -372,8 +452,22 @@ impl Onto {
         Ok(d.owner)
     }
 
-    /// The staging of the latest load, described; `None` before one.
-    pub fn describe_staging(&self) -> Option<String> {
-        self.staging.as_ref().map(AnyStaging::describe)
+    /// How loads onto this device read, in one line: straight into device
+    /// memory with cuFile, or the staging they go through (the backend is
+    /// chosen per load: see [`AnyLoad::describe`]).
+    pub fn describe(&self) -> String {
+        if self.cufile {
+            return direct::describe_direct(self.options.staging.fill_threads);
+        }
+        match &self.staging {
+            Some(s) => s.describe(),
+            None => describe_staging(&self.options.staging),
+        }
+    }
+
+    /// Whether loads onto this device read straight into device memory
+    /// (cuFile), with no host memory on the way.
+    pub fn reads_direct(&self) -> bool {
+        self.cufile
     }
 }

@@ -1,10 +1,12 @@
 """safe_open, load_file, load and load_into: the public API.
 
-Every decision about reading lives in Rust (weightlift._weightlift); this
-module turns arguments into settings and bytes into tensors.
+Every decision about loading lives in Rust (weightlift._weightlift, over
+the weightlift crate): what to read and how, device names, settings and
+their checks, the selection, where tensors go on a device. This module
+turns arguments into calls and bytes into tensors, and asks torch what
+only torch knows (its devices, streams and allocator).
 """
 
-import collections
 import enum
 import os
 import warnings
@@ -104,39 +106,23 @@ class _Gpu(NamedTuple):
         return int(torch.cuda.current_stream(self.torch).cuda_stream)
 
 
-#: For tests on machines without a GPU: a host-memory device of the upload
-#: pipeline ("host", or "host:delay_us=N,fail=N") that GPU devices map to.
-#: Tensors then land in host memory, through the same pipeline, ordering
-#: and errors as on a GPU.
-_GPU_STANDIN: Optional[str] = None
-
-
 def _device(device: Any) -> Union[str, _Gpu]:
     """"cpu", or the GPU `device` names ("cuda", "cuda:N", N or a torch.device)."""
     if device is None:
         return "cpu"
-    kind: Any = None
-    index: Optional[int] = None
     if isinstance(device, bool):
-        kind = None
-    elif isinstance(device, int):
-        kind, index = "cuda", device
-    elif isinstance(device, str):
-        kind, _, rest = device.partition(":")
-        if rest:
-            index = int(rest) if rest.isdigit() else -1
-    elif hasattr(device, "type") and hasattr(device, "index"):  # torch.device
-        kind, index = device.type, device.index
-    if kind == "cpu" and index in (None, 0):
-        return "cpu"
-    if kind == "hip":
-        raise DeviceError(f"device {device!r}: ROCm devices go by torch's 'cuda' name: use 'cuda:N'")
-    if kind != "cuda" or (index is not None and index < 0):
         raise DeviceError(f"unknown device {device!r}: use 'cpu', 'cuda:N', N or a torch.device")
-    if _GPU_STANDIN is not None:
-        import torch
-
-        return _Gpu(torch.device("cpu"), _GPU_STANDIN)
+    if isinstance(device, int):
+        name = f"cuda:{device}"
+    elif isinstance(device, str):
+        name = device
+    elif hasattr(device, "type") and hasattr(device, "index"):  # torch.device
+        name = device.type if device.index is None else f"{device.type}:{device.index}"
+    else:
+        raise DeviceError(f"unknown device {device!r}: use 'cpu', 'cuda:N', N or a torch.device")
+    kind, index = _weightlift.placement(name)
+    if kind == "cpu":
+        return "cpu"
     advice = "use device='cpu' (load_into copies into tensors on any device)"
     try:
         import torch
@@ -182,109 +168,33 @@ def _allocator(gpu: _Gpu) -> Callable[[str, str, List[int], str], Tuple[Any, int
     return alloc
 
 
-class _Ring:
-    """copy=False on a GPU: destinations carved from one device buffer in
-    first-in first-out order. A region is given back once the caller has
-    moved past its tensor (`release`), and reused once every region before
-    it was given back; the pipeline's copies into it wait for the work
-    queued meanwhile on torch's current stream. A tensor larger than the
-    whole buffer gets memory of its own."""
-
-    ALIGN = 256
-
-    def __init__(self, gpu: _Gpu, size: int) -> None:
-        import torch
-
-        self._torch = torch
-        self._gpu = gpu
-        self._buf = torch.empty(size, dtype=torch.uint8, device=gpu.torch)
-        self._size = size
-        self._live: "collections.deque[List[Any]]" = collections.deque()  # [start, end, released]
-        self._by_name: Dict[str, List[Any]] = {}
-        self._head = 0
-
-    def alloc(self, name: str, dtype: str, shape: List[int], file: str) -> Optional[Tuple[Any, int, int]]:
-        torch = self._torch
-        dt = torch_dtype(dtype, name)
-        shp = framework_shape(dtype, shape, name)
-        n = dt.itemsize
-        for d in shp:
-            n *= d
-        if n == 0 or n > self._size:
-            return _allocator(self._gpu)(name, dtype, shape, file)
-        start = self._place(n)
-        if start is None:
-            return None
-        region = [start, start + n, False]
-        self._live.append(region)
-        self._by_name[name] = region
-        self._head = start + -(-n // self.ALIGN) * self.ALIGN
-        t = self._buf[start : start + n].view(dt).view(shp)
-        return t, t.data_ptr(), n
-
-    @classmethod
-    def needed(cls, size: int, sizes: List[int]) -> int:
-        """Bytes a ring of `size` would take to hold all of `sizes` at once
-        (each aligned; those of their own memory left out)."""
-        return sum(-(-n // cls.ALIGN) * cls.ALIGN for n in sizes if 0 < n <= size)
-
-    def release(self, name: str) -> None:
-        region = self._by_name.pop(name, None)
-        if region is not None:
-            region[2] = True
-        while self._live and self._live[0][2]:
-            self._live.popleft()
-
-    def _place(self, n: int) -> Optional[int]:
-        """Where `n` bytes fit now, or None. Regions go on from where the
-        last one ended, even when all were given back, so that a ring large
-        enough for every tensor never reuses one."""
-        if not self._live:
-            return self._head if self._size - self._head >= n else 0
-        oldest = self._live[0][0]
-        if self._head > oldest:  # free: head..size, then 0..oldest
-            if self._size - self._head >= n:
-                return self._head
-            return 0 if oldest >= n else None
-        return self._head if oldest - self._head >= n else None
-
-
-def _uploaded(upload: Any, bar: Any) -> Iterator[Tuple[str, Any]]:
-    """`(name, tensor)` from a pipeline pass, as each lands on the device.
-    Stopping early waits for the copies in flight."""
+def _uploaded(upload: Any, bar: Any, buffer: Any = None) -> Iterator[Tuple[str, Any]]:
+    """`(name, tensor)` from a pass onto a device, as each lands. With a
+    reused `buffer` (copy=False), a tensor placed in it comes as
+    `(offset, dtype, shape)` and is viewed there; its region is given back
+    once the caller asks for the next. Stopping early waits for the copies
+    in flight."""
     try:
         for batch in upload:
-            for name, tensor in batch:
-                bar.update(tensor.nbytes)
-                yield name, tensor
+            for name, owner in batch:
+                if isinstance(owner, tuple):
+                    start, dtype, shape = owner
+                    dt = torch_dtype(dtype, name)
+                    shp = framework_shape(dtype, shape, name)
+                    n = dt.itemsize
+                    for d in shp:
+                        n *= d
+                    tensor = buffer[start : start + n].view(dt).view(shp)
+                    bar.update(tensor.nbytes)
+                    yield name, tensor
+                    # The caller asked for the next: the region may be reused.
+                    upload.give_back(start)
+                else:
+                    bar.update(owner.nbytes)
+                    yield name, owner
     finally:
         upload.close()
         bar.close()
-
-
-def _staging(pinned_bytes: Any, fill_threads: Any) -> Dict[str, Optional[int]]:
-    """The staging arguments, checked; None leaves the choice to the
-    WEIGHTLIFT_* variables and the defaults."""
-    for name, value, low, high in (
-        ("pinned_bytes", pinned_bytes, 4096, None),
-        ("fill_threads", fill_threads, 1, 256),
-    ):
-        if value is None:
-            continue
-        if isinstance(value, bool) or not isinstance(value, int) or value < low or (high and value > high):
-            upto = f" to {high}" if high else " or more"
-            raise SettingError(f"{name} must be a whole number from {low}{upto}, not {value!r}")
-    return {"pinned_bytes": pinned_bytes, "fill_threads": fill_threads}
-
-
-def _selection(session: Any, keys: Any) -> Optional[List[str]]:
-    if keys is None:
-        return None
-    if callable(keys):
-        return [k for k in session.all_keys() if keys(k)]
-    if isinstance(keys, str):
-        return [keys]
-    return list(keys)
 
 
 @dataclass(frozen=True)
@@ -326,7 +236,6 @@ class SafeOpen:
         pinned_bytes: Optional[int] = None,
         fill_threads: Optional[int] = None,
     ) -> None:
-        self._staging = _staging(pinned_bytes, fill_threads)
         self._framework = check_framework(framework)
         self._device = _device(device)
         if isinstance(self._device, _Gpu) and self._framework != "pt":
@@ -338,18 +247,11 @@ class SafeOpen:
                 "process_group: loading across a torch.distributed group is not available yet; "
                 "load on each rank with process_group=None"
             )
-        if buffer_size is not None and (not isinstance(buffer_size, int) or buffer_size <= 0):
-            raise SettingError(f"buffer_size must be a positive number of bytes, not {buffer_size!r}")
-        names_ = _backend_names(backend)
-        self._session = _weightlift._Session(_sources(filenames), names_, buffer_size)
-        order = names_.split(",") if names_ else []
-        #: Reads straight into device memory (backend=CUFILE first, on a GPU);
-        #: with other backends after it, they are the fallback.
-        self._cufile = isinstance(self._device, _Gpu) and order[:1] == [Backend.CUFILE.value]
-        self._cufile_fallback = len(order) > 1
-        names = _selection(self._session, keys)
-        if names is not None:
-            self._session.select(names)
+        self._session = _weightlift._Session(
+            _sources(filenames), _backend_names(backend), buffer_size, pinned_bytes, fill_threads
+        )
+        if keys is not None:
+            self._session.select(keys)
         self._copy = bool(copy)
         self._progress = bool(progress)
         #: Staging memory for device copies, in bytes.
@@ -372,11 +274,7 @@ class SafeOpen:
     def backend(self) -> Optional[str]:
         """The backend of the latest load and its settings, and for a GPU
         the staging of the latest load onto it; None before one."""
-        described = self._session.describe()
-        staging = self._session.staging
-        if described is None or staging is None:
-            return described or staging
-        return f"{described}; {staging}"
+        return self._session.describe()
 
     def keys(self) -> List[str]:
         """The selected tensor names, sorted."""
@@ -403,10 +301,12 @@ class SafeOpen:
         bar = _progress(self._progress, self.total_tensor_size)
         gpu = self._device
         if isinstance(gpu, _Gpu) and copy:
-            yield from _uploaded(self._onto(gpu, _allocator(gpu)), bar)
+            yield from _uploaded(self._session.upload(gpu.name, _allocator(gpu), gpu.stream()), bar)
             return
         if isinstance(gpu, _Gpu):
-            need = _Ring.needed(self.buffer_size, self._session.sizes())
+            import torch
+
+            need = self._session.buffer_needed(self.buffer_size)
             if need > self.buffer_size:
                 warnings.warn(
                     f"copy=False: the tensors need {need} bytes (aligned) of a {self.buffer_size}-byte "
@@ -414,11 +314,11 @@ class SafeOpen:
                     "requested; clone what you keep, or use copy=True",
                     stacklevel=3,
                 )
-            ring = _Ring(gpu, self.buffer_size)
-            for name, tensor in _uploaded(self._onto(gpu, ring.alloc), bar):
-                yield name, tensor
-                # The caller asked for the next: its region may be reused.
-                ring.release(name)
+            buf = torch.empty(self.buffer_size, dtype=torch.uint8, device=gpu.torch)
+            upload = self._session.upload(
+                gpu.name, _allocator(gpu), gpu.stream(), (buf, buf.data_ptr(), buf.numel())
+            )
+            yield from _uploaded(upload, bar, buf)
             return
         stream = self._session.stream()
         try:
@@ -433,25 +333,9 @@ class SafeOpen:
         """The selected tensor `name`; each call returns a new tensor."""
         gpu = self._device
         if isinstance(gpu, _Gpu):
-            if self._cufile:
-                for batch in self._onto(gpu, _allocator(gpu), name):
-                    return batch[0][1]
-            return self._session.get_into(gpu.name, name, _allocator(gpu), gpu.stream(), **self._staging)
+            return self._session.get_into(gpu.name, name, _allocator(gpu), gpu.stream())
         dtype, shape, buf = self._session.get(name)
         return self._convert(name, dtype, shape, buf)
-
-    def _onto(self, gpu: _Gpu, alloc: Callable[..., Any], name: Optional[str] = None) -> Any:
-        """A pass onto `gpu` (of one tensor, `name`, for CUFILE): straight
-        from the files when CUFILE was asked for and works here, else
-        through the pipeline."""
-        if self._cufile:
-            try:
-                return self._session.read_direct(gpu.name, alloc, name)
-            except BackendError as e:
-                if not self._cufile_fallback:
-                    raise BackendError(f"CUFILE: {e}") from None
-                self._cufile = False  # the backends after it, through the pipeline
-        return self._session.upload(gpu.name, alloc, gpu.stream(), **self._staging)
 
     def get_tensors(self) -> Dict[str, Any]:
         """Every selected tensor, by name (in sorted order); each owns its
@@ -519,23 +403,15 @@ class TensorSlice:
 
     def __getitem__(self, index: Any) -> Any:
         parts = index if isinstance(index, tuple) else (index,)
-        bits = _BITS[self._dtype]
-        per_row = 1
-        for d in self._shape[1:]:
-            per_row *= d
-        row_bits = per_row * bits
-        rows = self._rows(parts[0]) if self._shape and parts and row_bits % 8 == 0 else None
-        if rows is None:
-            lo, hi, first = 0, (self._shape[0] if self._shape else 1), None
-            start, end = 0, _byte_len(self._shape, bits)
-        else:
-            lo, hi, first = rows
-            start, end = lo * row_bits // 8, hi * row_bits // 8
+        rows = self._rows(parts[0]) if self._shape and parts else None
+        lo, hi, first = rows if rows is not None else (None, None, None)
         h = self._handle
-        buf = h._session.get_range(self._name, start, end)
-        shape = (hi - lo,) + self._shape[1:] if self._shape else ()
+        buf, read = h._session.get_rows(self._name, lo, hi)
+        # `read` is None where the whole tensor was read (rows that are not
+        # whole bytes, or an index that needs every row).
+        shape = self._shape if read is None else (read,) + self._shape[1:]
         part = h._convert(self._name, self._dtype, shape, buf)
-        if rows is None:
+        if read is None:
             part = part[index]
         else:
             part = part[(first,) + tuple(parts[1:])]
@@ -543,21 +419,6 @@ class TensorSlice:
             # A slice is read into host memory, then copied on its own.
             part = part.to(h._device.torch)
         return part
-
-
-_BITS = {
-    "BOOL": 8, "U8": 8, "I8": 8, "F8_E4M3": 8, "F8_E5M2": 8, "F8_E8M0": 8,
-    "F8_E4M3FNUZ": 8, "F8_E5M2FNUZ": 8, "U16": 16, "I16": 16, "F16": 16,
-    "BF16": 16, "U32": 32, "I32": 32, "F32": 32, "U64": 64, "I64": 64,
-    "F64": 64, "C64": 64, "F6_E2M3": 6, "F6_E3M2": 6, "F4": 4,
-}  # fmt: skip
-
-
-def _byte_len(shape: Sequence[int], bits: int) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n * bits // 8
 
 
 def safe_open(
@@ -711,8 +572,9 @@ def load_into(
         dests = dict(target)
     else:
         raise TypeError(f"target must be a dict of tensors or an nn.Module, not {type(target).__name__}")
-    staging = _staging(pinned_bytes, fill_threads)
-    with safe_open(filenames, "pt", "cpu", backend=backend, progress=progress) as f:
+    with safe_open(
+        filenames, "pt", "cpu", backend=backend, progress=progress, pinned_bytes=pinned_bytes, fill_threads=fill_threads
+    ) as f:
         present = f._session.all_keys()
         in_ckpt = set(present)
         missing = sorted(k for k in dests if k not in in_ckpt)
@@ -748,7 +610,7 @@ def load_into(
                 return t, t.data_ptr(), t.nbytes
 
             bar = _progress(progress, f.total_tensor_size)
-            for name, tensor in _uploaded(f._session.upload(gpu.name, alloc, gpu.stream(), **staging), bar):
+            for name, tensor in _uploaded(f._session.upload(gpu.name, alloc, gpu.stream()), bar):
                 # Written behind autograd's back, as copy_ under no_grad
                 # would have been: bump the version it checks.
                 torch.autograd.graph.increment_version(tensor)
@@ -759,10 +621,10 @@ def load_into(
     return IncompatibleKeys(missing, unexpected)
 
 
-def _pipeline_for(targets: List[Any]) -> Optional[_Gpu]:
-    """The GPU that load_into can write `targets` on straight through the
-    upload pipeline: plain contiguous tensors, all on one CUDA device, not
-    overlapping. None otherwise (they are then filled with `copy_`)."""
+def _straight_device(targets: List[Any]) -> Any:
+    """The one torch device of `targets` if they can be written straight
+    from staging: plain contiguous tensors, all on one device, not
+    sharing memory; None otherwise."""
     import torch
 
     def plain(t: Any) -> bool:
@@ -781,13 +643,17 @@ def _pipeline_for(targets: List[Any]) -> Optional[_Gpu]:
     devices = {t.device for t in targets}
     if len(devices) != 1:
         return None
-    (device,) = devices
-    spans = sorted((t.data_ptr(), t.data_ptr() + t.nbytes) for t in targets if t.nbytes)
-    if any(a_end > b_start for (_, a_end), (b_start, _) in zip(spans, spans[1:])):
+    if _weightlift.overlapping([(t.data_ptr(), t.nbytes) for t in targets]):
         return None  # shared memory (tied weights): filled one by one
-    if _GPU_STANDIN is not None and device.type == "cpu":
-        return _Gpu(device, _GPU_STANDIN)
-    if device.type != "cuda":
+    return next(iter(devices))
+
+
+def _pipeline_for(targets: List[Any]) -> Optional[_Gpu]:
+    """The GPU that load_into writes `targets` on straight from staging
+    (see _straight_device), when they are on a CUDA device; None otherwise
+    (they are then filled with `copy_`)."""
+    device = _straight_device(targets)
+    if device is None or device.type != "cuda":
         return None
     try:
         gpu = _device(device)
