@@ -1,0 +1,135 @@
+//! Settings of the engine, and their checks.
+
+use crate::{Backend, Error};
+
+/// Settings of the engine. Every field has a default measured on real
+/// storage (see docs/ARCHITECTURE.md); `Default` gives them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EngineOptions {
+    /// Backends to try, in order. `None`: the default for where the files
+    /// are ([`Residence`](crate::Residence)).
+    pub backends: Option<Vec<Backend>>,
+    /// Reads in flight at most.
+    pub queue_depth: usize,
+    /// Largest read, and the size of a staging slot (a multiple of 4096).
+    pub slot_size: usize,
+    /// Staging memory for [`Engine::run`](super::Engine::run), in bytes (at least one slot).
+    pub ring_bytes: usize,
+    /// Threads for the `PREAD`, `PREAD_BUFFERED` and `MMAP` backends, and
+    /// for populating mappings.
+    pub threads: usize,
+    /// Test hook: make one read fail.
+    pub fault: Option<InjectedFault>,
+}
+
+impl EngineOptions {
+    /// Default reads in flight. With 16 MiB reads, 16 in flight (256 MiB)
+    /// was the fastest cold setting measured on a virtual disk; 1 MiB reads
+    /// at depth 4 were three times slower.
+    pub const DEFAULT_QUEUE_DEPTH: usize = 16;
+    /// Default read and slot size: large reads, which storage serves at
+    /// full bandwidth with few requests.
+    pub const DEFAULT_SLOT_SIZE: usize = 16 << 20;
+    /// Default staging memory: one slot per read in flight.
+    pub const DEFAULT_RING_BYTES: usize = Self::DEFAULT_QUEUE_DEPTH * Self::DEFAULT_SLOT_SIZE;
+
+    /// Check every setting: a queue depth from 1 to 4096, a slot size
+    /// that is a multiple of 4096 up to 1 GiB, a ring holding at least one
+    /// slot, at least one thread.
+    pub fn check(&self) -> Result<(), Error> {
+        check_options(self)
+    }
+
+    /// Bound staging memory to `bytes` (InstantTensor's `buffer_size`):
+    /// the ring gets `bytes`, and reads shrink to fit it when it holds less
+    /// than one slot (to a multiple of 4096; less than 4096 is refused).
+    pub fn with_buffer_size(mut self, bytes: usize) -> Result<Self, Error> {
+        if bytes < 4096 {
+            return Err(Error::Setting {
+                name: "buffer_size",
+                value: bytes as u64,
+                reason: "must be at least 4096 bytes (one aligned read)",
+            });
+        }
+        self.ring_bytes = bytes;
+        self.slot_size = self.slot_size.min(bytes / 4096 * 4096);
+        check_options(&self)?;
+        Ok(self)
+    }
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        Self {
+            backends: None,
+            queue_depth: Self::DEFAULT_QUEUE_DEPTH,
+            slot_size: Self::DEFAULT_SLOT_SIZE,
+            ring_bytes: Self::DEFAULT_RING_BYTES,
+            threads: std::thread::available_parallelism().map_or(4, |n| n.get().clamp(2, 16)),
+            fault: None,
+        }
+    }
+}
+
+/// A read error to inject, for testing error paths: the `nth` read
+/// (counting from 0) submitted for file `file` completes, then reports
+/// `errno` instead of its result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InjectedFault {
+    /// Index of the file in the engine's list.
+    pub file: usize,
+    /// Which of its reads.
+    pub nth: usize,
+    /// The error number to report (`libc::EIO`, say).
+    pub errno: i32,
+}
+
+/// The checks of [`EngineOptions::check`].
+pub(super) fn check_options(o: &EngineOptions) -> Result<(), Error> {
+    let bad = |name, value: usize, reason| {
+        Err(Error::Setting {
+            name,
+            value: value as u64,
+            reason,
+        })
+    };
+    if o.queue_depth == 0 || o.queue_depth > 4096 {
+        return bad("queue_depth", o.queue_depth, "must be 1 to 4096");
+    }
+    if o.slot_size == 0 || !o.slot_size.is_multiple_of(4096) || o.slot_size > (1 << 30) {
+        return bad(
+            "slot_size",
+            o.slot_size,
+            "must be a multiple of 4096, at most 1 GiB",
+        );
+    }
+    if o.ring_bytes < o.slot_size {
+        return bad("ring_bytes", o.ring_bytes, "must hold at least one slot");
+    }
+    if o.threads == 0 {
+        return bad("threads", 0, "must be at least 1");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{EngineOptions, Error};
+
+    #[test]
+    fn a_small_buffer_size_shrinks_reads_to_fit() {
+        let o = EngineOptions::default().with_buffer_size(5 << 20).unwrap();
+        assert_eq!((o.ring_bytes, o.slot_size), (5 << 20, 5 << 20));
+        let o = EngineOptions::default().with_buffer_size(10_000).unwrap();
+        assert_eq!((o.ring_bytes, o.slot_size), (10_000, 8192));
+        let o = EngineOptions::default().with_buffer_size(1 << 30).unwrap();
+        assert_eq!(o.slot_size, EngineOptions::DEFAULT_SLOT_SIZE);
+        assert!(matches!(
+            EngineOptions::default().with_buffer_size(4095),
+            Err(Error::Setting {
+                name: "buffer_size",
+                ..
+            })
+        ));
+    }
+}

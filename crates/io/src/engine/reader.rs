@@ -1,0 +1,327 @@
+//! The reader: every retry and end-of-file rule, for every backend, and
+//! draining what is in flight before memory is let go.
+
+use std::io;
+use std::sync::Arc;
+
+use weightlift_plan::Extent;
+
+use super::InjectedFault;
+use crate::queue::{Cqe, Op, Queue};
+use crate::region::Region;
+use crate::{Backend, Error, ReadFile};
+
+/// Reads give up after this many tries without progress (`EINTR`, `EAGAIN`,
+/// short reads that end before an aligned point).
+const MAX_STALLS: u32 = 100;
+
+/// A read in flight.
+#[derive(Debug, Clone, Copy)]
+struct Pending {
+    file: u32,
+    offset: u64,
+    len: usize,
+    dst: *mut u8,
+    registered: bool,
+    /// Bytes confirmed so far.
+    done: usize,
+    stalls: u32,
+    index: usize,
+    inject: Option<i32>,
+}
+
+/// Runs reads on a queue and turns raw completions into finished reads:
+/// resubmits after `EINTR`, `EAGAIN` and short reads (a direct read resumes
+/// from its last aligned point), accepts a short read only at the end of
+/// the file, and reports a file that ends early as truncated.
+///
+/// Dropping a reader waits for every read in flight. If the queue cannot be
+/// waited on any more (which only a kernel fault could cause), the reader
+/// leaks the queue and the memory it reads into rather than free what the
+/// kernel may still write.
+pub(super) struct Reader<'a> {
+    queue: Option<Box<dyn Queue>>,
+    backend: Backend,
+    files: &'a [ReadFile],
+    step: u64,
+    pub(super) depth: usize,
+    pending: Vec<Option<Pending>>,
+    free: Vec<usize>,
+    pub(super) in_flight: usize,
+    cqes: Vec<Cqe>,
+    keep: Vec<Arc<Region>>,
+    fault: Option<InjectedFault>,
+    submitted_per_file: Vec<usize>,
+}
+
+impl<'a> Reader<'a> {
+    /// A reader of `files` on `queue`, which it owns from now on. `step`:
+    /// the alignment direct reads resume from after a short read (1 for
+    /// buffered reads); `keep`: the memory reads land in, kept alive until
+    /// every read is done.
+    pub(super) fn new(
+        queue: Box<dyn Queue>,
+        backend: Backend,
+        files: &'a [ReadFile],
+        step: u64,
+        depth: usize,
+        keep: Vec<Arc<Region>>,
+        fault: Option<InjectedFault>,
+    ) -> Self {
+        Self {
+            queue: Some(queue),
+            backend,
+            files,
+            step,
+            depth,
+            pending: Vec::new(),
+            free: Vec::new(),
+            in_flight: 0,
+            cqes: Vec::new(),
+            keep,
+            fault,
+            submitted_per_file: vec![0; files.len()],
+        }
+    }
+
+    /// Start reading `extent` (index `index` in its plan) into `dst`.
+    ///
+    /// # Safety
+    ///
+    /// `dst` must be valid for `extent.len` bytes and kept valid (by an
+    /// `Arc` in `keep`) and untouched until the read finishes.
+    pub(super) unsafe fn start(
+        &mut self,
+        extent: &Extent,
+        index: usize,
+        dst: *mut u8,
+        registered: bool,
+    ) -> Result<(), Error> {
+        let len = usize::try_from(extent.len).map_err(|_| Error::Plan {
+            reason: "extent too long",
+            value: extent.len,
+        })?;
+        let file = extent.file.index();
+        let count = &mut self.submitted_per_file[file];
+        let inject = self
+            .fault
+            .filter(|f| f.file == file && f.nth == *count)
+            .map(|f| f.errno);
+        *count += 1;
+        let p = Pending {
+            file: file as u32,
+            offset: extent.offset,
+            len,
+            dst,
+            registered,
+            done: 0,
+            stalls: 0,
+            index,
+            inject,
+        };
+        let tag = match self.free.pop() {
+            Some(t) => {
+                self.pending[t] = Some(p);
+                t
+            }
+            None => {
+                self.pending.push(Some(p));
+                self.pending.len() - 1
+            }
+        };
+        // SAFETY: the caller's guarantee covers the whole extent.
+        let pushed = unsafe { self.push(tag) };
+        if let Err(e) = pushed {
+            self.pending[tag] = None;
+            self.free.push(tag);
+            return Err(self.fail(e));
+        }
+        Ok(())
+    }
+
+    /// Push (again) the unread rest of pending read `tag`.
+    ///
+    /// # Safety
+    ///
+    /// As for [`Reader::start`].
+    unsafe fn push(&mut self, tag: usize) -> Result<(), Error> {
+        let p = self.pending[tag].expect("pushing a pending read");
+        let op = Op {
+            file: p.file,
+            offset: p.offset + p.done as u64,
+            // SAFETY: `done < len`, so this stays inside the destination.
+            dst: unsafe { p.dst.add(p.done) },
+            len: u32::try_from(p.len - p.done).unwrap_or(!0xFFF),
+            registered: p.registered,
+            tag: tag as u64,
+        };
+        let queue = self.queue.as_mut().expect("queue present until drop");
+        // SAFETY: the caller's guarantee for the destination.
+        unsafe { queue.push(op) }.map_err(|source| Error::Queue {
+            backend: self.backend,
+            op: "submit",
+            source,
+        })?;
+        self.in_flight += 1;
+        Ok(())
+    }
+
+    /// Wait until at least one read finishes; append `(index, bytes)` for
+    /// each finished one. On error, every read in flight has completed.
+    pub(super) fn next(&mut self, out: &mut Vec<(usize, usize)>) -> Result<(), Error> {
+        while out.is_empty() && self.in_flight > 0 {
+            let mut cqes = std::mem::take(&mut self.cqes);
+            cqes.clear();
+            let waited = self
+                .queue
+                .as_mut()
+                .expect("queue present")
+                .wait(1, &mut cqes);
+            if let Err(source) = waited {
+                self.cqes = cqes;
+                return Err(self.fail(Error::Queue {
+                    backend: self.backend,
+                    op: "wait",
+                    source,
+                }));
+            }
+            self.in_flight -= cqes.len();
+            let mut first_error = None;
+            for c in &cqes {
+                match self.complete(*c) {
+                    Ok(Some(done)) => out.push(done),
+                    Ok(None) => {}
+                    Err(e) => {
+                        first_error.get_or_insert(e);
+                    }
+                }
+            }
+            self.cqes = cqes;
+            if let Some(e) = first_error {
+                return Err(self.fail(e));
+            }
+        }
+        Ok(())
+    }
+
+    /// Account for one completion: `Some` when its read is finished.
+    fn complete(&mut self, c: Cqe) -> Result<Option<(usize, usize)>, Error> {
+        let tag = c.tag as usize;
+        let mut p = self.pending[tag]
+            .take()
+            .expect("completion of a pending read");
+        match self.account(&mut p, c.res) {
+            Ok(false) => {
+                self.pending[tag] = Some(p);
+                // SAFETY: the destination is the one `start` was given for
+                // this read, still kept valid by the caller.
+                unsafe { self.push(tag) }?;
+                Ok(None)
+            }
+            Ok(true) => {
+                self.free.push(tag);
+                Ok(Some((p.index, p.done)))
+            }
+            Err(e) => {
+                self.free.push(tag);
+                Err(e)
+            }
+        }
+    }
+
+    /// Apply result `res` to `p`: `true` when the read is finished, `false`
+    /// when the rest must be read.
+    fn account(&self, p: &mut Pending, res: i64) -> Result<bool, Error> {
+        let file = &self.files[p.file as usize];
+        let res = match p.inject.take() {
+            Some(errno) => -i64::from(errno),
+            None => res,
+        };
+        let at = p.offset + p.done as u64;
+        // The bytes of this read that the file held when opened.
+        let expected =
+            usize::try_from(file.size().saturating_sub(p.offset)).map_or(p.len, |n| n.min(p.len));
+        let left = p.len - p.done;
+        let read_error = |errno: i64| Error::Read {
+            file: file.path().to_path_buf(),
+            offset: at,
+            len: left,
+            source: io::Error::from_raw_os_error(i32::try_from(-errno).unwrap_or(libc::EIO)),
+        };
+        let before = p.done;
+        match res {
+            r if r == -i64::from(libc::EINTR) || r == -i64::from(libc::EAGAIN) => {}
+            r if r < 0 => return Err(read_error(r)),
+            0 => {
+                if p.done >= expected {
+                    return Ok(true);
+                }
+                return Err(Error::Truncated {
+                    file: file.path().to_path_buf(),
+                    at,
+                    size: file.size(),
+                });
+            }
+            n => {
+                p.done = (p.done + n as usize).min(p.len);
+                if p.done >= expected {
+                    return Ok(true);
+                }
+                if !(p.done as u64).is_multiple_of(self.step) {
+                    // Short in the middle of the file: resume from the last
+                    // aligned point, as direct reads require.
+                    p.done -= (p.done as u64 % self.step) as usize;
+                }
+            }
+        }
+        if p.done > before {
+            p.stalls = 0;
+        } else {
+            p.stalls += 1;
+            if p.stalls > MAX_STALLS {
+                let errno = if res < 0 { res } else { -i64::from(libc::EIO) };
+                return Err(read_error(errno));
+            }
+        }
+        Ok(false)
+    }
+
+    /// Drain every read in flight, then return `e`.
+    fn fail(&mut self, e: Error) -> Error {
+        self.drain();
+        e
+    }
+
+    /// Wait for every read in flight, discarding results. Returns whether
+    /// nothing is in flight any more.
+    fn drain(&mut self) -> bool {
+        let Some(queue) = self.queue.as_mut() else {
+            return self.in_flight == 0;
+        };
+        while self.in_flight > 0 {
+            self.cqes.clear();
+            if queue.wait(self.in_flight, &mut self.cqes).is_err() {
+                return false;
+            }
+            self.in_flight -= self.cqes.len().min(self.in_flight);
+            for c in &self.cqes {
+                if let Some(slot) = self.pending.get_mut(c.tag as usize) {
+                    *slot = None;
+                }
+            }
+        }
+        true
+    }
+}
+
+impl Drop for Reader<'_> {
+    fn drop(&mut self) {
+        if self.drain() {
+            self.queue = None;
+        } else {
+            // The kernel may still write into these buffers: never free them.
+            std::mem::forget(self.queue.take());
+            std::mem::forget(std::mem::take(&mut self.keep));
+        }
+    }
+}
