@@ -285,7 +285,7 @@ pub fn choose(
         let slot = &mut opened[usize::from(backend.is_direct())];
         let files = slot.get_or_insert_with(|| open_all(paths, backend.open_mode()));
         let reason = match files {
-            Err(e) => Some(e.to_string()),
+            Err(e) => Some(crate::error::chain(e)),
             Ok(files) => probe(backend, files, staged).err(),
         };
         match reason {

@@ -1,4 +1,10 @@
 //! Errors of reading.
+//!
+//! One convention throughout: a variant's `Display` says what it adds, and
+//! its cause (the operating system's error, a consumer's failure) is
+//! returned by [`std::error::Error::source`], never repeated in the
+//! message. Print the whole chain (`anyhow`'s `{:#}`, or a walk over
+//! `source()`) to see the file, the offset and the cause together.
 
 use std::fmt;
 use std::io;
@@ -18,6 +24,98 @@ pub struct Rejected {
 impl fmt::Display for Rejected {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}: {}", self.backend, self.reason)
+    }
+}
+
+/// How a read plan does not fit the engine or the destinations it is run
+/// with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PlanMismatch {
+    /// An extent of a file the engine does not have.
+    UnknownFile {
+        /// The extent's file index.
+        index: usize,
+        /// Files the engine has.
+        files: usize,
+    },
+    /// An extent longer than a staging slot.
+    ExtentOverSlot {
+        /// The extent's length.
+        len: u64,
+        /// Bytes per slot.
+        slot_size: usize,
+    },
+    /// Destinations laid out for another plan: a different number of
+    /// extents, or more regions than the engine has files.
+    OtherLayout {
+        /// Extents of the plan.
+        extents: usize,
+        /// Extents the destinations were laid out for.
+        laid_out: usize,
+        /// Regions of the destinations, one per file.
+        regions: usize,
+        /// Files the engine has.
+        files: usize,
+    },
+    /// A destination with less room than its extent.
+    DestinationTooSmall {
+        /// The extent's index in the plan.
+        extent: usize,
+        /// The extent's length.
+        len: u64,
+        /// Bytes from the destination to the end of its region.
+        room: u64,
+    },
+    /// A plan alignment that is not a multiple of the engine's (direct reads
+    /// need the engine's).
+    Alignment {
+        /// The plan's alignment.
+        plan: u64,
+        /// The engine's.
+        engine: u64,
+    },
+    /// An extent, or one file's extents laid out together, longer than this
+    /// machine can address.
+    TooLong {
+        /// Bytes asked for.
+        len: u64,
+    },
+}
+
+impl fmt::Display for PlanMismatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            PlanMismatch::UnknownFile { index, files } => write!(
+                f,
+                "an extent of file {index}, but the engine has {files} files"
+            ),
+            PlanMismatch::ExtentOverSlot { len, slot_size } => write!(
+                f,
+                "an extent of {len} bytes, longer than a staging slot ({slot_size} bytes)"
+            ),
+            PlanMismatch::OtherLayout {
+                extents,
+                laid_out,
+                regions,
+                files,
+            } => write!(
+                f,
+                "destinations laid out for another plan ({laid_out} extents in {regions} regions, \
+                 for a plan of {extents} extents over {files} files)"
+            ),
+            PlanMismatch::DestinationTooSmall { extent, len, room } => write!(
+                f,
+                "extent {extent} of {len} bytes has {room} bytes of room in its destination"
+            ),
+            PlanMismatch::Alignment { plan, engine } => write!(
+                f,
+                "plan alignment {plan} is not a multiple of the engine's {engine}"
+            ),
+            PlanMismatch::TooLong { len } => {
+                write!(f, "{len} bytes do not fit in this machine's memory")
+            }
+        }
     }
 }
 
@@ -119,15 +217,9 @@ pub enum Error {
         /// The operating system's error.
         source: io::Error,
     },
-    /// A plan that does not fit the files or the engine: a file index out of
-    /// range, an extent longer than a staging slot, a direct read that is
-    /// not aligned.
-    Plan {
-        /// What is wrong.
-        reason: &'static str,
-        /// The value at fault.
-        value: u64,
-    },
+    /// A read plan that does not fit the engine or the destinations it is
+    /// run with (a plan made for other files or another geometry).
+    Plan(PlanMismatch),
     /// A setting out of range.
     Setting {
         /// The setting.
@@ -162,24 +254,21 @@ impl Error {
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Error::Open { file, source } => write!(f, "{}: cannot open: {source}", file.display()),
+            Error::Open { file, .. } => write!(f, "{}: cannot open", file.display()),
             Error::DirectUnsupported {
                 file,
-                source: Some(e),
-            } => write!(f, "{}: direct I/O refused: {e}", file.display()),
+                source: Some(_),
+            } => write!(f, "{}: direct I/O refused", file.display()),
             Error::DirectUnsupported { file, source: None } => write!(
                 f,
                 "{}: its file system does not do direct I/O (it keeps files in memory or reports no alignment)",
                 file.display()
             ),
             Error::Read {
-                file,
-                offset,
-                len,
-                source,
+                file, offset, len, ..
             } => write!(
                 f,
-                "{}: reading {len} bytes at offset {offset}: {source}",
+                "{}: reading {len} bytes at offset {offset}",
                 file.display()
             ),
             Error::Truncated { file, at, size } => write!(
@@ -197,8 +286,8 @@ impl fmt::Display for Error {
                 "{}: direct read {what} {value} is not a multiple of {align}",
                 file.display()
             ),
-            Error::Cache { file, op, source } => {
-                write!(f, "{}: page cache {op}: {source}", file.display())
+            Error::Cache { file, op, .. } => {
+                write!(f, "{}: page cache {op} failed", file.display())
             }
             Error::Alloc { len, align } => {
                 write!(f, "cannot allocate {len} bytes aligned to {align}")
@@ -206,13 +295,13 @@ impl fmt::Display for Error {
             Error::Map {
                 file: Some(file),
                 len,
-                source,
-            } => write!(f, "{}: cannot map {len} bytes: {source}", file.display()),
+                ..
+            } => write!(f, "{}: cannot map {len} bytes", file.display()),
             Error::Map {
-                file: None,
-                len,
-                source,
-            } => write!(f, "cannot map {len} bytes of memory: {source}"),
+                file: None, len, ..
+            } => {
+                write!(f, "cannot map {len} bytes of memory")
+            }
             Error::UnknownBackend { name } => write!(
                 f,
                 "unknown backend {name:?}; known: {}",
@@ -225,22 +314,14 @@ impl fmt::Display for Error {
                 }
                 Ok(())
             }
-            Error::Queue {
-                backend,
-                op,
-                source,
-            } => {
-                write!(f, "{backend} {op} failed: {source}")
-            }
-            Error::Plan { reason, value } => {
-                write!(f, "read plan does not fit: {reason} ({value})")
-            }
+            Error::Queue { backend, op, .. } => write!(f, "{backend} {op} failed"),
+            Error::Plan(mismatch) => write!(f, "read plan does not fit: {mismatch}"),
             Error::Setting {
                 name,
                 value,
                 reason,
             } => write!(f, "setting {name} = {value}: {reason}"),
-            Error::Sink(e) => write!(f, "delivering read bytes failed: {e}"),
+            Error::Sink(_) => write!(f, "delivering read bytes failed"),
             Error::Cancelled => write!(f, "the load was cancelled"),
         }
     }
@@ -260,5 +341,94 @@ impl std::error::Error for Error {
             } => Some(e),
             _ => None,
         }
+    }
+}
+
+/// `e`'s message followed by its causes, as `a: b: c`: the whole of what
+/// went wrong, where it must fit in one string (a rejected backend's
+/// reason).
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::error::Error as _;
+
+    #[test]
+    fn a_cause_is_the_source_and_is_not_repeated() {
+        let eio = || io::Error::from_raw_os_error(libc::EIO);
+        let file = PathBuf::from("/models/a.safetensors");
+        let errors = [
+            Error::Open {
+                file: file.clone(),
+                source: eio(),
+            },
+            Error::DirectUnsupported {
+                file: file.clone(),
+                source: Some(eio()),
+            },
+            Error::Read {
+                file: file.clone(),
+                offset: 4096,
+                len: 8192,
+                source: eio(),
+            },
+            Error::Cache {
+                file: file.clone(),
+                op: "mincore",
+                source: eio(),
+            },
+            Error::Map {
+                file: Some(file.clone()),
+                len: 10,
+                source: eio(),
+            },
+            Error::Map {
+                file: None,
+                len: 10,
+                source: eio(),
+            },
+            Error::Queue {
+                backend: Backend::Uring,
+                op: "submit",
+                source: eio(),
+            },
+            Error::Sink(Box::new(eio())),
+        ];
+        let cause = eio().to_string();
+        for e in &errors {
+            let message = e.to_string();
+            assert!(!message.contains(&cause), "{message}");
+            assert_eq!(e.source().map(|s| s.to_string()), Some(cause.clone()));
+            let whole = chain(e);
+            assert_eq!(whole.matches(&cause).count(), 1, "{whole}");
+            if let Some(file) = e.file() {
+                assert!(whole.contains(&*file.to_string_lossy()), "{whole}");
+            }
+        }
+        assert!(chain(&errors[2]).contains("at offset 4096"));
+    }
+
+    #[test]
+    fn a_plan_mismatch_says_what_does_not_fit() {
+        let e = Error::Plan(PlanMismatch::ExtentOverSlot {
+            len: 20_000,
+            slot_size: 16_384,
+        });
+        let message = e.to_string();
+        assert!(
+            message.contains("20000") && message.contains("16384"),
+            "{message}"
+        );
+        assert!(e.source().is_none());
     }
 }

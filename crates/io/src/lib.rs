@@ -12,7 +12,8 @@
 //!   dropping it (`posix_fadvise(POSIX_FADV_DONTNEED)`), for cold loads;
 //! - [`Region`]: an anonymous mapping faulted in lazily, or a mapping of a
 //!   file;
-//! - [`Error`]: every failure, naming the file and the offset.
+//! - [`Error`]: every failure, naming the file and the offset; its cause is
+//!   its `source()`, not repeated in its message.
 //!
 //! On top of them:
 //!
@@ -52,6 +53,6 @@ mod region;
 pub use backend::{Backend, BackendPolicy, Chosen, Residence, choose};
 pub use buf::AlignedBuf;
 pub use engine::{Engine, EngineOptions, InPlace, InjectedFault, Release, Ring, Sink};
-pub use error::{Error, Rejected};
+pub use error::{Error, PlanMismatch, Rejected};
 pub use file::{DioAlignment, OpenMode, ReadFile};
 pub use region::Region;

@@ -58,6 +58,12 @@ pub enum Error {
         /// Bytes the destination holds.
         given: u64,
     },
+    /// A tensor whose pieces would not lie one after another where they are
+    /// read (a fault of the read layout, not of the file).
+    NotContiguous {
+        /// Where, in the tensor, the piece that does not continue it starts.
+        offset: u64,
+    },
     /// No destination was given for a tensor while nothing else was in
     /// flight to make room for it.
     NoRoom {
@@ -204,6 +210,10 @@ impl fmt::Display for Error {
             Error::Destination { expected, given } => write!(
                 f,
                 "its destination holds {given} bytes, the tensor {expected}"
+            ),
+            Error::NotContiguous { offset } => write!(
+                f,
+                "its piece at byte {offset} would not continue it in memory (the read layout is wrong)"
             ),
             Error::NoRoom { len } => write!(
                 f,

@@ -407,10 +407,10 @@ fn start_in_place(job: Job) -> Result<Vec<JoinHandle<()>>, Error> {
             if p.tensor_offset == 0 {
                 start[p.tensor.index()] = (region, at);
             } else if start[p.tensor.index()] != (region, at - p.tensor_offset as usize) {
-                return Err(Error::Io(weightlift_io::Error::Plan {
-                    reason: "tensor pieces not contiguous in place",
-                    value: u64::from(p.tensor.0),
-                }));
+                return Err(Error::NotContiguous {
+                    offset: p.tensor_offset,
+                }
+                .about(&ckpt.tensor(p.tensor).name));
             }
         }
     }

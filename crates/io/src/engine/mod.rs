@@ -21,7 +21,7 @@ use crate::queue::aio::Aio;
 use crate::queue::pool::{MappedCopy, Pool, Pread};
 use crate::queue::uring::Uring;
 use crate::region::Region;
-use crate::{Backend, Error, ReadFile};
+use crate::{Backend, Error, PlanMismatch, ReadFile};
 
 use options::check_options;
 pub use options::{EngineOptions, InjectedFault};
@@ -212,20 +212,20 @@ impl Engine {
     fn check_plan(&self, plan: &ReadPlan) -> Result<(), Error> {
         let g = plan.geometry();
         if !g.alignment().is_multiple_of(self.alignment) {
-            return Err(Error::Plan {
-                reason: "plan alignment is not a multiple of the engine's",
-                value: g.alignment(),
-            });
+            return Err(Error::Plan(PlanMismatch::Alignment {
+                plan: g.alignment(),
+                engine: self.alignment,
+            }));
         }
         if let Some(e) = plan
             .extents()
             .iter()
             .find(|e| e.file.index() >= self.chosen.files.len())
         {
-            return Err(Error::Plan {
-                reason: "extent of a file the engine does not have",
-                value: e.file.index() as u64,
-            });
+            return Err(Error::Plan(PlanMismatch::UnknownFile {
+                index: e.file.index(),
+                files: self.chosen.files.len(),
+            }));
         }
         Ok(())
     }
@@ -249,10 +249,10 @@ impl Engine {
             .iter()
             .find(|e| e.len > ring.slot_size as u64)
         {
-            return Err(Error::Plan {
-                reason: "extent longer than a staging slot",
-                value: e.len,
-            });
+            return Err(Error::Plan(PlanMismatch::ExtentOverSlot {
+                len: e.len,
+                slot_size: ring.slot_size,
+            }));
         }
         let result = self.run_staged(plan, ring, sink, cancel);
         // Whatever happened, no slot may still be in use by the sink.
@@ -321,10 +321,12 @@ impl Engine {
     ) -> Result<(), Error> {
         self.check_plan(plan)?;
         if dst.at.len() != plan.extents().len() || dst.regions.len() > self.chosen.files.len() {
-            return Err(Error::Plan {
-                reason: "destinations laid out for another plan",
-                value: dst.at.len() as u64,
-            });
+            return Err(Error::Plan(PlanMismatch::OtherLayout {
+                extents: plan.extents().len(),
+                laid_out: dst.at.len(),
+                regions: dst.regions.len(),
+                files: self.chosen.files.len(),
+            }));
         }
         let mut reader = self.reader(dst.regions.clone(), None)?;
         let extents = plan.extents();
@@ -334,11 +336,13 @@ impl Engine {
             check_cancel(cancel)?;
             while next < extents.len() && reader.in_flight < reader.depth {
                 let (region, off) = dst.position(next);
-                if off as u64 + extents[next].len > region.len() as u64 {
-                    return Err(Error::Plan {
-                        reason: "destination too small for extent",
-                        value: next as u64,
-                    });
+                let room = region.len().saturating_sub(off) as u64;
+                if extents[next].len > room {
+                    return Err(Error::Plan(PlanMismatch::DestinationTooSmall {
+                        extent: next,
+                        len: extents[next].len,
+                        room,
+                    }));
                 }
                 // SAFETY: each extent has its own bytes of the region
                 // (packed layout, checked in bounds above), written by this

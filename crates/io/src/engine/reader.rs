@@ -9,7 +9,7 @@ use weightlift_plan::Extent;
 use super::InjectedFault;
 use crate::queue::{Cqe, Op, Queue};
 use crate::region::Region;
-use crate::{Backend, Error, ReadFile};
+use crate::{Backend, Error, PlanMismatch, ReadFile};
 
 /// Reads give up after this many tries without progress (`EINTR`, `EAGAIN`,
 /// short reads that end before an aligned point).
@@ -97,10 +97,8 @@ impl<'a> Reader<'a> {
         dst: *mut u8,
         registered: bool,
     ) -> Result<(), Error> {
-        let len = usize::try_from(extent.len).map_err(|_| Error::Plan {
-            reason: "extent too long",
-            value: extent.len,
-        })?;
+        let len = usize::try_from(extent.len)
+            .map_err(|_| Error::Plan(PlanMismatch::TooLong { len: extent.len }))?;
         let file = extent.file.index();
         let count = &mut self.submitted_per_file[file];
         let inject = self

@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use weightlift_plan::ReadPlan;
 
-use crate::Error;
 use crate::region::Region;
+use crate::{Error, PlanMismatch};
 
 /// Staging memory: `slots` slots of `slot_size` bytes, page aligned.
 #[derive(Debug)]
@@ -85,19 +85,15 @@ impl InPlace {
         let mut at = Vec::with_capacity(plan.extents().len());
         for e in plan.extents() {
             let f = e.file.index();
-            let size = sizes.get_mut(f).ok_or(Error::Plan {
-                reason: "extent of a file the engine does not have",
-                value: f as u64,
-            })?;
-            let len = usize::try_from(e.len).map_err(|_| Error::Plan {
-                reason: "extent too long",
-                value: e.len,
-            })?;
+            let size = sizes
+                .get_mut(f)
+                .ok_or(Error::Plan(PlanMismatch::UnknownFile { index: f, files }))?;
+            let too_long = |len| Error::Plan(PlanMismatch::TooLong { len });
+            let len = usize::try_from(e.len).map_err(|_| too_long(e.len))?;
             at.push((f as u32, *size));
-            *size = size.checked_add(len).ok_or(Error::Plan {
-                reason: "file too large for memory",
-                value: e.len,
-            })?;
+            *size = size
+                .checked_add(len)
+                .ok_or_else(|| too_long((*size as u64).saturating_add(e.len)))?;
         }
         let regions = sizes
             .into_iter()
