@@ -229,6 +229,14 @@ pub enum Error {
         /// Why it is refused.
         reason: &'static str,
     },
+    /// A thread could not be started (and none of its kind had been, so
+    /// the work cannot be done with fewer).
+    Spawn {
+        /// What the thread was for.
+        what: &'static str,
+        /// The operating system's error.
+        source: io::Error,
+    },
     /// The consumer of the bytes failed (a device copy, say).
     Sink(Box<dyn std::error::Error + Send + Sync>),
     /// The load was cancelled.
@@ -321,6 +329,7 @@ impl fmt::Display for Error {
                 value,
                 reason,
             } => write!(f, "setting {name} = {value}: {reason}"),
+            Error::Spawn { what, .. } => write!(f, "cannot start a thread for {what}"),
             Error::Sink(_) => write!(f, "delivering read bytes failed"),
             Error::Cancelled => write!(f, "the load was cancelled"),
         }
@@ -334,7 +343,8 @@ impl std::error::Error for Error {
             | Error::Read { source, .. }
             | Error::Cache { source, .. }
             | Error::Map { source, .. }
-            | Error::Queue { source, .. } => Some(source),
+            | Error::Queue { source, .. }
+            | Error::Spawn { source, .. } => Some(source),
             Error::Sink(e) => Some(&**e),
             Error::DirectUnsupported {
                 source: Some(e), ..
@@ -400,6 +410,10 @@ mod tests {
             Error::Queue {
                 backend: Backend::Uring,
                 op: "submit",
+                source: eio(),
+            },
+            Error::Spawn {
+                what: "reading",
                 source: eio(),
             },
             Error::Sink(Box::new(eio())),

@@ -43,7 +43,7 @@ fn io_class(e: &IoError) -> &'static str {
         IoError::Open { source, .. } if source.kind() == ErrorKind::NotFound => "MissingFileError",
         IoError::UnknownBackend { .. } | IoError::NoBackend { .. } => "BackendError",
         IoError::Setting { .. } => "SettingError",
-        IoError::Cancelled => "WeightliftError",
+        IoError::Cancelled | IoError::Spawn { .. } => "WeightliftError",
         _ => "WeightliftIOError",
     }
 }

@@ -157,7 +157,7 @@ impl Engine {
             }
             Backend::Pread | Backend::PreadBuffered => {
                 let threads = self.options.threads.min(depth);
-                Box::new(Pool::new(Pread { files: qfiles }, threads).map_err(setup)?)
+                Box::new(Pool::new(Pread { files: qfiles }, threads)?)
             }
             Backend::Mmap => {
                 let maps = files
@@ -172,16 +172,13 @@ impl Engine {
                     })
                     .collect::<Result<_, _>>()?;
                 let threads = self.options.threads.min(depth);
-                Box::new(
-                    Pool::new(
-                        MappedCopy {
-                            files: qfiles,
-                            maps,
-                        },
-                        threads,
-                    )
-                    .map_err(setup)?,
-                )
+                Box::new(Pool::new(
+                    MappedCopy {
+                        files: qfiles,
+                        maps,
+                    },
+                    threads,
+                )?)
             }
             Backend::Cufile => {
                 return Err(Error::NoBackend {

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use super::{Cqe, Op, Queue, QueueFile, neg_errno};
+use crate::Error;
 use crate::region::Region;
 
 /// What a worker does with an op: transfer and return the bytes moved, or
@@ -100,25 +101,21 @@ pub(crate) struct Pool {
 }
 
 impl Pool {
-    /// Start `threads` workers (at least one).
-    pub(crate) fn new(exec: impl Exec, threads: usize) -> io::Result<Self> {
+    /// Start `threads` workers (at least one). When some start and the next
+    /// cannot, the pool works with those (fewer threads read slower, not
+    /// wrong); when none starts, that is the error.
+    pub(crate) fn new(exec: impl Exec, threads: usize) -> Result<Self, Error> {
         let name = exec.name();
         let exec = Arc::new(exec);
         let (tx, jobs) = mpsc::channel::<Op>();
         let jobs = Arc::new(Mutex::new(jobs));
         let (done_tx, rx) = mpsc::channel();
-        let mut workers = Vec::new();
-        for i in 0..threads.max(1) {
+        let workers = start_workers(name, threads.max(1), |i| {
             let (exec, jobs, done) = (exec.clone(), jobs.clone(), done_tx.clone());
-            let spawned = std::thread::Builder::new()
+            std::thread::Builder::new()
                 .name(format!("wl-read-{i}"))
-                .spawn(move || worker(&*exec, &jobs, &done));
-            match spawned {
-                Ok(h) => workers.push(h),
-                Err(e) if workers.is_empty() => return Err(e),
-                Err(_) => break, // fewer threads still work
-            }
-        }
+                .spawn(move || worker(&*exec, &jobs, &done))
+        })?;
         Ok(Self {
             tx: Some(tx),
             rx,
@@ -127,6 +124,35 @@ impl Pool {
             name,
         })
     }
+}
+
+/// Start up to `wanted` threads with `spawn(i)`: all of them, or as many as
+/// started before one failed, or, when the first fails, an error.
+fn start_workers(
+    name: &str,
+    wanted: usize,
+    mut spawn: impl FnMut(usize) -> io::Result<JoinHandle<()>>,
+) -> Result<Vec<JoinHandle<()>>, Error> {
+    let mut workers = Vec::with_capacity(wanted);
+    for i in 0..wanted {
+        match spawn(i) {
+            Ok(h) => workers.push(h),
+            Err(source) if i == 0 => {
+                return Err(Error::Spawn {
+                    what: "reading",
+                    source,
+                });
+            }
+            Err(e) => {
+                log::warn!(
+                    target: "weightlift",
+                    "{name}: started {i} of {wanted} threads, the next failed ({e}); reading with {i}"
+                );
+                break;
+            }
+        }
+    }
+    Ok(workers)
 }
 
 fn worker(exec: &dyn Exec, jobs: &Mutex<Receiver<Op>>, done: &Sender<Cqe>) {
@@ -185,6 +211,46 @@ impl Drop for Pool {
         self.tx = None;
         for w in self.workers.drain(..) {
             let _ = w.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn failing_at(n: usize) -> impl FnMut(usize) -> io::Result<JoinHandle<()>> {
+        move |i| {
+            if i == n {
+                Err(io::Error::from_raw_os_error(libc::EAGAIN))
+            } else {
+                Ok(std::thread::spawn(|| {}))
+            }
+        }
+    }
+
+    #[test]
+    fn no_thread_started_is_a_spawn_error() {
+        match start_workers("test", 4, failing_at(0)) {
+            Err(Error::Spawn { what, source }) => {
+                assert_eq!(what, "reading");
+                assert_eq!(source.raw_os_error(), Some(libc::EAGAIN));
+            }
+            other => panic!("expected a spawn error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn some_threads_started_are_enough() {
+        let workers = start_workers("test", 4, failing_at(2)).unwrap();
+        assert_eq!(workers.len(), 2);
+        for w in workers {
+            w.join().unwrap();
+        }
+        let workers = start_workers("test", 3, failing_at(9)).unwrap();
+        assert_eq!(workers.len(), 3);
+        for w in workers {
+            w.join().unwrap();
         }
     }
 }
