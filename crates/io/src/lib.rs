@@ -11,7 +11,7 @@
 //! - [`cache`]: how much of a file is in the page cache (`mincore`), and
 //!   dropping it (`posix_fadvise(POSIX_FADV_DONTNEED)`), for cold loads;
 //! - [`Region`]: an anonymous mapping faulted in lazily, or a mapping of a
-//!   file;
+//!   file (`unsafe` to make: its bytes are only as stable as the file);
 //! - [`Error`]: every failure, naming the file and the offset; its cause is
 //!   its `source()`, not repeated in its message.
 //!

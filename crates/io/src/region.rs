@@ -18,6 +18,13 @@ pub(crate) const HUGE_PAGE: usize = 2 << 20;
 /// Anonymous regions are faulted in lazily: a page costs nothing until
 /// first written, by a read landing in it, by the CPU, or ahead of both by
 /// [`Region::populate_write`].
+///
+/// A mapping of a file ([`Region::map_file`]) is the file's pages, not a
+/// copy: its bytes are only as stable as the file. Bytes another process
+/// writes to the file can show through it, and touching a page the file no
+/// longer has (it was truncated) raises `SIGBUS`. A slice of it
+/// ([`Region::slice`]) is sound only while the file stays as it is; that is
+/// what `map_file`'s caller promises or accepts.
 #[derive(Debug)]
 pub struct Region {
     ptr: NonNull<u8>,
@@ -70,7 +77,20 @@ impl Region {
     /// shared and read-only. Either way, pages come from the page cache;
     /// if the file is truncated later, touching the lost pages raises
     /// `SIGBUS`, as for any mapping of a file.
-    pub fn map_file(file: &File, len: usize, private: bool) -> io::Result<Self> {
+    ///
+    /// # Safety
+    ///
+    /// While the mapping is read through a slice ([`Region::slice`]) or
+    /// through [`Region::as_ptr`], the file must not be modified or
+    /// truncated, by this process or another: a page this process has not
+    /// written shows the file's current bytes (even in a private mapping),
+    /// so bytes would change under a shared reference, and a page past a
+    /// truncated end raises `SIGBUS` when touched. The caller either
+    /// ensures that (file permissions, a file no one else has) or reads the
+    /// mapping only in ways that tolerate it (copies by the kernel, such as
+    /// `process_vm_readv`, which report a lost page as `EFAULT`), or accepts
+    /// the consequence and documents it, as `memmap2` and `safetensors` do.
+    pub unsafe fn map_file(file: &File, len: usize, private: bool) -> io::Result<Self> {
         if len == 0 {
             return Ok(Self::empty());
         }
@@ -128,7 +148,8 @@ impl Region {
     /// # Safety
     ///
     /// The range must lie inside the region, and nothing may write to it
-    /// while the slice lives.
+    /// while the slice lives. For a mapping of a file, that includes the
+    /// file: see [`Region::map_file`].
     pub unsafe fn slice(&self, offset: usize, len: usize) -> &[u8] {
         debug_assert!(offset.checked_add(len).is_some_and(|end| end <= self.len));
         // SAFETY: in bounds and not written concurrently (the caller's

@@ -83,7 +83,9 @@ impl HostTensor {
         self.id
     }
 
-    /// Its bytes.
+    /// Its bytes. After an `MMAP` load they are the file's pages: see
+    /// [`load`] for what a file truncated or rewritten meanwhile does to
+    /// them.
     pub fn bytes(&self) -> &[u8] {
         // SAFETY: `new`'s contract: the bytes hold the tensor and nothing
         // writes them while `self` lives (the loaders hand a tensor out only
@@ -219,8 +221,10 @@ impl Drop for HostLoad {
 /// (copy-on-write: writing to a tensor never reaches the file) and faults
 /// the selected ranges in with `MADV_POPULATE_READ`, so the tensors view
 /// the page cache. As with any mapping, a file truncated after the load
-/// makes its tensors' lost pages raise `SIGBUS` when touched; read backends
-/// do not have that hazard.
+/// makes its tensors' lost pages raise `SIGBUS` when touched, and bytes
+/// another process writes into the file in place can show through (pages
+/// this process has not written are the file's); read backends do not
+/// have that hazard.
 ///
 /// Before reading, every file is checked against what its header said
 /// (size and header length); a file replaced after the checkpoint was
@@ -488,15 +492,22 @@ fn start_mapped(job: Job) -> Result<Vec<JoinHandle<()>>, Error> {
         .iter()
         .map(|f| {
             let len = f.size() as usize; // the probe checked it fits
-            Region::map_file(f.as_file(), len, true)
-                .map(Arc::new)
-                .map_err(|source| {
-                    Error::Io(weightlift_io::Error::Map {
-                        file: Some(f.path().to_path_buf()),
-                        len,
-                        source,
-                    })
+            // SAFETY: the mapping is touched first by `MADV_POPULATE_READ`
+            // (`Mapped::populate`), which reports a range the file lost as
+            // `EFAULT`, not `SIGBUS`; then through the `HostTensor`s that
+            // view it. Those rely on the file staying as it is while they
+            // live, which nothing here can ensure: like `safetensors` and
+            // any mapping of a file, an `MMAP` load accepts that a file
+            // truncated later raises `SIGBUS` where a lost page is touched
+            // and one rewritten in place shows through, and `load` says so.
+            let map = unsafe { Region::map_file(f.as_file(), len, true) };
+            map.map(Arc::new).map_err(|source| {
+                Error::Io(weightlift_io::Error::Map {
+                    file: Some(f.path().to_path_buf()),
+                    len,
+                    source,
                 })
+            })
         })
         .collect::<Result<_, _>>()?;
     let shared = Arc::new(Mapped {

@@ -164,7 +164,16 @@ impl Engine {
                     .iter()
                     .map(|f| {
                         let len = f.size() as usize; // checked by the probe
-                        Region::map_file(f.as_file(), len, false).map_err(|source| Error::Map {
+                        // SAFETY: this process never reads the mapping through
+                        // a slice or a pointer: `MappedCopy` copies out of it
+                        // with `process_vm_readv`, where the kernel touches the
+                        // pages and a page lost to truncation fails the copy
+                        // with `EFAULT` (reported as the end of the file, then
+                        // `Truncated`) instead of raising `SIGBUS`. Bytes
+                        // rewritten meanwhile arrive as a read would give them,
+                        // in staging slots this engine owns.
+                        let map = unsafe { Region::map_file(f.as_file(), len, false) };
+                        map.map_err(|source| Error::Map {
                             file: Some(f.path().to_path_buf()),
                             len,
                             source,
