@@ -27,6 +27,11 @@
 //! Loading a checkpoint's tensors with it (into host memory, or onto a
 //! device) is the `weightlift` crate's job.
 //!
+//! The `test-hooks` feature adds what tests need and the product does not:
+//! `EngineOptions::fault` (an `InjectedFault`, one read reporting an error
+//! after it really completed) and `Region::live` (regions mapped now, for
+//! leak tests). Tests enable it through their dev-dependencies.
+//!
 //! ```
 //! use weightlift_io::{AlignedBuf, OpenMode, ReadFile};
 //!
@@ -52,7 +57,9 @@ mod region;
 
 pub use backend::{Backend, BackendPolicy, Chosen, Residence, choose};
 pub use buf::AlignedBuf;
-pub use engine::{Engine, EngineOptions, InPlace, InjectedFault, Release, Ring, Sink};
+#[cfg(feature = "test-hooks")]
+pub use engine::InjectedFault;
+pub use engine::{Engine, EngineOptions, InPlace, Release, Ring, Sink};
 pub use error::{Error, PlanMismatch, Rejected};
 pub use file::{DioAlignment, OpenMode, ReadFile};
 pub use region::Region;

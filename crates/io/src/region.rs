@@ -5,9 +5,12 @@ use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::ptr::NonNull;
+#[cfg(feature = "test-hooks")]
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-/// Non-empty regions mapped and not yet unmapped, in this process.
+/// Non-empty regions mapped and not yet unmapped, in this process (a test
+/// hook: leak tests count them).
+#[cfg(feature = "test-hooks")]
 static LIVE: AtomicUsize = AtomicUsize::new(0);
 
 /// Size of a transparent huge page on x86-64 and most arm64 kernels.
@@ -118,12 +121,14 @@ impl Region {
             return Err(io::Error::last_os_error());
         }
         let ptr = NonNull::new(ptr.cast()).ok_or_else(|| io::Error::other("mmap returned null"))?;
+        #[cfg(feature = "test-hooks")]
         LIVE.fetch_add(1, Ordering::Relaxed);
         Ok(Self { ptr, len })
     }
 
     /// How many regions are mapped in this process right now (for leak
-    /// tests).
+    /// tests). Only with the `test-hooks` feature.
+    #[cfg(feature = "test-hooks")]
     pub fn live() -> usize {
         LIVE.load(Ordering::Relaxed)
     }
@@ -202,6 +207,7 @@ impl Drop for Region {
         if self.len != 0 {
             // SAFETY: unmapping exactly the mapping made at construction, once.
             unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
+            #[cfg(feature = "test-hooks")]
             LIVE.fetch_sub(1, Ordering::Relaxed);
         }
     }

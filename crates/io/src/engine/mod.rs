@@ -23,8 +23,10 @@ use crate::queue::uring::Uring;
 use crate::region::Region;
 use crate::{Backend, Error, PlanMismatch, ReadFile};
 
+pub use options::EngineOptions;
+#[cfg(feature = "test-hooks")]
+pub use options::InjectedFault;
 use options::check_options;
-pub use options::{EngineOptions, InjectedFault};
 use reader::Reader;
 pub use sink::{Release, Sink};
 pub use staging::{InPlace, Ring};
@@ -204,15 +206,10 @@ impl Engine {
         } else {
             1
         };
-        Ok(Reader::new(
-            queue,
-            backend,
-            files,
-            step,
-            depth,
-            keep,
-            self.options.fault,
-        ))
+        let reader = Reader::new(queue, backend, files, step, depth, keep);
+        #[cfg(feature = "test-hooks")]
+        let reader = reader.with_fault(self.options.fault);
+        Ok(reader)
     }
 
     fn check_plan(&self, plan: &ReadPlan) -> Result<(), Error> {

@@ -18,7 +18,8 @@ pub struct EngineOptions {
     /// Threads for the `PREAD`, `PREAD_BUFFERED` and `MMAP` backends, and
     /// for populating mappings.
     pub threads: usize,
-    /// Test hook: make one read fail.
+    /// Test hook: make one read fail. Only with the `test-hooks` feature.
+    #[cfg(feature = "test-hooks")]
     pub fault: Option<InjectedFault>,
 }
 
@@ -66,6 +67,7 @@ impl Default for EngineOptions {
             slot_size: Self::DEFAULT_SLOT_SIZE,
             ring_bytes: Self::DEFAULT_RING_BYTES,
             threads: std::thread::available_parallelism().map_or(4, |n| n.get().clamp(2, 16)),
+            #[cfg(feature = "test-hooks")]
             fault: None,
         }
     }
@@ -73,7 +75,8 @@ impl Default for EngineOptions {
 
 /// A read error to inject, for testing error paths: the `nth` read
 /// (counting from 0) submitted for file `file` completes, then reports
-/// `errno` instead of its result.
+/// `errno` instead of its result. Only with the `test-hooks` feature.
+#[cfg(feature = "test-hooks")]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct InjectedFault {
     /// Index of the file in the engine's list.

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use weightlift_plan::Extent;
 
+#[cfg(feature = "test-hooks")]
 use super::InjectedFault;
 use crate::queue::{Cqe, Op, Queue};
 use crate::region::Region;
@@ -27,6 +28,8 @@ struct Pending {
     done: usize,
     stalls: u32,
     index: usize,
+    /// An error to report instead of the first result (a test hook).
+    #[cfg(feature = "test-hooks")]
     inject: Option<i32>,
 }
 
@@ -50,7 +53,10 @@ pub(super) struct Reader<'a> {
     pub(super) in_flight: usize,
     cqes: Vec<Cqe>,
     keep: Vec<Arc<Region>>,
+    #[cfg(feature = "test-hooks")]
     fault: Option<InjectedFault>,
+    /// Reads started per file, to find the one to fail (a test hook).
+    #[cfg(feature = "test-hooks")]
     submitted_per_file: Vec<usize>,
 }
 
@@ -66,7 +72,6 @@ impl<'a> Reader<'a> {
         step: u64,
         depth: usize,
         keep: Vec<Arc<Region>>,
-        fault: Option<InjectedFault>,
     ) -> Self {
         Self {
             queue: Some(queue),
@@ -79,9 +84,31 @@ impl<'a> Reader<'a> {
             in_flight: 0,
             cqes: Vec::new(),
             keep,
-            fault,
+            #[cfg(feature = "test-hooks")]
+            fault: None,
+            #[cfg(feature = "test-hooks")]
             submitted_per_file: vec![0; files.len()],
         }
+    }
+
+    /// Make the read `fault` names report its error (a test hook).
+    #[cfg(feature = "test-hooks")]
+    pub(super) fn with_fault(mut self, fault: Option<InjectedFault>) -> Self {
+        self.fault = fault;
+        self
+    }
+
+    /// The error to report for the next read started in `file`, if the
+    /// fault names it.
+    #[cfg(feature = "test-hooks")]
+    fn injected(&mut self, file: usize) -> Option<i32> {
+        let count = &mut self.submitted_per_file[file];
+        let inject = self
+            .fault
+            .filter(|f| f.file == file && f.nth == *count)
+            .map(|f| f.errno);
+        *count += 1;
+        inject
     }
 
     /// Start reading `extent` (index `index` in its plan) into `dst`.
@@ -100,12 +127,6 @@ impl<'a> Reader<'a> {
         let len = usize::try_from(extent.len)
             .map_err(|_| Error::Plan(PlanMismatch::TooLong { len: extent.len }))?;
         let file = extent.file.index();
-        let count = &mut self.submitted_per_file[file];
-        let inject = self
-            .fault
-            .filter(|f| f.file == file && f.nth == *count)
-            .map(|f| f.errno);
-        *count += 1;
         let p = Pending {
             file: file as u32,
             offset: extent.offset,
@@ -115,7 +136,8 @@ impl<'a> Reader<'a> {
             done: 0,
             stalls: 0,
             index,
-            inject,
+            #[cfg(feature = "test-hooks")]
+            inject: self.injected(file),
         };
         let tag = match self.free.pop() {
             Some(t) => {
@@ -231,6 +253,7 @@ impl<'a> Reader<'a> {
     /// when the rest must be read.
     fn account(&self, p: &mut Pending, res: i64) -> Result<bool, Error> {
         let file = &self.files[p.file as usize];
+        #[cfg(feature = "test-hooks")]
         let res = match p.inject.take() {
             Some(errno) => -i64::from(errno),
             None => res,
