@@ -414,7 +414,7 @@ fn start_in_place(job: Job) -> Result<Vec<JoinHandle<()>>, Error> {
                 return Err(Error::NotContiguous {
                     offset: p.tensor_offset,
                 }
-                .about(&ckpt.tensor(p.tensor).name));
+                .about(&ckpt, p.tensor));
             }
         }
     }
