@@ -232,6 +232,27 @@ fn test() -> Result<()> {
             .args(["test", "--workspace", "--all-targets"])
             .env("PROPTEST_CASES", &cases),
     )?;
+    // The Rust example of the README, run as a user would, onto the
+    // host-memory device that stands in for a GPU.
+    let example = root().join("target/xtask-example");
+    let _ = std::fs::remove_dir_all(&example);
+    let index = bench::generate(&example, bench::Fixture::new(16 << 20, None), Some(2), 3)?;
+    step(
+        "cargo run --example load_to_device (onto the host stand-in)",
+        cargo()
+            .args([
+                "run",
+                "--quiet",
+                "-p",
+                "weightlift",
+                "--example",
+                "load_to_device",
+                "--",
+            ])
+            .arg(&index)
+            .arg("host")
+            .stdout(std::process::Stdio::null()),
+    )?;
     step(
         "cargo test --doc (workspace)",
         cargo().args(["test", "--workspace", "--doc"]),

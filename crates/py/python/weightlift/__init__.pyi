@@ -82,6 +82,8 @@ class TensorMetadata:
 class TensorSlice:
     """A lazily read tensor, indexed like safetensors' get_slice."""
 
+    def __init__(self, handle: "SafeOpen", name: str, dtype: str, shape: Tuple[int, ...]) -> None: ...
+    def __len__(self) -> int: ...
     def get_shape(self) -> List[int]: ...
     def get_dtype(self) -> str: ...
     def __getitem__(self, index: Any) -> Any: ...
@@ -91,6 +93,21 @@ class SafeOpen:
 
     buffer_size: int
     total_tensor_size: int
+    def __init__(
+        self,
+        filenames: Sources,
+        framework: str = "pt",
+        device: Device = "cpu",
+        process_group: Any = None,
+        *,
+        backend: BackendArg = None,
+        copy: bool = True,
+        buffer_size: Optional[int] = None,
+        keys: Keys = None,
+        progress: bool = False,
+        pinned_bytes: Optional[int] = None,
+        fill_threads: Optional[int] = None,
+    ) -> None: ...
     @property
     def backend(self) -> Optional[str]: ...
     def __enter__(self) -> "SafeOpen": ...
@@ -129,16 +146,8 @@ def load_file(
     pinned_bytes: Optional[int] = None,
     fill_threads: Optional[int] = None,
 ) -> Dict[str, Any]: ...
-def load(
-    path: Sources,
-    device: Device = "cpu",
-    *,
-    backend: BackendArg = None,
-    keys: Keys = None,
-    progress: bool = False,
-    pinned_bytes: Optional[int] = None,
-    fill_threads: Optional[int] = None,
-) -> Dict[str, Any]: ...
+def load(path: Sources, device: Device = "cpu", **options: Any) -> Dict[str, Any]:
+    """load_file's: `options` are its keyword arguments."""
 
 class IncompatibleKeys(NamedTuple):
     missing_keys: List[str]
