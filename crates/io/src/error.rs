@@ -356,13 +356,17 @@ impl std::error::Error for Error {
 
 /// `e`'s message followed by its causes, as `a: b: c`: the whole of what
 /// went wrong, where it must fit in one string (a rejected backend's
-/// reason).
-pub(crate) fn chain(e: &dyn std::error::Error) -> String {
+/// reason, a Python exception's message). A cause whose words the message
+/// already holds (an error that repeats its source) is not added again.
+pub fn chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut cause = e.source();
     while let Some(c) = cause {
-        text.push_str(": ");
-        text.push_str(&c.to_string());
+        let more = c.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
         cause = c.source();
     }
     text

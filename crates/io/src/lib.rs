@@ -60,6 +60,6 @@ pub use buf::AlignedBuf;
 #[cfg(feature = "test-hooks")]
 pub use engine::InjectedFault;
 pub use engine::{Engine, EngineOptions, InPlace, Release, Ring, Sink};
-pub use error::{Error, PlanMismatch, Rejected};
+pub use error::{Error, PlanMismatch, Rejected, chain};
 pub use file::{DioAlignment, OpenMode, ReadFile};
 pub use region::Region;

@@ -96,16 +96,4 @@ pub(crate) fn from_load(py: Python<'_>, e: LoadError) -> PyErr {
 
 /// The error's message followed by its causes, as `a: b: c`, skipping a
 /// cause already spelled out in the message.
-pub(crate) fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        let more = c.to_string();
-        if !text.contains(&more) {
-            text.push_str(": ");
-            text.push_str(&more);
-        }
-        cause = c.source();
-    }
-    text
-}
+pub(crate) use weightlift_io::chain;

@@ -108,15 +108,10 @@ fn again(e: &weightlift_gpu::Error, api: &'static str) -> weightlift_gpu::Error 
             path: path.clone(),
             source: *source,
         },
-        other => {
-            let mut reason = other.to_string();
-            let mut cause = std::error::Error::source(other);
-            while let Some(c) = cause {
-                reason = format!("{reason}: {c}");
-                cause = c.source();
-            }
-            E::Unavailable { api, reason }
-        }
+        other => E::Unavailable {
+            api,
+            reason: weightlift_io::chain(other),
+        },
     }
 }
 

@@ -180,14 +180,5 @@ pub(crate) fn load_host(
     Ok(out)
 }
 
-/// `e`'s message followed by its causes, as `a: b: c`.
-pub(crate) fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        text.push_str(": ");
-        text.push_str(&c.to_string());
-        cause = c.source();
-    }
-    text
-}
+#[allow(unused_imports, reason = "not every test binary reports error chains")]
+pub(crate) use weightlift_io::chain;
