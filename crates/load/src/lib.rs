@@ -49,7 +49,7 @@ pub mod session;
 pub use error::Error;
 pub use host::{HostLoad, HostTensor};
 pub use options::{ENV_VARS, LoadOptions, StagingOptions};
-pub use session::{Pass, Session, Wait};
+pub use session::{Host, Pass, Session, Source, Wait};
 pub use weightlift_format::{Checkpoint, TensorId};
 pub use weightlift_io::Backend;
 pub use weightlift_plan::Selection;

@@ -1,16 +1,17 @@
-//! Random access and repeated passes over a checkpoint's tensors in host
-//! memory: the state behind a `safe_open` handle.
+//! Random access and repeated passes over a checkpoint's tensors: the
+//! state behind a `safe_open` handle, in host memory ([`Host`]) or on a
+//! device ([`crate::device::OnDevice`]).
 //!
 //! A [`Session`] answers two kinds of request over a fixed selection of
 //! tensors:
 //!
 //! - [`Session::get`]: one tensor by name, any number of times, in any
 //!   order. The first request reads just that tensor, on its own through
-//!   the page cache (or with the backends named, when some were). When requests walk
-//!   the names in sorted order (as `for k in f.keys(): f.get_tensor(k)`
-//!   does), the second one starts streaming every tensor not yet handed
-//!   out with [`host::load`], and later requests are
-//!   served from that stream.
+//!   the page cache (or with the backends named, when some were). When
+//!   requests walk the names in sorted order (as `for k in f.keys():
+//!   f.get_tensor(k)` does), the second one starts streaming every tensor
+//!   not yet handed out (with [`host::load`], or a device load), and later
+//!   requests are served from that stream.
 //! - [`Session::next`] over a [`Pass`]: every selected tensor once, in
 //!   completion order, from what was already read and from a stream.
 //!
@@ -57,6 +58,112 @@ use weightlift_io::{Backend, OpenMode, ReadFile, Region};
 use crate::host::{self, HostLoad, HostTensor, check_unchanged};
 use crate::{Error, LoadOptions};
 
+/// Where a session's tensors go, and how they are read: [`Host`] memory,
+/// or a device ([`crate::device::OnDevice`]).
+pub trait Source {
+    /// A tensor as the session hands it out.
+    type Tensor;
+    /// A load of several tensors in progress.
+    type Stream: Stream<Tensor = Self::Tensor>;
+
+    /// Start loading `ids` (selected tensors, in file order).
+    fn start(
+        &mut self,
+        ckpt: &Arc<Checkpoint>,
+        ids: &[TensorId],
+        options: &LoadOptions,
+    ) -> Result<Self::Stream, Error>;
+
+    /// Tensor `id` on its own: `read` reads it into host memory, where
+    /// that is what the source needs.
+    fn alone(
+        &mut self,
+        ckpt: &Arc<Checkpoint>,
+        id: TensorId,
+        read: &mut dyn FnMut() -> Result<HostTensor, Error>,
+        wait: &mut Wait<'_>,
+    ) -> Result<Self::Tensor, Error>;
+
+    /// How single tensors are read, in one line.
+    fn describe_alone(&self) -> String;
+
+    /// A stream that handed out all it had; a source may keep what it
+    /// holds (a device's staging) for the next.
+    fn finish(&mut self, stream: Self::Stream) {
+        drop(stream);
+    }
+
+    /// The tensor `t` is.
+    fn id(t: &Self::Tensor) -> TensorId;
+}
+
+/// A load of several tensors, handing them out in completion order.
+pub trait Stream {
+    /// A tensor as the stream hands it out.
+    type Tensor;
+
+    /// The next tensor, waiting at most about `timeout`: `Poll::Pending`
+    /// when none came in time, `None` once every tensor was handed out or
+    /// the load failed.
+    fn poll_next(&mut self, timeout: Duration) -> Poll<Option<Result<Self::Tensor, Error>>>;
+
+    /// How it reads, in one line.
+    fn describe(&self) -> String;
+}
+
+/// Tensors in host memory: streams are [`host::load`]s, and a single
+/// tensor is read on its own through the page cache.
+#[derive(Debug, Default)]
+pub struct Host;
+
+impl Source for Host {
+    type Tensor = HostTensor;
+    type Stream = HostLoad;
+
+    fn start(
+        &mut self,
+        ckpt: &Arc<Checkpoint>,
+        ids: &[TensorId],
+        options: &LoadOptions,
+    ) -> Result<HostLoad, Error> {
+        let selection = Selection::Ids(ids.iter().copied().collect::<BTreeSet<_>>());
+        host::load(ckpt.clone(), &selection, options)
+    }
+
+    fn alone(
+        &mut self,
+        _: &Arc<Checkpoint>,
+        _: TensorId,
+        read: &mut dyn FnMut() -> Result<HostTensor, Error>,
+        _: &mut Wait<'_>,
+    ) -> Result<HostTensor, Error> {
+        read()
+    }
+
+    fn describe_alone(&self) -> String {
+        format!(
+            "{} (single tensors, read alone through the page cache)",
+            Backend::PreadBuffered
+        )
+    }
+
+    fn id(t: &HostTensor) -> TensorId {
+        t.id()
+    }
+}
+
+impl Stream for HostLoad {
+    type Tensor = HostTensor;
+
+    fn poll_next(&mut self, timeout: Duration) -> Poll<Option<Result<HostTensor, Error>>> {
+        self.next_timeout(timeout)
+    }
+
+    fn describe(&self) -> String {
+        HostLoad::describe(self).to_owned()
+    }
+}
+
 /// How long one wait lasts before the caller's `wait` callback is asked
 /// whether to go on.
 const WAIT_SLICE: Duration = Duration::from_millis(50);
@@ -71,8 +178,8 @@ const WALK_TO_STREAM: usize = 2;
 pub type Wait<'a> = dyn FnMut() -> bool + 'a;
 
 /// The loading state of one opened checkpoint. See the [module](self).
-#[derive(Debug)]
-pub struct Session {
+pub struct Session<S: Source = Host> {
+    source: S,
     ckpt: Arc<Checkpoint>,
     options: LoadOptions,
     /// The selection, in file order.
@@ -82,8 +189,8 @@ pub struct Session {
     /// Indexed by tensor id.
     is_selected: Vec<bool>,
     /// Read, not yet handed out.
-    ready: HashMap<TensorId, HostTensor>,
-    streams: Vec<Stream>,
+    ready: HashMap<TensorId, S::Tensor>,
+    streams: Vec<Streaming<S::Stream>>,
     /// Handed out by [`Session::get`].
     handed: HashSet<TensorId>,
     /// `Some(n)`: `get` was asked for exactly the first `n` sorted names, in order.
@@ -96,10 +203,21 @@ pub struct Session {
     describe: Option<String>,
 }
 
+impl<S: Source> std::fmt::Debug for Session<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("tensors", &self.ckpt.len())
+            .field("selected", &self.selected.len())
+            .field("ready", &self.ready.len())
+            .field("streams", &self.streams.len())
+            .field("describe", &self.describe)
+            .finish_non_exhaustive()
+    }
+}
+
 /// A load in progress and the tensors it has yet to hand out.
-#[derive(Debug)]
-struct Stream {
-    load: HostLoad,
+struct Streaming<L> {
+    load: L,
     owed: HashSet<TensorId>,
 }
 
@@ -117,14 +235,27 @@ impl Pass {
     }
 }
 
-impl Session {
-    /// A session over the tensors of `ckpt` that `selection` names. Naming
-    /// a tensor the checkpoint lacks is an error ([`Error::Select`]).
-    /// Nothing is read yet.
+impl Session<Host> {
+    /// A session over the tensors of `ckpt` that `selection` names, in host
+    /// memory. Naming a tensor the checkpoint lacks is an error
+    /// ([`Error::Select`]). Nothing is read yet.
     pub fn new(
         ckpt: Arc<Checkpoint>,
         selection: &Selection,
         options: LoadOptions,
+    ) -> Result<Self, Error> {
+        Session::with_source(ckpt, selection, options, Host)
+    }
+}
+
+impl<S: Source> Session<S> {
+    /// A session over the tensors of `ckpt` that `selection` names, handed
+    /// out by `source`.
+    pub fn with_source(
+        ckpt: Arc<Checkpoint>,
+        selection: &Selection,
+        options: LoadOptions,
+        source: S,
     ) -> Result<Self, Error> {
         let mut is_selected = vec![false; ckpt.len()];
         match selection {
@@ -157,6 +288,7 @@ impl Session {
         let mut sorted = selected.clone();
         sorted.sort_by(|a, b| ckpt.tensor(*a).name.cmp(&ckpt.tensor(*b).name));
         Ok(Self {
+            source,
             ckpt,
             options,
             selected,
@@ -175,6 +307,17 @@ impl Session {
     /// The checkpoint.
     pub fn checkpoint(&self) -> &Arc<Checkpoint> {
         &self.ckpt
+    }
+
+    /// The source tensors go to.
+    pub fn source(&self) -> &S {
+        &self.source
+    }
+
+    /// The source tensors go to, to change (where the next copies are
+    /// ordered after, say).
+    pub fn source_mut(&mut self) -> &mut S {
+        &mut self.source
     }
 
     /// The selected tensors, in file order (shard, then offset).
@@ -206,7 +349,7 @@ impl Session {
     }
 
     /// The selected tensor `name`, waiting for it as `wait` allows.
-    pub fn get(&mut self, name: &str, wait: &mut Wait<'_>) -> Result<HostTensor, Error> {
+    pub fn get(&mut self, name: &str, wait: &mut Wait<'_>) -> Result<S::Tensor, Error> {
         let id = self.id(name).ok_or_else(|| {
             Error::Select(weightlift_plan::Error::UnknownTensor {
                 name: name.to_owned(),
@@ -217,7 +360,7 @@ impl Session {
         Ok(t)
     }
 
-    fn take(&mut self, id: TensorId, wait: &mut Wait<'_>) -> Result<HostTensor, Error> {
+    fn take(&mut self, id: TensorId, wait: &mut Wait<'_>) -> Result<S::Tensor, Error> {
         if let Some(t) = self.ready.remove(&id) {
             return Ok(t);
         }
@@ -238,12 +381,11 @@ impl Session {
             self.start(vec![id])?;
         } else if !owed {
             if self.describe.is_none() {
-                self.describe = Some(format!(
-                    "{} (single tensors, read alone through the page cache)",
-                    Backend::PreadBuffered
-                ));
+                self.describe = Some(self.source.describe_alone());
             }
-            return self.read_alone(id, 0..self.ckpt.tensor(id).len());
+            let (ckpt, files) = (&self.ckpt, &mut self.files);
+            let mut read = || read_alone(ckpt, files, id, 0..ckpt.tensor(id).len());
+            return self.source.alone(&self.ckpt, id, &mut read, wait);
         }
         let s = self
             .streams
@@ -255,9 +397,9 @@ impl Session {
                 unreachable!("a wait was given");
             };
             match pumped? {
-                Some(t) if t.id() == id => return Ok(t),
+                Some(t) if S::id(&t) == id => return Ok(t),
                 Some(t) => {
-                    self.ready.insert(t.id(), t);
+                    self.ready.insert(S::id(&t), t);
                 }
                 // A stream ends only once it handed out all it owed, or
                 // with an error; anything else is a load that stopped short.
@@ -289,7 +431,7 @@ impl Session {
             }
             .about(&self.ckpt, id));
         }
-        self.read_alone(id, range)
+        read_alone(&self.ckpt, &mut self.files, id, range)
     }
 
     /// A new pass over every selected tensor.
@@ -306,7 +448,7 @@ impl Session {
         &mut self,
         pass: &mut Pass,
         wait: &mut Wait<'_>,
-    ) -> Option<Result<HostTensor, Error>> {
+    ) -> Option<Result<S::Tensor, Error>> {
         match self.next_inner(pass, Some(wait)) {
             Poll::Ready(result) => result,
             Poll::Pending => unreachable!("a wait was given"),
@@ -315,7 +457,7 @@ impl Session {
 
     /// As [`Session::next`], without waiting: `Poll::Pending` when the next
     /// tensor has not been read yet (reads go on in the background).
-    pub fn try_next(&mut self, pass: &mut Pass) -> Poll<Option<Result<HostTensor, Error>>> {
+    pub fn try_next(&mut self, pass: &mut Pass) -> Poll<Option<Result<S::Tensor, Error>>> {
         self.next_inner(pass, None)
     }
 
@@ -323,7 +465,7 @@ impl Session {
         &mut self,
         pass: &mut Pass,
         wait: Option<&mut Wait<'_>>,
-    ) -> Poll<Option<Result<HostTensor, Error>>> {
+    ) -> Poll<Option<Result<S::Tensor, Error>>> {
         let result = self.next_step(pass, wait);
         if matches!(result, Poll::Ready(Some(Err(_)))) {
             pass.failed = true;
@@ -335,7 +477,7 @@ impl Session {
         &mut self,
         pass: &mut Pass,
         mut wait: Option<&mut Wait<'_>>,
-    ) -> Poll<Option<Result<HostTensor, Error>>> {
+    ) -> Poll<Option<Result<S::Tensor, Error>>> {
         loop {
             if pass.failed || pass.remaining.is_empty() {
                 return Poll::Ready(None);
@@ -355,10 +497,11 @@ impl Session {
                 match self.pump(s, wait.as_deref_mut()) {
                     Poll::Pending => return Poll::Pending,
                     Poll::Ready(Ok(Some(t))) => {
-                        if pass.remaining.remove(&t.id()) {
+                        let id = S::id(&t);
+                        if pass.remaining.remove(&id) {
                             return Poll::Ready(Some(Ok(t)));
                         }
-                        self.ready.insert(t.id(), t);
+                        self.ready.insert(id, t);
                     }
                     Poll::Ready(Ok(None)) => {}
                     Poll::Ready(Err(e)) => return Poll::Ready(Some(Err(e))),
@@ -383,11 +526,12 @@ impl Session {
 
     fn start(&mut self, ids: Vec<TensorId>) -> Result<(), Error> {
         let owed: HashSet<TensorId> = ids.iter().copied().collect();
-        let selection = Selection::Ids(ids.iter().copied().collect::<BTreeSet<_>>());
-        let load = host::load(self.ckpt.clone(), &selection, &self.options)
+        let load = self
+            .source
+            .start(&self.ckpt, &ids, &self.options)
             .map_err(|e| self.name_first(e, &ids))?;
-        self.describe = Some(load.describe().to_owned());
-        self.streams.push(Stream { load, owed });
+        self.describe = Some(load.describe());
+        self.streams.push(Streaming { load, owed });
         Ok(())
     }
 
@@ -416,14 +560,14 @@ impl Session {
         &mut self,
         s: usize,
         mut wait: Option<&mut Wait<'_>>,
-    ) -> Poll<Result<Option<HostTensor>, Error>> {
+    ) -> Poll<Result<Option<S::Tensor>, Error>> {
         let slice = if wait.is_some() {
             WAIT_SLICE
         } else {
             Duration::ZERO
         };
         Poll::Ready(loop {
-            match self.streams[s].load.next_timeout(slice) {
+            match self.streams[s].load.poll_next(slice) {
                 Poll::Pending => match wait.as_deref_mut() {
                     None => return Poll::Pending,
                     Some(wait) => {
@@ -436,9 +580,10 @@ impl Session {
                     }
                 },
                 Poll::Ready(Some(Ok(t))) => {
-                    self.streams[s].owed.remove(&t.id());
+                    self.streams[s].owed.remove(&S::id(&t));
                     if self.streams[s].owed.is_empty() {
-                        self.streams.swap_remove(s);
+                        let done = self.streams.swap_remove(s);
+                        self.source.finish(done.load);
                     }
                     break Ok(Some(t));
                 }
@@ -453,49 +598,52 @@ impl Session {
             }
         })
     }
+}
 
-    /// Read bytes `range` of one tensor on their own, through the page
-    /// cache, into fresh memory.
-    fn read_alone(&mut self, id: TensorId, range: Range<u64>) -> Result<HostTensor, Error> {
-        let t = self.ckpt.tensor(id);
-        let len = (range.end - range.start) as usize;
-        let start = t.range.start + range.start;
-        let ckpt = self.ckpt.clone();
-        let named = |e: Error| e.about(&ckpt, id);
-        if self.files.is_none() {
-            let files = self
-                .ckpt
-                .shards()
-                .iter()
-                .map(|s| ReadFile::open(s.path(), OpenMode::Buffered))
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| named(e.into()))?;
-            check_unchanged(&self.ckpt, &files).map_err(named)?;
-            self.files = Some(files);
-        }
-        let file = &self.files.as_ref().expect("opened above")[t.file.index()];
-        let region = Region::anonymous(len).map_err(|source| {
-            named(Error::Io(weightlift_io::Error::Map {
-                file: None,
-                len,
-                source,
-            }))
-        })?;
-        if len > 0 {
-            // SAFETY: the region was just created and is not shared yet, so
-            // this is the only reference to its bytes.
-            let dst = unsafe { std::slice::from_raw_parts_mut(region.as_ptr(), len) };
-            let n = file.read_at(dst, start).map_err(|e| named(e.into()))?;
-            if n < len {
-                return Err(named(Error::Io(weightlift_io::Error::Truncated {
-                    file: file.path().to_path_buf(),
-                    at: start + n as u64,
-                    size: file.size(),
-                })));
-            }
-        }
-        // SAFETY: the region holds the bytes just read, and nothing else
-        // has it.
-        Ok(unsafe { HostTensor::new(id, Arc::new(region), 0, len) })
+/// Read bytes `range` of tensor `id` on their own, through the page cache,
+/// into fresh memory, with `files` (opened and checked on first use).
+fn read_alone(
+    ckpt: &Arc<Checkpoint>,
+    files: &mut Option<Vec<ReadFile>>,
+    id: TensorId,
+    range: Range<u64>,
+) -> Result<HostTensor, Error> {
+    let t = ckpt.tensor(id);
+    let len = (range.end - range.start) as usize;
+    let start = t.range.start + range.start;
+    let named = |e: Error| e.about(ckpt, id);
+    if files.is_none() {
+        let opened = ckpt
+            .shards()
+            .iter()
+            .map(|s| ReadFile::open(s.path(), OpenMode::Buffered))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| named(e.into()))?;
+        check_unchanged(ckpt, &opened).map_err(named)?;
+        *files = Some(opened);
     }
+    let file = &files.as_ref().expect("opened above")[t.file.index()];
+    let region = Region::anonymous(len).map_err(|source| {
+        named(Error::Io(weightlift_io::Error::Map {
+            file: None,
+            len,
+            source,
+        }))
+    })?;
+    if len > 0 {
+        // SAFETY: the region was just created and is not shared yet, so
+        // this is the only reference to its bytes.
+        let dst = unsafe { std::slice::from_raw_parts_mut(region.as_ptr(), len) };
+        let n = file.read_at(dst, start).map_err(|e| named(e.into()))?;
+        if n < len {
+            return Err(named(Error::Io(weightlift_io::Error::Truncated {
+                file: file.path().to_path_buf(),
+                at: start + n as u64,
+                size: file.size(),
+            })));
+        }
+    }
+    // SAFETY: the region holds the bytes just read, and nothing else
+    // has it.
+    Ok(unsafe { HostTensor::new(id, Arc::new(region), 0, len) })
 }

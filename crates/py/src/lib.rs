@@ -27,10 +27,10 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use pyo3::prelude::*;
-use weightlift::device::{AnyLoad, Carve, Onto, Placement};
+use weightlift::device::{AnyLoad, Carve, Loaded, OnDevice, Onto, Placement};
 use weightlift::{
-    Checkpoint, Error as LoadError, HostTensor, LoadOptions, Pass, Selection, Session, TensorId,
-    Wait,
+    Checkpoint, Error as LoadError, Host, HostTensor, LoadOptions, Pass, Selection, Session,
+    TensorId, Wait,
 };
 use weightlift_io::Backend;
 
@@ -149,16 +149,65 @@ fn whole(py: Python<'_>, name: &str, value: Option<&Bound<'_, PyAny>>) -> PyResu
     }
 }
 
+/// Makes the destinations of each load onto a device: Python's allocator.
+type MakeDestinations = Box<dyn FnMut() -> PyDestinations + Send>;
+
+/// The source of a handle onto a device.
+type Device = OnDevice<PyDestinations, MakeDestinations>;
+
+/// A handle's session: tensors in host memory, or on a device.
+enum Sessions {
+    Host(Box<Session<Host>>),
+    Device(Box<Session<Device>>),
+}
+
+/// `$body` with `$s` bound to the session, whichever kind it is.
+macro_rules! each_session {
+    ($sessions:expr, $s:ident => $body:expr) => {
+        match $sessions {
+            Sessions::Host($s) => $body,
+            Sessions::Device($s) => $body,
+        }
+    };
+}
+
+impl Sessions {
+    /// The session in host memory; the error a device handle gives.
+    fn host(&mut self) -> Result<&mut Session<Host>, Fail> {
+        match self {
+            Sessions::Host(s) => Ok(s),
+            Sessions::Device(_) => Err(Fail::Load(LoadError::UnknownDevice {
+                name: "cpu".into(),
+                reason: "this handle loads onto a device",
+            })),
+        }
+    }
+
+    /// The session on a device; the error a host handle gives.
+    fn device(&mut self) -> Result<&mut Session<Device>, Fail> {
+        match self {
+            Sessions::Device(s) => Ok(s),
+            Sessions::Host(_) => Err(Fail::Load(LoadError::UnknownDevice {
+                name: "cpu".into(),
+                reason: "this handle loads into host memory",
+            })),
+        }
+    }
+}
+
 /// An opened checkpoint.
 #[pyclass(name = "_Session", module = "weightlift._weightlift", frozen)]
 struct PySession {
     ckpt: Arc<Checkpoint>,
     options: LoadOptions,
-    inner: Mutex<Option<Session>>,
-    /// The device of the latest load onto one (by name), with its staging,
-    /// kept for the next load onto it (pinned memory is costly).
+    /// The device a device handle loads onto, and its allocator.
+    device: Option<(String, Py<PyAny>)>,
+    inner: Mutex<Option<Sessions>>,
+    /// For a handle in host memory, the device `load_into` writes to (by
+    /// name), with its staging, kept for the next load onto it (pinned
+    /// memory is costly). A device handle's is in its session.
     onto: Mutex<Option<(String, Onto)>>,
-    /// The latest load, described; `None` before one.
+    /// The latest load onto a device, described; `None` before one.
     described: Mutex<Option<String>>,
 }
 
@@ -168,8 +217,11 @@ impl PySession {
     /// index) or several `.safetensors` files. `backends` is a
     /// comma-separated list of backend and policy names; every setting
     /// left None comes from its `WEIGHTLIFT_*` variable, else its default.
+    /// With `device` (`cuda:N`, `hip:N`) and `alloc` (as for `upload`),
+    /// the handle loads onto that device.
     #[new]
-    #[pyo3(signature = (sources, backends=None, buffer_size=None, pinned_bytes=None, fill_threads=None))]
+    #[pyo3(signature = (sources, backends=None, buffer_size=None, pinned_bytes=None, fill_threads=None, device=None, alloc=None))]
+    #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
         sources: Vec<PathBuf>,
@@ -177,6 +229,8 @@ impl PySession {
         buffer_size: Option<&Bound<'_, PyAny>>,
         pinned_bytes: Option<&Bound<'_, PyAny>>,
         fill_threads: Option<&Bound<'_, PyAny>>,
+        device: Option<String>,
+        alloc: Option<Py<PyAny>>,
     ) -> PyResult<Self> {
         let load_err = |e: LoadError| errors::from_load(py, e);
         let mut options = LoadOptions::from_env().map_err(load_err)?;
@@ -199,15 +253,18 @@ impl PySession {
             many => Checkpoint::open_files(many),
         });
         let ckpt = Arc::new(opened.map_err(|e| load_err(e.into()))?);
-        let session =
-            Session::new(ckpt.clone(), &Selection::All, options.clone()).map_err(load_err)?;
-        Ok(Self {
+        let device = device.zip(alloc);
+        let this = Self {
             ckpt,
             options,
-            inner: Mutex::new(Some(session)),
+            device,
+            inner: Mutex::new(None),
             onto: Mutex::new(None),
             described: Mutex::new(None),
-        })
+        };
+        let session = this.session(py, &Selection::All)?;
+        *lock(&this.inner) = Some(session);
+        Ok(this)
     }
 
     /// Restrict the selection to `keys` (before anything is loaded): a
@@ -247,12 +304,7 @@ impl PySession {
             }
             names
         };
-        let session = Session::new(
-            self.ckpt.clone(),
-            &Selection::names(names),
-            self.options.clone(),
-        )
-        .map_err(|e| errors::from_load(py, e))?;
+        let session = self.session(py, &Selection::names(names))?;
         self.run(py, move |s, _| {
             *s = session;
             Ok(())
@@ -266,12 +318,14 @@ impl PySession {
 
     /// The selected names, sorted.
     fn keys(&self, py: Python<'_>) -> PyResult<Vec<String>> {
-        self.run(py, |s, _| Ok(self.names(s.sorted())))
+        self.run(py, |s, _| Ok(self.names(each_session!(s, s => s.sorted()))))
     }
 
     /// The selected names in file order (shard, then offset).
     fn offset_keys(&self, py: Python<'_>) -> PyResult<Vec<String>> {
-        self.run(py, |s, _| Ok(self.names(s.selected())))
+        self.run(py, |s, _| {
+            Ok(self.names(each_session!(s, s => s.selected())))
+        })
     }
 
     /// The shards' `__metadata__`, merged; None when no shard has any.
@@ -303,7 +357,7 @@ impl PySession {
     /// Bytes of the selected tensors.
     #[getter]
     fn total_bytes(&self, py: Python<'_>) -> PyResult<u64> {
-        self.run(py, |s, _| Ok(s.selected_bytes()))
+        self.run(py, |s, _| Ok(each_session!(s, s => s.selected_bytes())))
     }
 
     /// Bytes a reused device buffer of `size` bytes needs to hold every
@@ -311,9 +365,10 @@ impl PySession {
     /// which get memory of their own, left out).
     fn buffer_needed(&self, py: Python<'_>, size: u64) -> PyResult<u64> {
         self.run(py, |s, _| {
+            let selected = each_session!(s, s => s.selected());
             Ok(Carve::needed(
                 size,
-                s.selected().iter().map(|&id| self.ckpt.tensor(id).len()),
+                selected.iter().map(|&id| self.ckpt.tensor(id).len()),
             ))
         })
     }
@@ -331,13 +386,16 @@ impl PySession {
         let device = py.detach(|| lock(&self.described).clone());
         match device {
             Some(d) => Ok(Some(d)),
-            None => self.run(py, |s, _| Ok(s.describe().map(str::to_owned))),
+            None => self.run(py, |s, _| {
+                Ok(each_session!(s, s => s.describe().map(str::to_owned)))
+            }),
         }
     }
 
-    /// `(dtype, shape, Buffer)` of the selected tensor `name`.
+    /// `(dtype, shape, Buffer)` of the selected tensor `name`, in host
+    /// memory.
     fn get(&self, py: Python<'_>, name: String) -> PyResult<(&'static str, Vec<u64>, Buffer)> {
-        let t = self.run(py, move |s, wait| Ok(s.get(&name, wait)?))?;
+        let t = self.run(py, move |s, wait| Ok(s.host()?.get(&name, wait)?))?;
         let (_, dtype, shape, buf) = self.described(t)?;
         Ok((dtype, shape, buf))
     }
@@ -365,7 +423,7 @@ impl PySession {
                 Some((range, n)) => (range, Some(n)),
                 None => (0..info.len(), None),
             };
-            let t = s.get_range(&name, range)?;
+            let t = each_session!(s, s => s.get_range(&name, range))?;
             Ok((
                 Buffer {
                     keep: Keep::Host(t),
@@ -375,12 +433,19 @@ impl PySession {
         })
     }
 
-    /// A new pass over every selected tensor, in host memory.
-    fn stream(slf: Bound<'_, Self>) -> PyResult<PyPass> {
-        let pass = slf.get().run(slf.py(), |s, _| Ok(s.pass()))?;
+    /// A new pass over every selected tensor: `(name, dtype, shape,
+    /// Buffer)` in host memory, or on a device handle `(name, owner)`, each
+    /// copy ordered after the work queued on `stream` (torch's current
+    /// stream).
+    #[pyo3(signature = (stream=None))]
+    fn stream(slf: Bound<'_, Self>, stream: Option<u64>) -> PyResult<PyPass> {
+        let pass = slf
+            .get()
+            .run(slf.py(), |s, _| Ok(each_session!(s, s => s.pass())))?;
         Ok(PyPass {
             session: slf.unbind(),
             pass: Mutex::new(pass),
+            stream,
         })
     }
 
@@ -405,7 +470,7 @@ impl PySession {
     ) -> PyResult<PyDeviceLoad> {
         let py = slf.py();
         let this = slf.get();
-        let ids = this.run(py, |s, _| Ok(s.selected().to_vec()))?;
+        let ids = this.run(py, |s, _| Ok(each_session!(s, s => s.selected()).to_vec()))?;
         let buffer = buffer.map(|(owner, ptr, size)| dests::Buffer {
             owner,
             ptr,
@@ -429,51 +494,20 @@ impl PySession {
         })
     }
 
-    /// The selected tensor `name` onto `device`, into the destination
-    /// `alloc` returns (as for `upload`), which is returned.
-    #[pyo3(signature = (device, name, alloc, stream=None))]
-    fn get_into(
-        &self,
-        py: Python<'_>,
-        device: String,
-        name: String,
-        alloc: Py<PyAny>,
-        stream: Option<u64>,
-    ) -> PyResult<Py<PyAny>> {
-        let id = self.run(py, |s, _| selected_id(s, name.clone()))?;
-        let dests = PyDestinations {
-            alloc,
-            buffer: None,
-        };
-        let ckpt = self.ckpt.clone();
-        let owner = self.with_onto(py, &device, |onto, wait| {
-            let read = |wait: &mut Wait<'_>| {
-                let mut guard = lock(&self.inner);
-                let session = guard.as_mut().ok_or(LoadError::Cancelled)?;
-                session.get(&name, wait)
-            };
-            // SAFETY: `stream` is torch's current stream on `device`, which
-            // the package passes and which outlives the call.
-            let owner = unsafe { onto.load_one(&ckpt, id, read, dests, stream, wait) }?;
-            // Read straight into device memory, or read into host memory
-            // by the session and copied through the staging.
-            let read_by = lock(&self.inner)
-                .as_ref()
-                .and_then(|s| s.describe().map(str::to_owned));
-            *lock(&self.described) = Some(match read_by {
-                Some(r) if !onto.reads_direct() => format!("{r}; {}", onto.describe()),
-                _ => onto.describe(),
-            });
-            Ok(owner)
+    /// The selected tensor `name` onto a device handle's device, its copies
+    /// ordered after the work queued on `stream` (torch's current stream).
+    #[pyo3(signature = (name, stream=None))]
+    fn get_into(&self, py: Python<'_>, name: String, stream: Option<u64>) -> PyResult<Py<PyAny>> {
+        let loaded = self.run(py, |s, wait| {
+            let s = s.device()?;
+            // SAFETY: `stream` is torch's current stream on the device,
+            // which the package passes and which outlives the call.
+            unsafe { s.source_mut().wait_for_stream(stream) };
+            let got = s.get(&name, wait);
+            *lock(&self.described) = s.describe().map(str::to_owned);
+            Ok(got?)
         })?;
-        match owner {
-            Owner::Object(obj) => Ok(obj),
-            Owner::At(_) => Err(errors::raise(
-                py,
-                "DeviceError",
-                format!("{name}: a single tensor never goes to the reused buffer"),
-            )),
-        }
+        owner_object(py, &self.ckpt, loaded)
     }
 
     /// Cancel what is loading and free what was read ahead. Tensors already
@@ -493,10 +527,25 @@ impl PySession {
 }
 
 /// The id of the selected tensor `name`, or the error naming it.
-fn selected_id(s: &Session, name: String) -> Result<TensorId, Fail> {
-    s.id(&name).ok_or(Fail::Load(LoadError::Select(
+fn selected_id(s: &Sessions, name: String) -> Result<TensorId, Fail> {
+    each_session!(s, s => s.id(&name)).ok_or(Fail::Load(LoadError::Select(
         weightlift_plan::Error::UnknownTensor { name },
     )))
+}
+
+/// A tensor onto a device, as its owner (a torch tensor).
+fn owner_object(py: Python<'_>, ckpt: &Checkpoint, loaded: Loaded<Owner>) -> PyResult<Py<PyAny>> {
+    match loaded.owner {
+        Owner::Object(obj) => Ok(obj),
+        Owner::At(_) => Err(errors::raise(
+            py,
+            "DeviceError",
+            format!(
+                "{}: a session's tensor never goes to the reused buffer",
+                ckpt.tensor(loaded.id).name
+            ),
+        )),
+    }
 }
 
 impl PySession {
@@ -505,7 +554,7 @@ impl PySession {
     fn run<T: Send>(
         &self,
         py: Python<'_>,
-        f: impl FnOnce(&mut Session, &mut Wait<'_>) -> Result<T, Fail> + Send,
+        f: impl FnOnce(&mut Sessions, &mut Wait<'_>) -> Result<T, Fail> + Send,
     ) -> PyResult<T> {
         with_signals(py, &self.ckpt, |wait| {
             let mut guard = lock(&self.inner);
@@ -514,8 +563,31 @@ impl PySession {
         })
     }
 
-    /// Run `f` on the device `device` names (the one kept, or newly
-    /// opened), with the GIL released; keep it for the next load.
+    /// A session over `selection`: in host memory, or onto the handle's
+    /// device.
+    fn session(&self, py: Python<'_>, selection: &Selection) -> PyResult<Sessions> {
+        let (ckpt, options) = (self.ckpt.clone(), self.options.clone());
+        let made = match &self.device {
+            None => Session::new(ckpt, selection, options).map(|s| Sessions::Host(Box::new(s))),
+            Some((name, alloc)) => {
+                let alloc = alloc.clone_ref(py);
+                let onto = py
+                    .detach(|| Onto::open(name, options.clone()))
+                    .map_err(|e| errors::from_load(py, e))?;
+                let dests: MakeDestinations = Box::new(move || PyDestinations {
+                    alloc: Python::attach(|py| alloc.clone_ref(py)),
+                    buffer: None,
+                });
+                Session::with_source(ckpt, selection, options, OnDevice::new(onto, dests))
+                    .map(|s| Sessions::Device(Box::new(s)))
+            }
+        };
+        made.map_err(|e| errors::from_load(py, e))
+    }
+
+    /// Run `f` on the device `device` names (a device handle's own, or the
+    /// one kept, or newly opened), with the GIL released; keep it for the
+    /// next load.
     fn with_onto<T: Send>(
         &self,
         py: Python<'_>,
@@ -523,8 +595,12 @@ impl PySession {
         f: impl FnOnce(&mut Onto, &mut Wait<'_>) -> Result<T, Fail> + Send,
     ) -> PyResult<T> {
         with_signals(py, &self.ckpt, |wait| {
-            if lock(&self.inner).is_none() {
-                return Err(Fail::Closed);
+            let mut guard = lock(&self.inner);
+            match guard.as_mut().ok_or(Fail::Closed)? {
+                Sessions::Device(s) if self.device.as_ref().is_some_and(|(d, _)| d == device) => {
+                    return f(s.source_mut().onto(), wait);
+                }
+                _ => drop(guard),
             }
             let kept = lock(&self.onto).take();
             let mut onto = match kept {
@@ -558,11 +634,20 @@ impl PySession {
 }
 
 /// One pass over the selected tensors: an iterator of
-/// `(name, dtype, shape, Buffer)` in completion order.
+/// `(name, dtype, shape, Buffer)` in host memory, or `(name, owner)` on a
+/// device, in completion order.
 #[pyclass(name = "_Pass", module = "weightlift._weightlift", frozen)]
 struct PyPass {
     session: Py<PySession>,
     pass: Mutex<Pass>,
+    /// torch's current stream, on a device.
+    stream: Option<u64>,
+}
+
+/// A tensor of a pass, in host memory or on a device.
+enum Passed {
+    Host(HostTensor),
+    Device(Loaded<Owner>),
 }
 
 #[pymethods]
@@ -571,16 +656,37 @@ impl PyPass {
         slf
     }
 
-    fn __next__(&self, py: Python<'_>) -> PyResult<Option<Described>> {
+    fn __next__(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
         let session = self.session.get();
-        let pass = &self.pass;
+        let (pass, stream) = (&self.pass, self.stream);
         let t = session.run(py, |s, wait| {
             // The session's lock is held; the pass's is only ever taken
             // inside it, so the two cannot deadlock.
             let mut pass = lock(pass);
-            Ok(s.next(&mut pass, wait).transpose()?)
+            Ok(match s {
+                Sessions::Host(s) => s.next(&mut pass, wait).transpose()?.map(Passed::Host),
+                Sessions::Device(s) => {
+                    // SAFETY: `stream` is torch's current stream on the
+                    // device, which the package passes and which outlives
+                    // the pass.
+                    unsafe { s.source_mut().wait_for_stream(stream) };
+                    let next = s.next(&mut pass, wait).transpose();
+                    if let Some(d) = s.describe() {
+                        *lock(&session.described) = Some(d.to_owned());
+                    }
+                    next?.map(Passed::Device)
+                }
+            })
         })?;
-        t.map(|t| session.described(t)).transpose()
+        let Some(t) = t else { return Ok(None) };
+        Ok(Some(match t {
+            Passed::Host(t) => session.described(t)?.into_pyobject(py)?.into_any().unbind(),
+            Passed::Device(l) => {
+                let name = session.ckpt.tensor(l.id).name.clone();
+                let owner = owner_object(py, &session.ckpt, l)?;
+                (name, owner).into_pyobject(py)?.into_any().unbind()
+            }
+        }))
     }
 
     /// Tensors still to come.
@@ -627,7 +733,19 @@ impl PyDeviceLoad {
                 Ok(Some(batch)) => Ok(Some(batch)),
                 Ok(None) => {
                     let load = guard.take().expect("present");
+                    drop(guard);
                     // Keep the staging for the next load onto the device.
+                    let mut inner = lock(&session.inner);
+                    if let Some(Sessions::Device(s)) = inner.as_mut()
+                        && session
+                            .device
+                            .as_ref()
+                            .is_some_and(|(d, _)| *d == self.device)
+                    {
+                        s.source_mut().onto().finish(load);
+                        return Ok(None);
+                    }
+                    drop(inner);
                     let mut onto = lock(&session.onto);
                     match onto.as_mut() {
                         Some((name, onto)) if *name == self.device => onto.finish(load),

@@ -97,6 +97,21 @@ def test_get_tensor_one_by_one(standin, small_staging, h, store):
             h.assert_same_tensor(f.get_tensor(name), ck.expected[name], name)
 
 
+def test_walking_the_keys_streams_onto_the_device(standin, small_staging, h, store):
+    # get_tensor in name order: the second request starts a stream of the
+    # rest onto the device (through the staging), and the rest come from it.
+    ck = store.get("sharded_index")
+    with weightlift.safe_open(ck.source, device="cuda:0") as f:
+        first = f.keys()[0]
+        h.assert_same_tensor(f.get_tensor(first), ck.expected[first], first)
+        assert "single tensors" in f.backend and "staging" in f.backend, f.backend
+        for k in f.keys()[1:]:
+            h.assert_same_tensor(f.get_tensor(k), ck.expected[k], k)
+        assert "single tensors" not in f.backend and "staging" in f.backend, f.backend
+        # A pass after the walk reads everything again, onto the device.
+        h.assert_same_dict(dict(f.tensors()), ck.expected, "a pass after a walk")
+
+
 def test_keys_select_what_is_loaded(standin, h, store):
     ck = store.get("many_tiny")
     keys = ck.names[::7]
@@ -430,5 +445,9 @@ def test_an_allocator_that_never_finds_room_is_a_device_error(standin, store):
         with pytest.raises(weightlift.DeviceError, match="no device memory was given"):
             for _ in f._session.upload("host", lambda *a: None):
                 pass
-        with pytest.raises(weightlift.DeviceError, match="no device memory was given"):
-            f._session.get_into("host", "tail", lambda *a: None)
+    session = _weightlift._Session([str(ck.source)], device="host", alloc=lambda *a: None)
+    with pytest.raises(weightlift.DeviceError, match="no device memory was given"):
+        session.get_into("tail")
+    with pytest.raises(weightlift.DeviceError, match="no device memory was given"):
+        for _ in session.stream():
+            pass

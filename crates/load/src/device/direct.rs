@@ -3,21 +3,18 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use weightlift_format::{Checkpoint, TensorId};
 use weightlift_gpu::{DirectJob, DirectLoad, DirectReader};
 
-use super::load::{Destinations, Loaded};
+use super::load::{Destinations, Loaded, Polled, wait_in_slices};
 use crate::Error;
 use crate::session::Wait;
 
 /// Bytes of one read straight into device memory.
 pub const DIRECT_CHUNK: usize = 16 << 20;
-
-/// How long one wait lasts before the caller's `wait` callback is asked
-/// whether to go on.
-const WAIT_SLICE: Duration = Duration::from_millis(50);
 
 /// Reads straight into device memory on `threads` threads, described.
 pub(crate) fn describe_direct(threads: usize) -> String {
@@ -78,59 +75,58 @@ impl<T: Destinations> DirectDeviceLoad<T> {
     }
 
     /// The next tensors whose bytes have all landed, in completion order;
-    /// `None` once every tensor was handed out, or after a failure.
+    /// `None` once every tensor was handed out, or after a failure. While
+    /// it waits it asks `wait`, every 50 ms, whether to go on; a no gives
+    /// [`Error::Cancelled`].
     pub fn next(&mut self, wait: &mut Wait<'_>) -> Result<Option<Vec<Loaded<T::Owner>>>, Error> {
+        wait_in_slices(|slice| self.poll_next(slice), wait)
+    }
+
+    /// As [`DirectDeviceLoad::next`], waiting at most about `timeout`:
+    /// `Poll::Pending` when no tensor completed by then (the reads go on).
+    pub fn poll_next(&mut self, timeout: Duration) -> Polled<T::Owner> {
         if self.failed {
-            return Ok(None);
+            return Poll::Ready(Ok(None));
         }
-        let result = self.step(wait);
-        if result.is_err() {
+        let result = self.step(timeout);
+        if let Poll::Ready(Err(_)) = result {
             self.failed = true;
         }
         result
     }
 
-    fn step(&mut self, wait: &mut Wait<'_>) -> Result<Option<Vec<Loaded<T::Owner>>>, Error> {
-        loop {
-            while self.next < self.ids.len() && self.load().in_flight_bytes() < self.limit {
-                if !self.queue(self.ids[self.next])? {
-                    break;
+    fn step(&mut self, timeout: Duration) -> Polled<T::Owner> {
+        while self.next < self.ids.len() && self.load().in_flight_bytes() < self.limit {
+            if !self.queue(self.ids[self.next])? {
+                break;
+            }
+            self.next += 1;
+        }
+        if self.load().in_flight() == 0 {
+            return Poll::Ready(match self.ids.get(self.next) {
+                None => Ok(None),
+                Some(&id) => {
+                    let info = self.ckpt.tensor(id);
+                    Err(Error::NoRoom { len: info.len() }.about(&self.ckpt, id))
                 }
-                self.next += 1;
-            }
-            if self.load().in_flight() == 0 {
-                return match self.ids.get(self.next) {
-                    None => Ok(None),
-                    Some(&id) => {
-                        let info = self.ckpt.tensor(id);
-                        Err(Error::NoRoom { len: info.len() }.about(&self.ckpt, id))
-                    }
-                };
-            }
-            let done = self.load.as_mut().expect("present").next_done(WAIT_SLICE);
-            match done {
-                Ok(done) if !done.is_empty() => {
-                    let batch = done
-                        .into_iter()
-                        .filter_map(|i| {
-                            let owner = self.keep.remove(&i)?;
-                            Some(Loaded {
-                                id: TensorId(i as u32),
-                                owner,
-                            })
+            });
+        }
+        match self.load.as_mut().expect("present").next_done(timeout) {
+            Ok(done) if !done.is_empty() => {
+                let batch = done
+                    .into_iter()
+                    .filter_map(|i| {
+                        let owner = self.keep.remove(&i)?;
+                        Some(Loaded {
+                            id: TensorId(i as u32),
+                            owner,
                         })
-                        .collect();
-                    return Ok(Some(batch));
-                }
-                Ok(_) => {
-                    if !wait() {
-                        return Err(Error::Cancelled);
-                    }
-                }
-                Err((i, e)) => {
-                    return Err(Error::Device(e).about(&self.ckpt, TensorId(i as u32)));
-                }
+                    })
+                    .collect();
+                Poll::Ready(Ok(Some(batch)))
             }
+            Ok(_) => Poll::Pending,
+            Err((i, e)) => Poll::Ready(Err(Error::Device(e).about(&self.ckpt, TensorId(i as u32)))),
         }
     }
 

@@ -5,7 +5,8 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::Duration;
+use std::task::Poll;
+use std::time::{Duration, Instant};
 
 use weightlift_format::{Checkpoint, TensorId};
 use weightlift_gpu::{Device, DeviceMemory};
@@ -19,7 +20,26 @@ use crate::{Error, LoadOptions, StagingOptions};
 
 /// How long one wait for reads lasts before the caller's `wait` callback is
 /// asked whether to go on.
-const WAIT_SLICE: Duration = Duration::from_millis(50);
+pub(crate) const WAIT_SLICE: Duration = Duration::from_millis(50);
+
+/// Poll with `poll` in slices of [`WAIT_SLICE`], asking `wait` after each
+/// slice that brought nothing whether to go on; a no is
+/// [`Error::Cancelled`].
+pub(crate) fn wait_in_slices<T>(
+    mut poll: impl FnMut(Duration) -> Poll<Result<T, Error>>,
+    wait: &mut Wait<'_>,
+) -> Result<T, Error> {
+    loop {
+        match poll(WAIT_SLICE) {
+            Poll::Ready(result) => return result,
+            Poll::Pending => {
+                if !wait() {
+                    return Err(Error::Cancelled);
+                }
+            }
+        }
+    }
+}
 
 /// How long to wait for reads while copies are in flight, before looking
 /// at the copies again.
@@ -86,6 +106,10 @@ unsafe impl<D: Device> Destinations for Allocate<D> {
         }))
     }
 }
+
+/// The next tensors on the device, when polled: `Poll::Pending` when none
+/// completed in time, `None` once every tensor was handed out.
+pub type Polled<O> = Poll<Result<Option<Vec<Loaded<O>>>, Error>>;
 
 /// A tensor on the device: its bytes are all there.
 #[derive(Debug)]
@@ -417,25 +441,31 @@ impl<D: Device, T: Destinations> DeviceLoad<D, T> {
     /// The next tensors whose bytes are all on the device, in completion
     /// order; `None` once every tensor was handed out, or after a failure.
     /// While it waits for reads it asks `wait`, every 50 ms, whether to go
-    /// on; a no cancels the load ([`Error::Cancelled`]).
+    /// on; a no gives [`Error::Cancelled`].
     pub fn next(&mut self, wait: &mut Wait<'_>) -> Result<Option<Vec<Loaded<T::Owner>>>, Error> {
+        wait_in_slices(|slice| self.poll_next(slice), wait)
+    }
+
+    /// As [`DeviceLoad::next`], waiting for reads at most about `timeout`:
+    /// `Poll::Pending` when no tensor completed by then (the load goes on).
+    pub fn poll_next(&mut self, timeout: Duration) -> Polled<T::Owner> {
         if self.failed {
-            return Ok(None);
+            return Poll::Ready(Ok(None));
         }
-        let result = self.step(wait);
-        if result.is_err() {
+        let result = self.step(Instant::now() + timeout);
+        if let Poll::Ready(Err(_)) = result {
             self.failed = true;
         }
         result
     }
 
-    fn step(&mut self, wait: &mut Wait<'_>) -> Result<Option<Vec<Loaded<T::Owner>>>, Error> {
+    fn step(&mut self, deadline: Instant) -> Polled<T::Owner> {
         loop {
             self.poll_launches()?;
             if !self.ready.is_empty() {
                 let batch = std::mem::take(&mut self.ready);
                 self.handed += batch.len();
-                return Ok(Some(batch));
+                return Poll::Ready(Ok(Some(batch)));
             }
             let received = self.receive(Duration::ZERO)?;
             if self.advance()? || received {
@@ -450,20 +480,22 @@ impl<D: Device, T: Destinations> DeviceLoad<D, T> {
             let all_held = self.held.len() >= self.slots();
             if self.launches.is_empty() {
                 if self.held.is_empty() && reads_done {
-                    return Ok(None);
+                    return Poll::Ready(Ok(None));
                 }
                 if reads_done || all_held {
                     // Waiting for room, and nothing in flight can make any.
-                    return Err(self.no_room());
+                    return Poll::Ready(Err(self.no_room()));
                 }
-                if !self.receive(WAIT_SLICE)? && !wait() {
-                    return Err(Error::Cancelled);
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Poll::Pending;
                 }
+                self.receive(left.min(WAIT_SLICE))?;
             } else if reads_done || all_held {
                 // Nothing to read meanwhile: wait for the oldest copies.
                 let staging = self.staging();
                 if let Err(e) = staging.device.wait(&self.launches[0].event) {
-                    return Err(self.blame(0, e));
+                    return Poll::Ready(Err(self.blame(0, e)));
                 }
             } else {
                 self.receive(POLL_SLICE)?;

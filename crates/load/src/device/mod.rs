@@ -24,7 +24,7 @@ use std::sync::Arc;
 pub use carve::{Carve, Place};
 pub use direct::{DIRECT_CHUNK, DirectDeviceLoad};
 use load::describe_staging;
-pub use load::{Allocate, Destination, Destinations, DeviceLoad, Loaded, Staging};
+pub use load::{Allocate, Destination, Destinations, DeviceLoad, Loaded, Polled, Staging};
 pub use spec::{GpuSpec, cufile, describe_driver, driver};
 use weightlift_format::{Checkpoint, TensorId};
 use weightlift_gpu::{CuFileReader, Device, DirectReader, GpuDevice};
@@ -221,6 +221,17 @@ impl<T: Destinations> AnyLoad<T> {
             #[cfg(feature = "test-hooks")]
             AnyLoad::Host(l) => l.next(wait),
             AnyLoad::Direct(l) => l.next(wait),
+        }
+    }
+
+    /// As [`AnyLoad::next`], waiting at most about `timeout`:
+    /// `Poll::Pending` when no tensor completed by then.
+    pub fn poll_next(&mut self, timeout: std::time::Duration) -> Polled<T::Owner> {
+        match self {
+            AnyLoad::Gpu(l) => l.poll_next(timeout),
+            #[cfg(feature = "test-hooks")]
+            AnyLoad::Host(l) => l.poll_next(timeout),
+            AnyLoad::Direct(l) => l.poll_next(timeout),
         }
     }
 
@@ -469,5 +480,135 @@ impl Onto {
     /// (cuFile), with no host memory on the way.
     pub fn reads_direct(&self) -> bool {
         self.cufile
+    }
+}
+
+/// A session's tensors on a device ([`crate::Session`] with this source):
+/// streams are loads through [`Onto`] (its staging, or cuFile), and a
+/// single tensor goes through [`Onto::load_one`]. `dests` makes the
+/// destinations of each load.
+pub struct OnDevice<T: Destinations, F: FnMut() -> T> {
+    onto: Onto,
+    dests: F,
+    stream: Option<u64>,
+}
+
+impl<T: Destinations, F: FnMut() -> T> OnDevice<T, F> {
+    /// Tensors onto `onto`'s device, into destinations from `dests`.
+    pub fn new(onto: Onto, dests: F) -> Self {
+        OnDevice {
+            onto,
+            dests,
+            stream: None,
+        }
+    }
+
+    /// The device.
+    pub fn onto(&mut self) -> &mut Onto {
+        &mut self.onto
+    }
+
+    /// Order the copies of loads started from now on after the work queued
+    /// on `stream` (torch's current stream), `None` for nothing.
+    ///
+    /// # Safety
+    ///
+    /// As for [`Onto::start`]: `stream` must stay valid until every load
+    /// started while it is set has ended.
+    pub unsafe fn wait_for_stream(&mut self, stream: Option<u64>) {
+        self.stream = stream;
+    }
+}
+
+/// A device load as a session's stream: its batches, one tensor at a time.
+pub struct DeviceStream<T: Destinations> {
+    load: AnyLoad<T>,
+    batch: std::collections::VecDeque<Loaded<T::Owner>>,
+}
+
+impl<T: Destinations> crate::session::Stream for DeviceStream<T> {
+    type Tensor = Loaded<T::Owner>;
+
+    fn poll_next(
+        &mut self,
+        timeout: std::time::Duration,
+    ) -> std::task::Poll<Option<Result<Loaded<T::Owner>, Error>>> {
+        use std::task::Poll;
+        if let Some(t) = self.batch.pop_front() {
+            return Poll::Ready(Some(Ok(t)));
+        }
+        match self.load.poll_next(timeout) {
+            Poll::Ready(Ok(Some(batch))) => {
+                self.batch.extend(batch);
+                // A batch is never empty; should one be, ask again later.
+                self.batch
+                    .pop_front()
+                    .map_or(Poll::Pending, |t| Poll::Ready(Some(Ok(t))))
+            }
+            Poll::Ready(Ok(None)) => Poll::Ready(None),
+            Poll::Ready(Err(e)) => Poll::Ready(Some(Err(e))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn describe(&self) -> String {
+        self.load.describe()
+    }
+}
+
+impl<T: Destinations, F: FnMut() -> T> crate::session::Source for OnDevice<T, F> {
+    type Tensor = Loaded<T::Owner>;
+    type Stream = DeviceStream<T>;
+
+    fn start(
+        &mut self,
+        ckpt: &Arc<Checkpoint>,
+        ids: &[TensorId],
+        _: &LoadOptions,
+    ) -> Result<DeviceStream<T>, Error> {
+        // SAFETY: `wait_for_stream`'s caller vouched for the stream.
+        let load = unsafe {
+            self.onto
+                .start(ckpt, ids.to_vec(), (self.dests)(), self.stream)
+        }?;
+        Ok(DeviceStream {
+            load,
+            batch: std::collections::VecDeque::new(),
+        })
+    }
+
+    fn alone(
+        &mut self,
+        ckpt: &Arc<Checkpoint>,
+        id: TensorId,
+        read: &mut dyn FnMut() -> Result<crate::HostTensor, Error>,
+        wait: &mut Wait<'_>,
+    ) -> Result<Loaded<T::Owner>, Error> {
+        let dests = (self.dests)();
+        // SAFETY: `wait_for_stream`'s caller vouched for the stream.
+        let owner = unsafe {
+            self.onto
+                .load_one(ckpt, id, |_| read(), dests, self.stream, wait)
+        }?;
+        Ok(Loaded { id, owner })
+    }
+
+    fn describe_alone(&self) -> String {
+        if self.onto.reads_direct() {
+            return self.onto.describe();
+        }
+        format!(
+            "{} (single tensors, read alone through the page cache); {}",
+            Backend::PreadBuffered,
+            self.onto.describe()
+        )
+    }
+
+    fn finish(&mut self, stream: DeviceStream<T>) {
+        self.onto.finish(stream.load);
+    }
+
+    fn id(t: &Loaded<T::Owner>) -> TensorId {
+        t.id
     }
 }

@@ -247,8 +247,15 @@ class SafeOpen:
                 "process_group: loading across a torch.distributed group is not available yet; "
                 "load on each rank with process_group=None"
             )
+        gpu = self._device
         self._session = _weightlift._Session(
-            _sources(filenames), _backend_names(backend), buffer_size, pinned_bytes, fill_threads
+            _sources(filenames),
+            _backend_names(backend),
+            buffer_size,
+            pinned_bytes,
+            fill_threads,
+            gpu.name if isinstance(gpu, _Gpu) else None,
+            _allocator(gpu) if isinstance(gpu, _Gpu) else None,
         )
         if keys is not None:
             self._session.select(keys)
@@ -301,7 +308,13 @@ class SafeOpen:
         bar = _progress(self._progress, self.total_tensor_size)
         gpu = self._device
         if isinstance(gpu, _Gpu) and copy:
-            yield from _uploaded(self._session.upload(gpu.name, _allocator(gpu), gpu.stream()), bar)
+            stream = self._session.stream(gpu.stream())
+            try:
+                for name, tensor in stream:
+                    bar.update(tensor.nbytes)
+                    yield name, tensor
+            finally:
+                bar.close()
             return
         if isinstance(gpu, _Gpu):
             import torch
@@ -333,7 +346,7 @@ class SafeOpen:
         """The selected tensor `name`; each call returns a new tensor."""
         gpu = self._device
         if isinstance(gpu, _Gpu):
-            return self._session.get_into(gpu.name, name, _allocator(gpu), gpu.stream())
+            return self._session.get_into(name, gpu.stream())
         dtype, shape, buf = self._session.get(name)
         return self._convert(name, dtype, shape, buf)
 
