@@ -52,6 +52,7 @@ pub mod cache;
 mod engine;
 mod error;
 mod file;
+mod progress;
 mod queue;
 mod region;
 
@@ -62,4 +63,5 @@ pub use engine::InjectedFault;
 pub use engine::{Engine, EngineOptions, InPlace, Release, Ring, Sink};
 pub use error::{Error, PlanMismatch, Rejected, chain};
 pub use file::{DioAlignment, OpenMode, ReadFile};
+pub use progress::{ReadFailure, ReadProgress, Resume, Verdict};
 pub use region::Region;
