@@ -6,7 +6,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use crate::Error;
+use crate::{Error, ReadProgress, Verdict};
 
 /// How to open a file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,9 +43,10 @@ impl DioAlignment {
 
 /// A file opened for positional reads.
 ///
-/// Its size and direct-I/O alignment are read once, at open. Reads retry
-/// when interrupted and continue after short reads, so they return fewer
-/// bytes than asked only at the end of the file (which, for a direct read,
+/// Its size and direct-I/O alignment are read once, at open. Reads follow
+/// the one rule of [`ReadProgress`]: they retry when interrupted and
+/// continue after short reads, so they return fewer bytes than asked only
+/// at the end of the file as it was at open (which, for a direct read,
 /// happens inside the file's last aligned block).
 #[derive(Debug)]
 pub struct ReadFile {
@@ -150,13 +151,15 @@ impl ReadFile {
         &self.file
     }
 
-    /// Fill `buf` from `offset`, stopping early only at the end of the file.
-    /// Returns the number of bytes read.
+    /// Fill `buf` from `offset`, stopping early only at the end of the file
+    /// as it was at open. Returns the number of bytes read.
     ///
     /// In direct mode the offset, the length and the buffer's address must
     /// be multiples of the alignment ([`Error::Misaligned`] otherwise,
     /// before anything is read). A file that ends before the size it had at
-    /// open gives [`Error::Truncated`].
+    /// open gives [`Error::Truncated`]; a read error, or more than
+    /// [`ReadProgress::MAX_STALLS`] tries in a row without progress,
+    /// [`Error::Read`].
     pub fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<usize, Error> {
         if buf.is_empty() {
             return Ok(0);
@@ -164,53 +167,23 @@ impl ReadFile {
         if self.mode == OpenMode::Direct {
             self.check_direct(buf, offset)?;
         }
-        // What the file held at open, from `offset`, up to the buffer's length.
-        let expected = usize::try_from(self.size.saturating_sub(offset))
-            .map_or(buf.len(), |left| left.min(buf.len()));
         // A direct read may continue only from a point aligned for both
         // the file offset and the buffer address.
-        let step = (self.align.offset as usize).max(self.align.memory);
-        let mut done = 0;
-        // The furthest byte read, which re-reading an unaligned tail can pass.
-        let mut reached = 0;
-        while done < buf.len() {
-            let at = offset + done as u64;
-            let before = done;
-            match self.file.read_at(&mut buf[done..], at) {
-                Ok(0) => break,
-                Ok(n) => done += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(source) => {
-                    return Err(Error::Read {
-                        file: self.path.clone(),
-                        offset: at,
-                        len: buf.len() - done,
-                        source,
-                    });
+        let step = match self.mode {
+            OpenMode::Direct => self.align.offset.max(self.align.memory as u64),
+            OpenMode::Buffered => 1,
+        };
+        let mut progress = ReadProgress::new(offset, buf.len(), self.size).resume_aligned(step);
+        let mut result = self.file.read_at(buf, offset);
+        loop {
+            match progress.feed(result) {
+                Verdict::Finished(n) => return Ok(n),
+                Verdict::Resume(rest) => {
+                    result = self.file.read_at(&mut buf[rest.at..], rest.offset);
                 }
-            }
-            reached = reached.max(done);
-            if self.mode == OpenMode::Direct && done % step != 0 {
-                if offset + done as u64 >= self.size {
-                    // Short inside the file's last aligned block: its end.
-                    break;
-                }
-                // Short in the middle (a capped or interrupted transfer):
-                // continue from the last aligned point, re-reading the tail.
-                done -= done % step;
-                if done <= before {
-                    break; // no progress: reported as truncated below
-                }
+                Verdict::Failed(failure) => return Err(failure.into_error(&self.path)),
             }
         }
-        if done < expected {
-            return Err(Error::Truncated {
-                file: self.path.clone(),
-                at: offset + reached as u64,
-                size: self.size,
-            });
-        }
-        Ok(done)
     }
 
     fn check_direct(&self, buf: &[u8], offset: u64) -> Result<(), Error> {

@@ -1,7 +1,7 @@
-//! The reader: every retry and end-of-file rule, for every backend, and
-//! draining what is in flight before memory is let go.
+//! The reader: the one retry and end-of-file rule ([`ReadProgress`])
+//! applied to every backend's raw completions, and draining what is in
+//! flight before memory is let go.
 
-use std::io;
 use std::sync::Arc;
 
 use weightlift_plan::Extent;
@@ -10,33 +10,27 @@ use weightlift_plan::Extent;
 use super::InjectedFault;
 use crate::queue::{Cqe, Op, Queue};
 use crate::region::Region;
-use crate::{Backend, Error, PlanMismatch, ReadFile};
-
-/// Reads give up after this many tries without progress (`EINTR`, `EAGAIN`,
-/// short reads that end before an aligned point).
-const MAX_STALLS: u32 = 100;
+use crate::{Backend, Error, PlanMismatch, ReadFile, ReadProgress, Verdict};
 
 /// A read in flight.
 #[derive(Debug, Clone, Copy)]
 struct Pending {
     file: u32,
-    offset: u64,
-    len: usize,
     dst: *mut u8,
     registered: bool,
-    /// Bytes confirmed so far.
-    done: usize,
-    stalls: u32,
+    /// What is read so far, and what is left.
+    progress: ReadProgress,
     index: usize,
     /// An error to report instead of the first result (a test hook).
     #[cfg(feature = "test-hooks")]
     inject: Option<i32>,
 }
 
-/// Runs reads on a queue and turns raw completions into finished reads:
-/// resubmits after `EINTR`, `EAGAIN` and short reads (a direct read resumes
-/// from its last aligned point), accepts a short read only at the end of
-/// the file, and reports a file that ends early as truncated.
+/// Runs reads on a queue and turns raw completions into finished reads, by
+/// the one rule of [`ReadProgress`]: resubmits after `EINTR`, `EAGAIN` and
+/// short reads (a direct read resumes from its last aligned point), accepts
+/// a short read only at the end of the file as it was at open, and reports
+/// a file that ends early as truncated.
 ///
 /// Dropping a reader waits for every read in flight. If the queue cannot be
 /// waited on any more (which only a kernel fault could cause), the reader
@@ -127,14 +121,12 @@ impl<'a> Reader<'a> {
         let len = usize::try_from(extent.len)
             .map_err(|_| Error::Plan(PlanMismatch::TooLong { len: extent.len }))?;
         let file = extent.file.index();
+        let size = self.files[file].size();
         let p = Pending {
             file: file as u32,
-            offset: extent.offset,
-            len,
             dst,
             registered,
-            done: 0,
-            stalls: 0,
+            progress: ReadProgress::new(extent.offset, len, size).resume_aligned(self.step),
             index,
             #[cfg(feature = "test-hooks")]
             inject: self.injected(file),
@@ -166,12 +158,14 @@ impl<'a> Reader<'a> {
     /// As for [`Reader::start`].
     unsafe fn push(&mut self, tag: usize) -> Result<(), Error> {
         let p = self.pending[tag].expect("pushing a pending read");
+        let rest = p.progress.rest();
         let op = Op {
             file: p.file,
-            offset: p.offset + p.done as u64,
-            // SAFETY: `done < len`, so this stays inside the destination.
-            dst: unsafe { p.dst.add(p.done) },
-            len: u32::try_from(p.len - p.done).unwrap_or(!0xFFF),
+            offset: rest.offset,
+            // SAFETY: the rest lies inside the read (`at + len` is its
+            // length), so this stays inside the destination.
+            dst: unsafe { p.dst.add(rest.at) },
+            len: u32::try_from(rest.len).unwrap_or(!0xFFF),
             registered: p.registered,
             tag: tag as u64,
         };
@@ -231,16 +225,16 @@ impl<'a> Reader<'a> {
             .take()
             .expect("completion of a pending read");
         match self.account(&mut p, c.res) {
-            Ok(false) => {
+            Ok(None) => {
                 self.pending[tag] = Some(p);
                 // SAFETY: the destination is the one `start` was given for
                 // this read, still kept valid by the caller.
                 unsafe { self.push(tag) }?;
                 Ok(None)
             }
-            Ok(true) => {
+            Ok(Some(done)) => {
                 self.free.push(tag);
-                Ok(Some((p.index, p.done)))
+                Ok(Some((p.index, done)))
             }
             Err(e) => {
                 self.free.push(tag);
@@ -249,62 +243,19 @@ impl<'a> Reader<'a> {
         }
     }
 
-    /// Apply result `res` to `p`: `true` when the read is finished, `false`
-    /// when the rest must be read.
-    fn account(&self, p: &mut Pending, res: i64) -> Result<bool, Error> {
-        let file = &self.files[p.file as usize];
+    /// Apply result `res` (bytes, or a negated `errno`) to `p`: the bytes
+    /// read when the read is finished, `None` when the rest must be read.
+    fn account(&self, p: &mut Pending, res: i64) -> Result<Option<usize>, Error> {
         #[cfg(feature = "test-hooks")]
         let res = match p.inject.take() {
             Some(errno) => -i64::from(errno),
             None => res,
         };
-        let at = p.offset + p.done as u64;
-        // The bytes of this read that the file held when opened.
-        let expected =
-            usize::try_from(file.size().saturating_sub(p.offset)).map_or(p.len, |n| n.min(p.len));
-        let left = p.len - p.done;
-        let read_error = |errno: i64| Error::Read {
-            file: file.path().to_path_buf(),
-            offset: at,
-            len: left,
-            source: io::Error::from_raw_os_error(i32::try_from(-errno).unwrap_or(libc::EIO)),
-        };
-        let before = p.done;
-        match res {
-            r if r == -i64::from(libc::EINTR) || r == -i64::from(libc::EAGAIN) => {}
-            r if r < 0 => return Err(read_error(r)),
-            0 => {
-                if p.done >= expected {
-                    return Ok(true);
-                }
-                return Err(Error::Truncated {
-                    file: file.path().to_path_buf(),
-                    at,
-                    size: file.size(),
-                });
-            }
-            n => {
-                p.done = (p.done + n as usize).min(p.len);
-                if p.done >= expected {
-                    return Ok(true);
-                }
-                if !(p.done as u64).is_multiple_of(self.step) {
-                    // Short in the middle of the file: resume from the last
-                    // aligned point, as direct reads require.
-                    p.done -= (p.done as u64 % self.step) as usize;
-                }
-            }
+        match p.progress.feed_raw(res) {
+            Verdict::Finished(n) => Ok(Some(n)),
+            Verdict::Resume(_) => Ok(None),
+            Verdict::Failed(f) => Err(f.into_error(self.files[p.file as usize].path())),
         }
-        if p.done > before {
-            p.stalls = 0;
-        } else {
-            p.stalls += 1;
-            if p.stalls > MAX_STALLS {
-                let errno = if res < 0 { res } else { -i64::from(libc::EIO) };
-                return Err(read_error(errno));
-            }
-        }
-        Ok(false)
     }
 
     /// Drain every read in flight, then return `e`.
