@@ -5,6 +5,7 @@
 
 use std::ffi::{c_int, c_void};
 use std::fs::File;
+use std::io;
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
@@ -164,6 +165,7 @@ pub struct CuFileReader {
     cufile: Arc<CuFile>,
     device: Arc<GpuDevice>,
     paths: Vec<PathBuf>,
+    sizes: Vec<u64>,
     handles: Vec<Handle>,
     /// The files registered: closed by `drop`, after their handles.
     files: Vec<File>,
@@ -198,6 +200,7 @@ impl CuFileReader {
             cufile,
             device,
             paths: paths.to_vec(),
+            sizes: sizes.to_vec(),
             handles: Vec::with_capacity(files.len()),
             files,
         };
@@ -238,36 +241,41 @@ impl DirectReader for CuFileReader {
         &self.paths[file]
     }
 
-    unsafe fn read(&self, file: usize, dst: u64, len: usize, offset: u64) -> Result<usize, Error> {
-        let failed = |source: std::io::Error| Error::Read {
-            path: self.paths[file].clone(),
-            offset,
-            source,
-        };
+    fn size(&self, file: usize) -> u64 {
+        self.sizes[file]
+    }
+
+    unsafe fn read(
+        &self,
+        file: usize,
+        dst: u64,
+        len: usize,
+        offset: u64,
+    ) -> Result<io::Result<usize>, Error> {
         let read = self.cufile.api.read;
         let handle = self.handles[file];
-        // SAFETY: a registered handle; `dst..dst + len` is device memory of
-        // `device` nothing else touches (the caller's contract), with the
-        // device current for cuFile to resolve it.
-        let n = self
-            .device
-            .with_current(|| unsafe { read(handle, dst as *mut c_void, len, offset as i64, 0) })?;
+        // `errno` is taken before the device is put back, which may set it.
+        let (n, errno) = self.device.with_current(|| {
+            // SAFETY: a registered handle; `dst..dst + len` is device memory
+            // of `device` nothing else touches (the caller's contract), with
+            // the device current for cuFile to resolve it.
+            let n = unsafe { read(handle, dst as *mut c_void, len, offset as i64, 0) };
+            (n, io::Error::last_os_error())
+        })?;
         // -1 sets errno; below it, -n is a cuFile status when above
         // cuFile's base, and an errno otherwise.
-        match n {
+        Ok(match n {
             n if n >= 0 => Ok(n as usize),
-            -1 => Err(failed(std::io::Error::last_os_error())),
+            -1 => Err(errno),
             n => match i32::try_from(n.unsigned_abs()) {
-                Ok(code) if code <= OP_BASE_ERR => {
-                    Err(failed(std::io::Error::from_raw_os_error(code)))
-                }
-                code => Err(failed(std::io::Error::other(CuFileError {
+                Ok(code) if code <= OP_BASE_ERR => Err(io::Error::from_raw_os_error(code)),
+                code => Err(io::Error::other(CuFileError {
                     call: "cuFileRead",
                     code: code.unwrap_or(i32::MAX),
                     cuda: None,
-                }))),
+                })),
             },
-        }
+        })
     }
 }
 

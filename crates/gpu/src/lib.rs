@@ -33,9 +33,11 @@
 //! [`GpuDriver`] finds the CUDA driver or the HIP runtime at run time and
 //! says what is missing when it cannot; [`GpuDevice`] implements [`Device`]
 //! on one of its GPUs (for CUDA, on the primary context torch uses).
-//! [`DirectLoad`] reads file bytes straight into device memory on a pool of
-//! threads, through GPUDirect Storage ([`CuFileReader`]) or, in tests, a
-//! host-memory stand-in ([`HostFileReader`]).
+//! A [`DirectReader`] makes one read of file bytes straight into device
+//! memory and returns its raw result: through GPUDirect Storage
+//! ([`CuFileReader`]) or, in tests, a host-memory stand-in
+//! ([`HostFileReader`]). Running many such reads, under `weightlift-io`'s
+//! retry and end-of-file rule, is the loader's job.
 //!
 //! An [`Error`]'s cause (a [`DriverError`], a [`CuFileError`], an
 //! [`std::io::Error`], the error of an upload's tensor) is what
@@ -52,7 +54,7 @@ mod upload;
 
 pub use cufile::{CuFile, CuFileReader};
 pub use device::{Device, DeviceMemory, PinnedMemory};
-pub use direct::{DirectJob, DirectLoad, DirectReader, HostFileReader};
+pub use direct::{DirectReader, HostFileReader};
 pub use driver::{GpuDevice, GpuDriver, GpuEvent, GpuMemory, GpuPinned, GpuStream, Runtime};
 pub use error::{CuFileError, DriverError, Error};
 pub use host::{HostDevice, HostEvent, HostMemory, HostPinned, HostStream};

@@ -64,6 +64,18 @@ pub enum Error {
         /// Where, in the tensor, the piece that does not continue it starts.
         offset: u64,
     },
+    /// A read straight into device memory of bytes its file did not hold
+    /// when it was opened (a range that does not lie inside the file).
+    PastEnd {
+        /// The file.
+        file: PathBuf,
+        /// Where the bytes start.
+        offset: u64,
+        /// How many.
+        len: u64,
+        /// The file's size when it was opened.
+        size: u64,
+    },
     /// No destination was given for a tensor while nothing else was in
     /// flight to make room for it.
     NoRoom {
@@ -114,7 +126,9 @@ impl Error {
         match self {
             Error::Open(e) => Some(e.file()),
             Error::Io(e) => e.file(),
-            Error::Changed { file, .. } | Error::Tensor { file, .. } => Some(file),
+            Error::Changed { file, .. }
+            | Error::Tensor { file, .. }
+            | Error::PastEnd { file, .. } => Some(file),
             _ => None,
         }
     }
@@ -214,6 +228,16 @@ impl fmt::Display for Error {
             Error::NotContiguous { offset } => write!(
                 f,
                 "its piece at byte {offset} would not continue it in memory (the read layout is wrong)"
+            ),
+            Error::PastEnd {
+                file,
+                offset,
+                len,
+                size,
+            } => write!(
+                f,
+                "{}: {len} bytes at offset {offset} lie past its end ({size} bytes when opened)",
+                file.display()
             ),
             Error::NoRoom { len } => write!(
                 f,

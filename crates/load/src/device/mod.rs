@@ -22,7 +22,7 @@ mod staged;
 use std::sync::Arc;
 
 pub use carve::{Carve, Place};
-pub use direct::{DIRECT_CHUNK, DirectDeviceLoad};
+pub use direct::{DIRECT_CHUNK, DirectDeviceLoad, DirectJob, DirectLoad};
 use load::describe_staging;
 pub use load::{Allocate, Destination, Destinations, DeviceLoad, Loaded, Polled, Staging};
 pub use spec::{GpuSpec, cufile, describe_driver, driver};

@@ -1,13 +1,18 @@
 //! Loads straight from the files into device memory, with no host staging:
 //! GPUDirect Storage (cuFile), or for tests its host-memory stand-in.
+//! [`DirectLoad`] runs the reads on a pool of threads; [`DirectDeviceLoad`]
+//! feeds it a checkpoint's tensors and their destinations.
+
+mod pool;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
+pub use pool::{DirectJob, DirectLoad};
 use weightlift_format::{Checkpoint, TensorId};
-use weightlift_gpu::{DirectJob, DirectLoad, DirectReader};
+use weightlift_gpu::DirectReader;
 
 use super::load::{Destinations, Loaded, Polled, wait_in_slices};
 use crate::Error;
@@ -126,7 +131,7 @@ impl<T: Destinations> DirectDeviceLoad<T> {
                 Poll::Ready(Ok(Some(batch)))
             }
             Ok(_) => Poll::Pending,
-            Err((i, e)) => Poll::Ready(Err(Error::Device(e).about(&self.ckpt, TensorId(i as u32)))),
+            Err((i, e)) => Poll::Ready(Err(e.about(&self.ckpt, TensorId(i as u32)))),
         }
     }
 
@@ -163,7 +168,7 @@ impl<T: Destinations> DirectDeviceLoad<T> {
         // its owner lives, and nothing else uses it until the tensor is
         // handed back; the owner is in `keep` until then, and `Drop` joins
         // every read before `keep` goes.
-        unsafe { self.load.as_mut().expect("present").submit(job) }.map_err(|e| named(e.into()))?;
+        unsafe { self.load.as_mut().expect("present").submit(job) }.map_err(named)?;
         Ok(true)
     }
 }
