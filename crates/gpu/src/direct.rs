@@ -59,9 +59,8 @@ pub(crate) fn open_checked(
         .iter()
         .zip(sizes)
         .map(|(path, &size)| {
-            let failed = |source: io::Error| Error::Read {
+            let failed = |source: io::Error| Error::Open {
                 path: path.clone(),
-                offset: 0,
                 source,
             };
             let file = open(path).map_err(failed)?;

@@ -129,14 +129,12 @@ pub enum Error {
         /// Why not.
         reason: String,
     },
-    /// Opening a file or reading straight into device memory failed.
-    Read {
+    /// A file to read straight into device memory could not be opened or
+    /// inspected.
+    Open {
         /// The file.
         path: PathBuf,
-        /// Where in it.
-        offset: u64,
-        /// The operating system's error (for a cuFile status, one wrapping
-        /// its [`CuFileError`]).
+        /// The operating system's error.
         source: io::Error,
     },
     /// A file's size is not the one its header was read with: it was
@@ -149,19 +147,10 @@ pub enum Error {
         /// The size its header was read with.
         expected: u64,
     },
-    /// A file ended before the end of a tensor its header promised.
-    Truncated {
-        /// The file.
-        path: PathBuf,
-        /// Where the read that found the end started.
-        offset: u64,
-        /// Bytes of the tensor missing.
-        missing: u64,
-    },
     /// A thread could not be started.
     Spawn {
         /// What the thread was for: `"fill thread"`, `"host stream
-        /// thread"`, `"direct read thread"`.
+        /// thread"`.
         what: &'static str,
         /// The operating system's error.
         source: io::Error,
@@ -179,9 +168,7 @@ impl Error {
     /// The file the error is about, if any.
     pub fn path(&self) -> Option<&Path> {
         match self {
-            Error::Read { path, .. }
-            | Error::Changed { path, .. }
-            | Error::Truncated { path, .. } => Some(path),
+            Error::Open { path, .. } | Error::Changed { path, .. } => Some(path),
             Error::CuFile { path, .. } => path.as_deref(),
             Error::Upload { source, .. } => source.path(),
             _ => None,
@@ -222,9 +209,7 @@ impl fmt::Display for Error {
             }
             Error::Copy { device, reason } => write!(f, "{device}: copy failed: {reason}"),
             Error::Setting { name, reason } => write!(f, "{name}: {reason}"),
-            Error::Read { path, offset, .. } => {
-                write!(f, "{}: reading at byte {offset}", path.display())
-            }
+            Error::Open { path, .. } => write!(f, "{}: cannot open", path.display()),
             Error::Changed {
                 path,
                 size,
@@ -232,15 +217,6 @@ impl fmt::Display for Error {
             } => write!(
                 f,
                 "{}: the file changed: {size} bytes, its header said {expected}",
-                path.display()
-            ),
-            Error::Truncated {
-                path,
-                offset,
-                missing,
-            } => write!(
-                f,
-                "{}: the file ended {missing} bytes before the tensor's end (reading at byte {offset})",
                 path.display()
             ),
             Error::Spawn { what, .. } => write!(f, "starting a {what}"),
@@ -254,7 +230,7 @@ impl std::error::Error for Error {
         match self {
             Error::Driver { source, .. } => Some(source),
             Error::CuFile { source, .. } => Some(source),
-            Error::Read { source, .. } | Error::Spawn { source, .. } => Some(source),
+            Error::Open { source, .. } | Error::Spawn { source, .. } => Some(source),
             Error::Upload { source, .. } => Some(source.as_ref()),
             _ => None,
         }
@@ -279,20 +255,19 @@ mod tests {
 
     #[test]
     fn a_cause_is_the_source_and_is_not_repeated() {
-        let read = Error::Upload {
+        let open = Error::Upload {
             tensor: "w".into(),
-            source: Box::new(Error::Read {
+            source: Box::new(Error::Open {
                 path: "/m/a.safetensors".into(),
-                offset: 8,
                 source: io::Error::from_raw_os_error(5),
             }),
         };
-        let parts = chain(&read);
+        let parts = chain(&open);
         assert_eq!(parts.len(), 3, "{parts:?}");
         assert_eq!(parts[0], "uploading w");
-        assert_eq!(parts[1], "/m/a.safetensors: reading at byte 8");
+        assert_eq!(parts[1], "/m/a.safetensors: cannot open");
         assert_eq!(parts[2], io::Error::from_raw_os_error(5).to_string());
-        assert_eq!(read.path(), Some(Path::new("/m/a.safetensors")));
+        assert_eq!(open.path(), Some(Path::new("/m/a.safetensors")));
 
         let driver = Error::Driver {
             device: Some("cuda:1".into()),
@@ -310,25 +285,20 @@ mod tests {
             ]
         );
 
-        // cuFile's status wrapped as a read's operating-system error, and
-        // the CUDA driver's result under it.
-        let cufile = Error::Read {
-            path: "/m/b.safetensors".into(),
-            offset: 0,
-            source: io::Error::other(CuFileError {
+        // cuFile's status wrapped as a read's operating-system error, as a
+        // `DirectReader` returns it, and the CUDA driver's result under it.
+        let cufile = io::Error::other(CuFileError {
+            call: "cuFileRead",
+            code: 5011,
+            cuda: Some(DriverError {
+                runtime: Runtime::Cuda,
                 call: "cuFileRead",
-                code: 5011,
-                cuda: Some(DriverError {
-                    runtime: Runtime::Cuda,
-                    call: "cuFileRead",
-                    code: 201,
-                }),
+                code: 201,
             }),
-        };
+        });
         assert_eq!(
             chain(&cufile),
             [
-                "/m/b.safetensors: reading at byte 0",
                 "cuFileRead failed: cuFile error 5011",
                 "cuFileRead: invalid context (CUDA_ERROR_INVALID_CONTEXT, CUDA driver result 201)",
             ]

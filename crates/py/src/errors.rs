@@ -75,10 +75,9 @@ fn gpu_class(e: &GpuError) -> &'static str {
     match e {
         GpuError::Upload { source, .. } => gpu_class(source),
         GpuError::Setting { .. } => "SettingError",
-        GpuError::Read { source, .. } if source.kind() == ErrorKind::NotFound => "MissingFileError",
-        GpuError::Read { .. }
+        GpuError::Open { source, .. } if source.kind() == ErrorKind::NotFound => "MissingFileError",
+        GpuError::Open { .. }
         | GpuError::Changed { .. }
-        | GpuError::Truncated { .. }
         | GpuError::CuFile { path: Some(_), .. } => "WeightliftIOError",
         // GPUDirect Storage missing is a backend that cannot be used here.
         GpuError::Unavailable { api: "cuFile", .. } | GpuError::CuFile { path: None, .. } => {
