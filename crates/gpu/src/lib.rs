@@ -3,7 +3,8 @@
 //! asynchronous copies, events), and the upload pipeline built on that
 //! alone.
 //!
-//! This crate knows devices and buffers, not files. [`Uploader`] packs
+//! This crate knows devices and buffers, and files only where a device
+//! reads them itself ([`DirectReader`], below). [`Uploader`] packs
 //! tensors' host bytes into a bounded ring of staging slots and copies
 //! them into device memory (its own, or memory the caller allocated and
 //! lends with [`Device::borrow`]), several slots in flight over several
@@ -33,11 +34,14 @@
 //! [`GpuDriver`] finds the CUDA driver or the HIP runtime at run time and
 //! says what is missing when it cannot; [`GpuDevice`] implements [`Device`]
 //! on one of its GPUs (for CUDA, on the primary context torch uses).
-//! A [`DirectReader`] makes one read of file bytes straight into device
-//! memory and returns its raw result: through GPUDirect Storage
+//! A [`DirectReader`] opens files (checking each still has the size its
+//! header was read with) and makes one read of file bytes straight into
+//! device memory per call, returning its raw result (bytes, or the
+//! operating system's error, `EINTR` included): through GPUDirect Storage
 //! ([`CuFileReader`]) or, in tests, a host-memory stand-in
-//! ([`HostFileReader`]). Running many such reads, under `weightlift-io`'s
-//! retry and end-of-file rule, is the loader's job.
+//! ([`HostFileReader`]). It never retries: running many reads on threads,
+//! under `weightlift-io`'s retry and end-of-file rule, is the loader's job
+//! (`weightlift::device::DirectLoad`).
 //!
 //! An [`Error`]'s cause (a [`DriverError`], a [`CuFileError`], an
 //! [`std::io::Error`], the error of an upload's tensor) is what

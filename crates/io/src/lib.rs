@@ -4,10 +4,18 @@
 //! The primitives every read backend is built on:
 //!
 //! - [`AlignedBuf`]: owned memory aligned for direct I/O, freed exactly once;
+//! - [`ReadProgress`]: the one retry and end-of-file rule of a positional
+//!   read, with no I/O of its own: fed each raw result (bytes, or an error
+//!   such as `EINTR`), it says whether the read is finished, where to read
+//!   the rest (a direct read from its last aligned point), or why it failed
+//!   ([`ReadFailure`]: truncated before the file's size at open, a read
+//!   error, or [`ReadProgress::MAX_STALLS`] tries without progress). Every
+//!   read of the project follows it: the engine's, [`ReadFile::read_at`],
+//!   and the loader's reads straight into device memory;
 //! - [`ReadFile`]: a file opened for positional reads, buffered or with
 //!   `O_DIRECT`, which knows its size and its direct-I/O alignment (from
-//!   `statx(STATX_DIOALIGN)`), retries interrupted and short reads, and stops
-//!   short only at the end of the file;
+//!   `statx(STATX_DIOALIGN)`); its reads retry interrupted and short reads
+//!   and stop short only at the end of the file as it was at open;
 //! - [`cache`]: how much of a file is in the page cache (`mincore`), and
 //!   dropping it (`posix_fadvise(POSIX_FADV_DONTNEED)`), for cold loads;
 //! - [`Region`]: an anonymous mapping faulted in lazily, or a mapping of a
@@ -22,7 +30,8 @@
 //!   [`choose`], which says why each rejected candidate cannot be used;
 //! - the [`Engine`], which executes a `weightlift_plan::ReadPlan` with many
 //!   reads in flight, either into a [`Ring`] of staging slots handed to a
-//!   [`Sink`] (the path to a GPU) or straight into their final place.
+//!   [`Sink`] (the path to a GPU) or straight into their final place; its
+//!   backends report raw results, judged by [`ReadProgress`].
 //!
 //! Loading a checkpoint's tensors with it (into host memory, or onto a
 //! device) is the `weightlift` crate's job.

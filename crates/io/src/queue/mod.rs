@@ -2,10 +2,10 @@
 //! the kernel (io_uring, Linux AIO) or to threads (pread, mapped copies).
 //!
 //! A queue knows nothing of retries: it reports each read's raw result
-//! (bytes or `-errno`), and the engine's reader (`engine/reader.rs`)
-//! resubmits short and interrupted reads. That keeps the rules for `EINTR`,
-//! `EAGAIN`, short reads and the end of the file in one place for every
-//! backend.
+//! (bytes or `-errno`), and the engine's reader (`engine/reader.rs`) feeds
+//! it to the read's [`ReadProgress`](crate::ReadProgress) and resubmits
+//! what that says. The rules for `EINTR`, `EAGAIN`, short reads and the end
+//! of the file are that type's alone, for every backend.
 
 pub(crate) mod aio;
 pub(crate) mod pool;

@@ -4,7 +4,15 @@
 //!   and each landed extent is copied asynchronously into its tensors'
 //!   destinations on the device; host memory stays within the staging.
 //! - [`DirectDeviceLoad`]: reads straight from the files into device
-//!   memory (GPUDirect Storage).
+//!   memory (GPUDirect Storage, or in tests its host-memory stand-in),
+//!   through [`DirectLoad`]: each tensor cut into chunks of
+//!   [`DIRECT_CHUNK`] bytes read on a pool of threads through a
+//!   `weightlift_gpu::DirectReader`, every chunk under `weightlift-io`'s
+//!   read rule (`weightlift_io::ReadProgress`: interrupted and short reads
+//!   go on, and a file that ends before its size at open is
+//!   `weightlift_io::Error::Truncated`), each failure naming its file and
+//!   tensor; dropping either stops the reads and joins them before any
+//!   destination is let go.
 //! - [`Destinations`]: where each tensor goes ([`Allocate`]: memory the
 //!   device allocates; the Python wheel: tensors torch allocates, a
 //!   module's own tensors, or regions of one reused buffer placed by
