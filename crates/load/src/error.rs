@@ -42,6 +42,13 @@ pub enum Error {
         /// The failure.
         source: Box<Error>,
     },
+    /// A tensor queued for reading while it is already being read.
+    Queued {
+        /// Its file.
+        file: PathBuf,
+        /// Where its bytes start in the file.
+        offset: u64,
+    },
     /// A byte range that does not lie inside its tensor.
     Range {
         /// Where the range starts, inside the tensor.
@@ -217,6 +224,11 @@ impl fmt::Display for Error {
                 Some(_) => write!(f, "tensor {tensor:?}"),
                 None => write!(f, "{}: tensor {tensor:?}", file.display()),
             },
+            Error::Queued { file, offset } => write!(
+                f,
+                "{}: the tensor at {offset} is already being read",
+                file.display()
+            ),
             Error::Range { start, end, len } => write!(
                 f,
                 "byte range {start}..{end} does not lie inside the tensor's {len} bytes"

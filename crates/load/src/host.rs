@@ -62,8 +62,11 @@ impl HostTensor {
     ///
     /// # Safety
     ///
-    /// Those bytes must hold the tensor, and nothing may write them while
-    /// the result, or a clone of it, lives.
+    /// Those bytes must hold the tensor when this is called, and nothing
+    /// may write them while a slice from [`HostTensor::bytes`] of the
+    /// result (or of a clone of it) lives. (Whoever gets the memory from
+    /// [`HostTensor::memory`] and writes through it, as a Python consumer
+    /// of a DLPack export may, takes that on.)
     pub unsafe fn new(id: TensorId, memory: Arc<Region>, offset: usize, len: usize) -> Self {
         assert!(
             offset

@@ -499,3 +499,101 @@ fn one_tensor_uploads_alone_through_the_staging() {
     drop(stage);
     assert_eq!(device.violations(), 0);
 }
+
+#[test]
+fn a_read_error_while_tensors_wait_for_room_ends_the_load() {
+    // Three tensors of 200,000 bytes through a reused buffer that holds one
+    // at a time, in 64 KiB slots; the second read fails. Tensors after it
+    // may have landed and wait for room that only the failed one's
+    // completion could make: the load must end with the read error, not
+    // wait for it forever.
+    for trial in 0..40 {
+        let dir = scratch(&format!("device-fail-room-{trial}"));
+        let path = dir.0.join("a.safetensors");
+        write_shard(&path, "t", &[200_000, 200_000, 200_000], trial);
+        let ckpt = Arc::new(Checkpoint::open(&path).unwrap());
+        let device = Arc::new(HostDevice::new());
+        let memory = device.alloc(200_064).unwrap();
+        let carve = Rc::new(RefCell::new(Carve::new(200_064)));
+        let carved = Carved {
+            buffer: memory.device_ptr(),
+            carve: carve.clone(),
+            device: device.clone(),
+        };
+        let mut options = options(Backend::PreadBuffered);
+        options.engine.fault = Some(weightlift_io::InjectedFault {
+            file: 0,
+            nth: 1,
+            errno: libc::EIO,
+        });
+        let mut load = DeviceLoad::start(
+            staging(&device, 64 << 10, 4),
+            ckpt.clone(),
+            &Selection::All,
+            carved,
+            &options,
+        )
+        .unwrap();
+        let started = std::time::Instant::now();
+        let mut give_up = || started.elapsed() < Duration::from_secs(20);
+        let e = loop {
+            match load.next(&mut give_up) {
+                Ok(Some(batch)) => {
+                    for l in batch {
+                        if let Held::At(start) = l.owner {
+                            carve.borrow_mut().give_back(start);
+                        }
+                    }
+                }
+                Ok(None) => panic!("trial {trial}: the load ended without its read error"),
+                Err(e) => break e,
+            }
+        };
+        assert!(
+            !matches!(e, Error::Cancelled),
+            "trial {trial}: no error within 20 s (a hang)"
+        );
+        assert!(
+            chain(&e).contains("Input/output error"),
+            "trial {trial}: {}",
+            chain(&e)
+        );
+        drop(load);
+        drop(memory);
+        assert_eq!(device.violations(), 0);
+    }
+}
+
+#[test]
+fn polling_without_waiting_does_not_wait_for_copies() {
+    let (_dir, ckpt) = fixture("device-poll");
+    // Copies of a quarter of a second: polling with no timeout must come
+    // back with nothing rather than wait for one.
+    let device = Arc::new(HostDevice::new().with_copy_delay(Duration::from_millis(250)));
+    let mut load = DeviceLoad::start(
+        staging(&device, 64 << 10, 4),
+        ckpt.clone(),
+        &Selection::names(["a5"]),
+        Allocate(device.clone()),
+        &LoadOptions::default(),
+    )
+    .unwrap();
+    let mut pending = 0;
+    let mut got = None;
+    while got.is_none() {
+        let t = std::time::Instant::now();
+        match load.poll_next(Duration::ZERO) {
+            std::task::Poll::Pending => pending += 1,
+            std::task::Poll::Ready(r) => got = Some(r.unwrap()),
+        }
+        assert!(
+            t.elapsed() < Duration::from_millis(200),
+            "a poll without a timeout waited {:?}",
+            t.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(pending > 0);
+    drop(load);
+    assert_eq!(device.violations(), 0);
+}

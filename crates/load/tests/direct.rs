@@ -389,3 +389,42 @@ fn a_device_load_hands_out_every_tensor_and_names_the_one_a_file_lost() {
     // After a failure, nothing more.
     assert!(load.next(&mut go).unwrap().is_none());
 }
+
+#[test]
+fn each_tensor_is_read_once_whatever_the_ids_and_foreign_ids_are_refused() {
+    let (_dir, ckpt) = checkpoint("direct-ids");
+    let plain = plain_bytes(&ckpt);
+    let device = Arc::new(HostDevice::new());
+    // The same id twice: read once (a second read into the first's
+    // destination, or a second destination, would be a use after free).
+    let ids = vec![TensorId(1), TensorId(0), TensorId(1), TensorId(0)];
+    let mut load = DirectDeviceLoad::start(
+        reader_of(&ckpt),
+        ckpt.clone(),
+        ids,
+        Allocate(device.clone()),
+        2,
+    )
+    .unwrap();
+    let mut seen = Vec::new();
+    while let Some(batch) = load.next(&mut go).unwrap() {
+        for Loaded { id, owner } in batch {
+            assert_eq!(owner.bytes(), &plain[&ckpt.tensor(id).name][..]);
+            seen.push(id);
+        }
+    }
+    seen.sort();
+    assert_eq!(seen, [TensorId(0), TensorId(1)]);
+    let foreign = TensorId(ckpt.len() as u32);
+    match DirectDeviceLoad::start(
+        reader_of(&ckpt),
+        ckpt.clone(),
+        vec![foreign],
+        Allocate(device),
+        1,
+    ) {
+        Err(Error::Select(weightlift_plan::Error::UnknownId { id, .. })) => assert_eq!(id, foreign),
+        Err(e) => panic!("{e:?}"),
+        Ok(_) => panic!("a foreign id was accepted"),
+    }
+}

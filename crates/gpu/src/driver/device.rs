@@ -38,6 +38,22 @@ impl GpuDevice {
         self.check(call, rc).map(|()| entered)
     }
 
+    /// Block until the work queued so far on `external`, a stream of this
+    /// device made elsewhere (torch's current one; `0` is the legacy
+    /// default stream), has finished: for writes that do not go through a
+    /// stream (cuFile's) into memory that work may still use.
+    ///
+    /// # Safety
+    ///
+    /// `external` must be a live stream handle of this device's context.
+    pub unsafe fn wait_for_external(&self, external: u64) -> Result<(), Error> {
+        let _current = self.current()?;
+        let marker = self.record_on(external as Stream)?;
+        // SAFETY: an event of this context, just recorded.
+        let rc = unsafe { (self.api().event_synchronize)(marker.raw) };
+        self.check(self.names().event_synchronize, rc)
+    }
+
     /// Run `f` with this device current on the calling thread (for calls
     /// of other libraries that act on the current device, such as cuFile),
     /// putting back what was current before.

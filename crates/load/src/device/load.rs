@@ -478,18 +478,19 @@ impl<D: Device, T: Destinations> DeviceLoad<D, T> {
             // Every slot is held: no read can land until copies complete or
             // room is made.
             let all_held = self.held.len() >= self.slots();
+            if self.launches.is_empty() && self.held.is_empty() && reads_done {
+                return Poll::Ready(Ok(None));
+            }
+            if self.launches.is_empty() && (reads_done || all_held) {
+                // Waiting for room, and nothing in flight can make any.
+                return Poll::Ready(Err(self.no_room()));
+            }
+            // Nothing is ready: wait, but not past the deadline.
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Poll::Pending;
+            }
             if self.launches.is_empty() {
-                if self.held.is_empty() && reads_done {
-                    return Poll::Ready(Ok(None));
-                }
-                if reads_done || all_held {
-                    // Waiting for room, and nothing in flight can make any.
-                    return Poll::Ready(Err(self.no_room()));
-                }
-                let left = deadline.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    return Poll::Pending;
-                }
                 self.receive(left.min(WAIT_SLICE))?;
             } else if reads_done || all_held {
                 // Nothing to read meanwhile: wait for the oldest copies.

@@ -124,6 +124,27 @@ impl Target {
         })
     }
 
+    /// Waits until the work queued so far on `stream` of this device has
+    /// finished, on the host: `None` where there is nothing to wait for.
+    ///
+    /// # Safety
+    ///
+    /// `stream` must stay a live stream handle of this device as long as
+    /// the result is called.
+    unsafe fn order_after(
+        &self,
+        stream: Option<u64>,
+    ) -> Option<impl FnMut() -> Result<(), Error> + Send + 'static> {
+        match (self, stream) {
+            (Target::Gpu { device, .. }, Some(stream)) => {
+                let device = device.clone();
+                // SAFETY: the caller's contract for `stream`.
+                Some(move || unsafe { device.wait_for_external(stream) }.map_err(Error::Device))
+            }
+            _ => None,
+        }
+    }
+
     /// A reader straight from `ckpt`'s files into this device's memory.
     fn direct_reader(&self, ckpt: &Checkpoint) -> Result<Arc<dyn DirectReader>, Error> {
         let paths = staged::paths(ckpt);
@@ -322,13 +343,14 @@ impl Onto {
             match self.target.direct_reader(ckpt) {
                 Ok(reader) => {
                     let threads = self.options.staging.fill_threads;
-                    return Ok(AnyLoad::Direct(DirectDeviceLoad::start(
-                        reader,
-                        ckpt.clone(),
-                        ids,
-                        dests,
-                        threads,
-                    )?));
+                    let load = DirectDeviceLoad::start(reader, ckpt.clone(), ids, dests, threads)?;
+                    // SAFETY: the caller's contract: `stream` outlives the
+                    // load.
+                    let load = match unsafe { self.target.order_after(stream) } {
+                        Some(order) => load.after(order),
+                        None => load,
+                    };
+                    return Ok(AnyLoad::Direct(load));
                 }
                 Err(e) if self.fallback().is_empty() => return Err(e),
                 // The backends after it, through staging, from now on.

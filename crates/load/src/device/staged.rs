@@ -83,15 +83,11 @@ impl Sink for Handover {
     }
 
     fn settle(&mut self) -> Result<(), weightlift_io::Error> {
-        // The ring may be reused only once no copy reads a slot: wait for
-        // every slot, or for the load to be gone (it waits for its copies
-        // before it lets go of the channel).
-        while self.held > 0 {
-            match self.back.recv() {
-                Ok(_) => self.held -= 1,
-                Err(_) => break,
-            }
-        }
+        // Slots still with the load are the load's to look after: it never
+        // hands the ring to another run before it stopped these reads and
+        // synchronized every copy (`DeviceLoad::stop`). Waiting for them
+        // here would keep the load from hearing that reading ended, and so
+        // from the error that would end it.
         Ok(())
     }
 }

@@ -49,7 +49,12 @@ pub struct DirectDeviceLoad<T: Destinations> {
     limit: usize,
     threads: usize,
     failed: bool,
+    /// Waits for a caller's stream before reads go into new destinations.
+    order: Option<Order>,
 }
+
+/// Blocks until a caller's stream finished the work queued on it so far.
+type Order = Box<dyn FnMut() -> Result<(), Error> + Send>;
 
 impl<T: Destinations> DirectDeviceLoad<T> {
     /// Read `ids` of `ckpt` through `reader` on `threads` threads.
@@ -61,6 +66,19 @@ impl<T: Destinations> DirectDeviceLoad<T> {
         threads: usize,
     ) -> Result<Self, Error> {
         let threads = threads.max(1);
+        // Each tensor once, in file order; ids of another checkpoint are
+        // refused before anything is read.
+        let ids: Vec<TensorId> = ids
+            .into_iter()
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        if let Some(&id) = ids.iter().find(|id| id.index() >= ckpt.len()) {
+            return Err(Error::Select(weightlift_plan::Error::UnknownId {
+                id,
+                count: ckpt.len() as u32,
+            }));
+        }
         Ok(DirectDeviceLoad {
             load: Some(DirectLoad::new(reader, threads, DIRECT_CHUNK)?),
             ckpt,
@@ -71,6 +89,7 @@ impl<T: Destinations> DirectDeviceLoad<T> {
             limit: threads * DIRECT_CHUNK * 2,
             threads,
             failed: false,
+            order: None,
         })
     }
 
@@ -100,7 +119,21 @@ impl<T: Destinations> DirectDeviceLoad<T> {
         result
     }
 
+    /// Order the reads into destinations given from now on after what
+    /// `wait` waits for: cuFile writes on the host's schedule, not a
+    /// stream's, so memory that a caller's queued work may still use (a
+    /// block torch's allocator recycled, a target a kernel still reads) is
+    /// written only once that work is done.
+    pub fn after(mut self, wait: impl FnMut() -> Result<(), Error> + Send + 'static) -> Self {
+        self.order = Some(Box::new(wait));
+        self
+    }
+
     fn step(&mut self, timeout: Duration) -> Polled<T::Owner> {
+        let room = self.next < self.ids.len() && self.load().in_flight_bytes() < self.limit;
+        if let (true, Some(order)) = (room, self.order.as_mut()) {
+            order()?;
+        }
         while self.next < self.ids.len() && self.load().in_flight_bytes() < self.limit {
             if !self.queue(self.ids[self.next])? {
                 break;

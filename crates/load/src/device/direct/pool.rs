@@ -131,6 +131,12 @@ impl DirectLoad {
                 size,
             });
         }
+        if self.left.contains_key(&job.id) || self.ready.contains(&job.id) {
+            return Err(Error::Queued {
+                file: self.reader.path(job.file).to_path_buf(),
+                offset: job.offset,
+            });
+        }
         self.queued += 1;
         if job.len == 0 {
             self.ready.push(job.id);
@@ -170,6 +176,11 @@ impl DirectLoad {
         if out.is_empty() && !self.left.is_empty() {
             match self.done.recv_timeout(timeout) {
                 Ok(d) => self.count(d, &mut out)?,
+                // A worker that panicked took its chunk with it: the tensor
+                // would never complete.
+                Err(RecvTimeoutError::Timeout) if self.workers.iter().any(|w| w.is_finished()) => {
+                    return Err(self.stopped());
+                }
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return Err(self.stopped()),
             }
@@ -183,8 +194,12 @@ impl DirectLoad {
 
     fn count(&mut self, d: Done, out: &mut Vec<usize>) -> Result<(), (usize, Error)> {
         let (id, n) = d?;
+        // Every chunk read belongs to a tensor in flight (`submit` queues a
+        // tensor once); one that does not is a worker gone wrong.
+        let Some(left) = self.left.get_mut(&id) else {
+            return Err(self.stopped());
+        };
         self.in_flight_bytes -= n;
-        let left = self.left.get_mut(&id).expect("a tensor in flight");
         *left -= n;
         if *left == 0 {
             self.left.remove(&id);
