@@ -107,4 +107,15 @@ fn cached_files_are_mapped_and_cold_ones_read_directly() {
     std::fs::read(&path).unwrap();
     assert_eq!(Residence::of(&paths).unwrap(), Residence::Cached);
     assert_eq!(Residence::Cached.default_candidates()[0], Backend::Mmap);
+    // Copied into staging whatever the backend: read out of the page cache
+    // rather than map the files.
+    assert_eq!(
+        Residence::Cached.staged_candidates()[0],
+        Backend::PreadBuffered
+    );
+    assert_eq!(Residence::Storage.staged_candidates()[0], Backend::Uring);
+    assert_eq!(
+        choose(&paths, None, true).unwrap().backend,
+        Backend::PreadBuffered
+    );
 }

@@ -52,8 +52,8 @@ pub struct StagingOptions {
     /// It bounds the host memory a device load uses, whatever the size of
     /// the files.
     pub pinned_bytes: usize,
-    /// Threads copying out of mapped files (files in the page cache or on
-    /// tmpfs) into the staging memory (1 to 256).
+    /// Threads copying files in the page cache or on tmpfs into the
+    /// staging memory (1 to 256).
     pub fill_threads: usize,
     /// Streams the copies to the device are spread over (1 to 64).
     pub streams: usize,
