@@ -81,6 +81,28 @@ pub unsafe trait Destinations {
     ) -> Result<Option<Destination<Self::Owner>>, Error>;
 }
 
+/// A destination for tensor `id` of `ckpt` from `dests`, checked to hold
+/// exactly the tensor's bytes; `None` when there is no room for it yet.
+/// Errors name the tensor.
+pub(crate) fn ask<T: Destinations>(
+    dests: &mut T,
+    ckpt: &Checkpoint,
+    id: TensorId,
+) -> Result<Option<Destination<T::Owner>>, Error> {
+    let len = ckpt.tensor(id).len();
+    let named = |e: Error| e.about(ckpt, id);
+    let Some(d) = dests.destination(ckpt, id).map_err(named)? else {
+        return Ok(None);
+    };
+    if d.len != len {
+        return Err(named(Error::Destination {
+            expected: len,
+            given: d.len,
+        }));
+    }
+    Ok(Some(d))
+}
+
 /// Destinations the device allocates, one per tensor: each tensor is
 /// handed back with its memory as owner.
 #[derive(Debug)]
@@ -599,18 +621,11 @@ impl<D: Device, T: Destinations> DeviceLoad<D, T> {
         if self.landing.contains_key(&id) {
             return Ok(true);
         }
-        let info = self.ckpt.tensor(id);
-        let ckpt = self.ckpt.clone();
-        let named = |e: Error| e.about(&ckpt, id);
-        let Some(d) = self.dests.destination(&self.ckpt, id).map_err(named)? else {
+        let Some(d) = ask(&mut self.dests, &self.ckpt, id)? else {
             return Ok(false);
         };
-        if d.len != info.len() {
-            return Err(named(Error::Destination {
-                expected: info.len(),
-                given: d.len,
-            }));
-        }
+        let ckpt = self.ckpt.clone();
+        let named = |e: Error| e.about(&ckpt, id);
         let len = usize::try_from(d.len).map_err(|_| named(Error::NoRoom { len: d.len }))?;
         let staging = self.staging.as_ref().expect("staging present");
         // SAFETY: `Destinations`' contract: the memory stays allocated while

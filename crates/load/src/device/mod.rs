@@ -461,17 +461,12 @@ impl Onto {
         dests: &mut T,
         stream: Option<u64>,
     ) -> Result<T::Owner, Error> {
-        let info = ckpt.tensor(id);
         let named = |e: Error| e.about(ckpt, id);
-        let Some(d) = dests.destination(ckpt, id).map_err(named)? else {
-            return Err(named(Error::NoRoom { len: info.len() }));
-        };
-        if d.len != bytes.len() as u64 {
-            return Err(named(Error::Destination {
-                expected: bytes.len() as u64,
-                given: d.len,
+        let Some(d) = load::ask(dests, ckpt, id)? else {
+            return Err(named(Error::NoRoom {
+                len: ckpt.tensor(id).len(),
             }));
-        }
+        };
         let mut staging = match self.staging.take() {
             Some(s) => s,
             None => self.target.staging(self.options.staging).map_err(named)?,

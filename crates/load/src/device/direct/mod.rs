@@ -14,7 +14,7 @@ pub use pool::{DirectJob, DirectLoad};
 use weightlift_format::{Checkpoint, TensorId};
 use weightlift_gpu::DirectReader;
 
-use super::load::{Destinations, Loaded, Polled, wait_in_slices};
+use super::load::{Destinations, Loaded, Polled, ask, wait_in_slices};
 use crate::Error;
 use crate::session::Wait;
 
@@ -176,17 +176,11 @@ impl<T: Destinations> DirectDeviceLoad<T> {
     /// there is no room for it until tensors in flight come back.
     fn queue(&mut self, id: TensorId) -> Result<bool, Error> {
         let info = self.ckpt.tensor(id);
-        let ckpt = self.ckpt.clone();
-        let named = |e: Error| e.about(&ckpt, id);
-        let Some(d) = self.dests.destination(&self.ckpt, id).map_err(named)? else {
+        let Some(d) = ask(&mut self.dests, &self.ckpt, id)? else {
             return Ok(false);
         };
-        if d.len != info.len() {
-            return Err(named(Error::Destination {
-                expected: info.len(),
-                given: d.len,
-            }));
-        }
+        let ckpt = self.ckpt.clone();
+        let named = |e: Error| e.about(&ckpt, id);
         let job = DirectJob {
             id: id.index(),
             file: info.file.index(),
