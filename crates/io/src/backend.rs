@@ -186,31 +186,47 @@ pub enum Residence {
 
 impl Residence {
     /// Inspect `paths` (`fstatfs`, and `mincore` on up to 1,024 pages per
-    /// file; nothing is read).
+    /// file, in runs of 16; nothing is read).
     pub fn of(paths: &[PathBuf]) -> Result<Residence, Error> {
+        let found = paths
+            .iter()
+            .map(|p| {
+                if cache::in_memory(p)? {
+                    return Ok(Found::InMemory);
+                }
+                let size = std::fs::metadata(p)
+                    .map_err(|source| Error::Open {
+                        file: p.clone(),
+                        source,
+                    })?
+                    .len();
+                let cached = cache::resident_fraction(p, RESIDENCY_SAMPLES)?;
+                Ok(Found::OnDisk { size, cached })
+            })
+            .collect::<Result<Vec<_>, Error>>()?;
+        Ok(Residence::judge(&found))
+    }
+
+    /// Where files are, from what was found of each: in memory when every
+    /// file is (and there is one), cached when at least nine bytes in ten
+    /// of those on disk are in the page cache, weighing each file by its
+    /// size.
+    fn judge(found: &[Found]) -> Residence {
         let (mut cached, mut total) = (0.0, 0.0);
-        let mut all_in_memory = !paths.is_empty();
-        for p in paths {
-            if cache::in_memory(p)? {
-                continue;
+        for f in found {
+            if let Found::OnDisk { size, cached: c } = *f {
+                cached += c * size as f64;
+                total += size as f64;
             }
-            all_in_memory = false;
-            let size = std::fs::metadata(p)
-                .map_err(|source| Error::Open {
-                    file: p.clone(),
-                    source,
-                })?
-                .len() as f64;
-            cached += cache::resident_fraction(p, 1024)? * size;
-            total += size;
         }
-        Ok(if all_in_memory {
+        let all_in_memory = !found.is_empty() && found.iter().all(|f| *f == Found::InMemory);
+        if all_in_memory {
             Residence::InMemory
-        } else if cached >= 0.9 * total {
+        } else if cached >= CACHED_SHARE * total {
             Residence::Cached
         } else {
             Residence::Storage
-        })
+        }
     }
 
     /// The default candidates, best first.
@@ -257,6 +273,22 @@ impl Residence {
             Residence::Storage => self.default_candidates(),
         }
     }
+}
+
+/// Pages of each file [`Residence::of`] asks `mincore` about.
+const RESIDENCY_SAMPLES: usize = 1024;
+
+/// The share of the files' bytes in the page cache from which they count
+/// as [`Residence::Cached`].
+const CACHED_SHARE: f64 = 0.9;
+
+/// What [`Residence::of`] found of one file.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Found {
+    /// On an in-memory file system.
+    InMemory,
+    /// On storage: its size, and the share of its pages in the page cache.
+    OnDisk { size: u64, cached: f64 },
 }
 
 /// The backend chosen for a set of files, with the files opened for it.
@@ -413,5 +445,57 @@ fn probe_vm_readv() -> Result<(), String> {
         Ok(())
     } else {
         Err(format!("process_vm_readv: {}", io::Error::last_os_error()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn disk(size: u64, cached: f64) -> Found {
+        Found::OnDisk { size, cached }
+    }
+
+    #[test]
+    fn files_are_cached_from_nine_bytes_in_ten() {
+        use Residence::*;
+        assert_eq!(Residence::judge(&[disk(1 << 30, 1.0)]), Cached);
+        assert_eq!(Residence::judge(&[disk(1 << 30, 0.9)]), Cached);
+        assert_eq!(Residence::judge(&[disk(1 << 30, 0.89)]), Storage);
+        assert_eq!(Residence::judge(&[disk(1 << 30, 0.0)]), Storage);
+        // Weighed by size: a small cold file beside a large cached one.
+        assert_eq!(
+            Residence::judge(&[disk(1 << 30, 1.0), disk(100 << 20, 0.0)]),
+            Cached
+        );
+        assert_eq!(
+            Residence::judge(&[disk(1 << 30, 0.0), disk(100 << 20, 1.0)]),
+            Storage
+        );
+        // Empty files count for nothing.
+        assert_eq!(
+            Residence::judge(&[disk(0, 0.0), disk(1 << 20, 1.0)]),
+            Cached
+        );
+    }
+
+    #[test]
+    fn files_in_memory_are_in_memory_only_all_together() {
+        use Residence::*;
+        assert_eq!(
+            Residence::judge(&[Found::InMemory, Found::InMemory]),
+            InMemory
+        );
+        // Files in memory are not storage: the others decide.
+        assert_eq!(
+            Residence::judge(&[Found::InMemory, disk(1 << 30, 0.95)]),
+            Cached
+        );
+        assert_eq!(
+            Residence::judge(&[Found::InMemory, disk(1 << 30, 0.5)]),
+            Storage
+        );
+        // No files: nothing to read from storage.
+        assert_eq!(Residence::judge(&[]), Cached);
     }
 }

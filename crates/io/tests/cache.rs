@@ -58,6 +58,51 @@ fn a_read_file_is_resident_and_evicting_drops_it() {
     assert_eq!(resident_fraction(&t.0, 64).unwrap(), 0.0);
 }
 
+/// Drop `offset..offset + len` of the file at `path` from the page cache
+/// (written back first: dirty pages stay).
+fn evict_range(path: &std::path::Path, offset: i64, len: i64) {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::File::open(path).unwrap();
+    f.sync_data().unwrap();
+    // SAFETY: a valid descriptor; the advice only drops clean cached pages.
+    let rc = unsafe { libc::posix_fadvise(f.as_raw_fd(), offset, len, libc::POSIX_FADV_DONTNEED) };
+    assert_eq!(rc, 0);
+}
+
+#[test]
+fn the_sampled_estimate_follows_a_partly_evicted_file() {
+    // 16,384 pages of 4 KiB: 1,024 samples are 64 runs of 16 pages.
+    let len: i64 = 64 << 20;
+    let t = temp("partial", &vec![0xa5u8; len as usize]);
+    if in_memory(&t.0).unwrap() {
+        eprintln!("skipping: {} is on an in-memory file system", t.0.display());
+        return;
+    }
+    std::fs::read(&t.0).unwrap();
+    evict_range(&t.0, len / 2, len / 2);
+    let r = residency(&t.0).unwrap();
+    if r.resident_pages == 0 || r.is_warm() {
+        eprintln!("skipping: this file system does not drop part of a file ({r:?})");
+        return;
+    }
+    let counted = r.resident_pages as f64 / r.total_pages as f64;
+    let sampled = resident_fraction(&t.0, 1024).unwrap();
+    // Half the runs lie in each half of the file.
+    assert!(
+        (sampled - counted).abs() < 0.05,
+        "sampled {sampled}, counted {counted}"
+    );
+
+    // A file of no more pages than samples is counted exactly.
+    let small = temp("small", &vec![0x3cu8; 100 << 12]);
+    std::fs::read(&small.0).unwrap();
+    evict_range(&small.0, 37 << 12, 0);
+    let r = residency(&small.0).unwrap();
+    let counted = r.resident_pages as f64 / r.total_pages as f64;
+    assert_eq!(resident_fraction(&small.0, 1024).unwrap(), counted);
+    assert_eq!(resident_fraction(&small.0, 100).unwrap(), counted);
+}
+
 #[test]
 fn files_on_tmpfs_are_in_memory() {
     let shm = std::path::Path::new("/dev/shm");
