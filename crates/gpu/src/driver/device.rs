@@ -38,6 +38,20 @@ impl GpuDevice {
         self.check(call, rc).map(|()| entered)
     }
 
+    /// The result `rc` of `call`, which page-locked `len` bytes of host
+    /// memory: out of memory says so, as the device's own allocations do.
+    fn check_pinned(&self, call: &'static str, len: usize, rc: CuResult) -> Result<(), Error> {
+        if rc == OUT_OF_MEMORY {
+            return Err(Error::OutOfMemory {
+                device: self.name.clone(),
+                kind: "pinned host",
+                requested: len as u64,
+                free: None,
+            });
+        }
+        self.check(call, rc)
+    }
+
     /// Block until the work queued so far on `external`, a stream of this
     /// device made elsewhere (torch's current one; `0` is the legacy
     /// default stream), has finished: for writes that do not go through a
@@ -326,15 +340,7 @@ unsafe impl Device for GpuDevice {
         if len > 0 {
             // SAFETY: writes one host pointer; the context is current.
             let rc = unsafe { (self.api().host_alloc)(&mut ptr, len, HOST_ALLOC_PORTABLE) };
-            if rc == OUT_OF_MEMORY {
-                return Err(Error::OutOfMemory {
-                    device: self.name.clone(),
-                    kind: "pinned host",
-                    requested: len as u64,
-                    free: None,
-                });
-            }
-            self.check(self.names().host_alloc, rc)?;
+            self.check_pinned(self.names().host_alloc, len, rc)?;
         }
         Ok(GpuPinned {
             ctx: self.ctx.clone(),
@@ -353,15 +359,7 @@ unsafe impl Device for GpuDevice {
             // can be); the context is current. Portable: pinned for every
             // context, as the staging from `alloc_pinned` is.
             let rc = unsafe { (self.api().host_register)(ptr.cast(), len, HOST_REGISTER_PORTABLE) };
-            if rc == OUT_OF_MEMORY {
-                return Err(Error::OutOfMemory {
-                    device: self.name.clone(),
-                    kind: "pinned host",
-                    requested: len as u64,
-                    free: None,
-                });
-            }
-            self.check(self.names().host_register, rc)?;
+            self.check_pinned(self.names().host_register, len, rc)?;
         }
         Ok(GpuPinned {
             ctx: self.ctx.clone(),
