@@ -6,7 +6,7 @@ use std::ops::Range;
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use crate::fs::{Fs, StdFs, read_full_at};
+use crate::fs::{Fs, Stamp, StdFs, read_full_at};
 use crate::header::{FIRST_READ_LEN, Metadata};
 use crate::index::{INDEX_SUFFIX, IndexFile, read_index};
 use crate::{ByteRange, Dtype, Error, FileId, Header, HeaderError, Parsed, TensorId};
@@ -19,6 +19,7 @@ pub struct Shard {
     data_start: u64,
     metadata: Option<Metadata>,
     tensors: Range<usize>,
+    stamp: Option<Stamp>,
 }
 
 impl Shard {
@@ -35,6 +36,14 @@ impl Shard {
     /// Absolute offset of the data section (the length prefix plus the header).
     pub fn data_start(&self) -> u64 {
         self.data_start
+    }
+
+    /// The version of the file its header was read from, where the
+    /// [`Fs`] it was opened through gives one ([`Checkpoint::from_headers`]
+    /// knows none). A reader compares it with the file it opens, and with
+    /// that file again after reading, to know it read this version.
+    pub fn stamp(&self) -> Option<&Stamp> {
+        self.stamp.as_ref()
     }
 
     /// This shard's own `__metadata__`.
@@ -165,7 +174,7 @@ impl Checkpoint {
     /// Open a checkpoint through any [`Fs`]. Shards' headers are read in parallel.
     pub fn open_in(fs: &dyn Fs, source: &Source) -> Result<Self, Error> {
         match source {
-            Source::Files(paths) => Self::from_headers(read_headers(fs, paths)?),
+            Source::Files(paths) => from_read(read_headers(fs, paths)?),
             Source::Path(path) => {
                 let io = |source| Error::Io {
                     file: path.clone(),
@@ -176,7 +185,7 @@ impl Checkpoint {
                 } else if path.extension().is_some_and(|e| e == "json") {
                     open_index(fs, path)
                 } else {
-                    Self::from_headers(read_headers(fs, std::slice::from_ref(path))?)
+                    from_read(read_headers(fs, std::slice::from_ref(path))?)
                 }
             }
         }
@@ -264,6 +273,7 @@ impl Checkpoint {
                 data_start,
                 metadata,
                 tensors: first..out.tensors.len(),
+                stamp: None,
             });
         }
         Ok(out)
@@ -332,14 +342,28 @@ impl Checkpoint {
     }
 }
 
+/// A shard's header as read, with the version of the file it was read from.
+type ReadHeader = (ShardHeader, Option<Stamp>);
+
+/// Assemble a checkpoint from headers read through an [`Fs`], keeping each
+/// file's stamp.
+fn from_read(read: Vec<ReadHeader>) -> Result<Checkpoint, Error> {
+    let (headers, stamps): (Vec<ShardHeader>, Vec<Option<Stamp>>) = read.into_iter().unzip();
+    let mut ckpt = Checkpoint::from_headers(headers)?;
+    for (shard, stamp) in ckpt.shards.iter_mut().zip(stamps) {
+        shard.stamp = stamp;
+    }
+    Ok(ckpt)
+}
+
 /// Read and parse the headers of `paths`, in parallel when there are several.
-fn read_headers(fs: &dyn Fs, paths: &[PathBuf]) -> Result<Vec<ShardHeader>, Error> {
+fn read_headers(fs: &dyn Fs, paths: &[PathBuf]) -> Result<Vec<ReadHeader>, Error> {
     const MAX_THREADS: usize = 16;
     let threads = paths.len().min(MAX_THREADS);
     if threads <= 1 {
         return paths.iter().map(|p| read_header(fs, p)).collect();
     }
-    let mut results: Vec<Option<Result<ShardHeader, Error>>> = Vec::new();
+    let mut results: Vec<Option<Result<ReadHeader, Error>>> = Vec::new();
     results.resize_with(paths.len(), || None);
     // After a failure the other threads stop early. A slot is left empty
     // only then, so no error means every shard was read; with errors, the
@@ -390,7 +414,7 @@ fn read_headers(fs: &dyn Fs, paths: &[PathBuf]) -> Result<Vec<ShardHeader>, Erro
 
 /// Read one file's header: one read of the first [`FIRST_READ_LEN`] bytes,
 /// and a second only when the header is longer.
-fn read_header(fs: &dyn Fs, path: &Path) -> Result<ShardHeader, Error> {
+fn read_header(fs: &dyn Fs, path: &Path) -> Result<ReadHeader, Error> {
     let io = |source| Error::Io {
         file: path.to_path_buf(),
         source,
@@ -403,6 +427,7 @@ fn read_header(fs: &dyn Fs, path: &Path) -> Result<ShardHeader, Error> {
         file: path.to_path_buf(),
     };
     let file = fs.open(path).map_err(io)?;
+    let stamp = file.stamp().map_err(io)?;
     let size = file.size().map_err(io)?;
     let first = (size.min(FIRST_READ_LEN as u64)) as usize;
     let mut buf = vec![0u8; first];
@@ -427,7 +452,14 @@ fn read_header(fs: &dyn Fs, path: &Path) -> Result<ShardHeader, Error> {
     if file.size().map_err(io)? != size {
         return Err(changed());
     }
-    Ok((path.to_path_buf(), size, header))
+    // The same version from before the first read to after the last.
+    if let Some(before) = &stamp {
+        match file.stamp().map_err(io)? {
+            Some(after) if before.change(&after).is_none() => {}
+            _ => return Err(changed()),
+        }
+    }
+    Ok(((path.to_path_buf(), size, header), stamp))
 }
 
 fn open_dir(fs: &dyn Fs, dir: &Path) -> Result<Checkpoint, Error> {
@@ -435,10 +467,12 @@ fn open_dir(fs: &dyn Fs, dir: &Path) -> Result<Checkpoint, Error> {
         file: dir.to_path_buf(),
         source,
     })?;
+    // Names are bytes: a shard whose name is not UTF-8 is still a shard.
     let name_ends = |p: &Path, suffix: &str| {
-        p.file_name()
-            .and_then(|n| n.to_str())
-            .is_some_and(|n| n.ends_with(suffix) && n.len() > suffix.len())
+        p.file_name().is_some_and(|n| {
+            let n = n.as_encoded_bytes();
+            n.ends_with(suffix.as_bytes()) && n.len() > suffix.len()
+        })
     };
     let mut indexes: Vec<PathBuf> = entries
         .iter()
@@ -475,7 +509,7 @@ fn open_dir(fs: &dyn Fs, dir: &Path) -> Result<Checkpoint, Error> {
         });
     }
     files.sort();
-    Checkpoint::from_headers(read_headers(fs, &files)?)
+    from_read(read_headers(fs, &files)?)
 }
 
 fn open_index(fs: &dyn Fs, index_path: &Path) -> Result<Checkpoint, Error> {
@@ -523,7 +557,7 @@ fn open_index(fs: &dyn Fs, index_path: &Path) -> Result<Checkpoint, Error> {
         *id = i as u32;
     }
     let files: Vec<PathBuf> = names.keys().map(|s| dir.join(s)).collect();
-    let mut ckpt = Checkpoint::from_headers(read_headers(fs, &files)?)?;
+    let mut ckpt = from_read(read_headers(fs, &files)?)?;
     let mismatch =
         |tensor: &str, listed: Option<FileId>, found: Option<FileId>| Error::IndexMismatch {
             file: index_path.to_path_buf(),

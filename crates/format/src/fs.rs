@@ -7,8 +7,98 @@
 //! with `std::fs`, and tests or other storage (an object store, an archive)
 //! can provide their own.
 
+use std::fs::File;
 use std::io;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+
+/// One version of one file: which file it is (device and inode), its size,
+/// and when its contents last changed (`mtime`, to the nanosecond the file
+/// system keeps).
+///
+/// Every change to a file's contents (a write, a truncation, a store
+/// through a shared mapping when it first dirties a page) moves its
+/// modification time before the new bytes can be read, so equal stamps
+/// taken before and after a read mean the read saw one version, up to the
+/// file system's timestamp granularity: two writes within one clock tick
+/// may share a time (Linux 6.13 and later give a write after a `stat` a
+/// fine-grained time, which closes that gap for writes after the file was
+/// opened). Changes to the inode alone (renaming, linking, `chmod`) are not
+/// changes of version, and a process that sets the time back by hand
+/// (`utimensat`) can hide a write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Stamp {
+    /// The device the file is on.
+    pub dev: u64,
+    /// Its inode number.
+    pub ino: u64,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Last modification of its contents: seconds and nanoseconds.
+    pub mtime: (i64, i64),
+}
+
+impl Stamp {
+    /// The stamp of the file `meta` describes.
+    pub fn of(meta: &std::fs::Metadata) -> Stamp {
+        Stamp {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            size: meta.size(),
+            mtime: (meta.mtime(), meta.mtime_nsec()),
+        }
+    }
+
+    /// What differs in `now`, taken later, from this stamp: `None` when it
+    /// is the same version.
+    pub fn change(&self, now: &Stamp) -> Option<&'static str> {
+        if (self.dev, self.ino) != (now.dev, now.ino) {
+            Some("identity (device and inode)")
+        } else if self.size != now.size {
+            Some("size")
+        } else if self.mtime != now.mtime {
+            Some("modification time")
+        } else {
+            None
+        }
+    }
+}
+
+/// Open `path` for reading, with `flags` (such as `O_DIRECT`) added, and
+/// only if it is a regular file (following symbolic links).
+///
+/// The file is opened with `O_NONBLOCK`, so that a FIFO or a device cannot
+/// block the open, and refused if it is anything but a regular file. On a
+/// regular file `O_NONBLOCK` has no effect on `read` and `pread`; callers
+/// that submit reads asynchronously should clear it.
+pub fn open_regular(path: &Path, flags: i32) -> io::Result<File> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | flags)
+        .open(path)?;
+    let kind = file.metadata()?.file_type();
+    if kind.is_file() {
+        return Ok(file);
+    }
+    let (error_kind, what) = if kind.is_dir() {
+        (io::ErrorKind::IsADirectory, "is a directory")
+    } else if kind.is_fifo() {
+        (io::ErrorKind::InvalidInput, "is a FIFO, not a regular file")
+    } else if kind.is_socket() {
+        (
+            io::ErrorKind::InvalidInput,
+            "is a socket, not a regular file",
+        )
+    } else if kind.is_block_device() || kind.is_char_device() {
+        (
+            io::ErrorKind::InvalidInput,
+            "is a device, not a regular file",
+        )
+    } else {
+        (io::ErrorKind::InvalidInput, "is not a regular file")
+    };
+    Err(io::Error::new(error_kind, what))
+}
 
 /// A file opened for positional reads.
 pub trait FileAt: Send {
@@ -17,6 +107,10 @@ pub trait FileAt: Send {
     /// Read into `buf` from `offset`, returning the number of bytes read
     /// (0 at the end of the file). May read fewer than asked.
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize>;
+    /// The file's current [`Stamp`], where the storage has one.
+    fn stamp(&self) -> io::Result<Option<Stamp>> {
+        Ok(None)
+    }
 }
 
 /// A file system that checkpoints are opened from.
@@ -41,20 +135,17 @@ impl FileAt for std::fs::File {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
         std::os::unix::fs::FileExt::read_at(self, buf, offset)
     }
+
+    fn stamp(&self) -> io::Result<Option<Stamp>> {
+        Ok(Some(Stamp::of(&self.metadata()?)))
+    }
 }
 
 impl Fs for StdFs {
     fn open(&self, path: &Path) -> io::Result<Box<dyn FileAt + '_>> {
-        let f = std::fs::File::open(path)?;
-        // Opening a directory succeeds on Linux; reading it would fail later
-        // with a less helpful message.
-        if f.metadata()?.is_dir() {
-            return Err(io::Error::new(
-                io::ErrorKind::IsADirectory,
-                "is a directory",
-            ));
-        }
-        Ok(Box::new(f))
+        // A directory, a FIFO or a device is refused here, without blocking,
+        // rather than failing (or waiting forever) on its first read.
+        Ok(Box::new(open_regular(path, 0)?))
     }
 
     fn is_dir(&self, path: &Path) -> io::Result<bool> {

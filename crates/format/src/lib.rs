@@ -47,7 +47,7 @@ mod write;
 pub use checkpoint::{Checkpoint, Shard, ShardHeader, Source, Tensor};
 pub use dtype::{Dtype, UnknownDtype};
 pub use error::{Error, HeaderError};
-pub use fs::{FileAt, Fs, StdFs};
+pub use fs::{FileAt, Fs, Stamp, StdFs, open_regular};
 pub use header::{
     FIRST_READ_LEN, Header, MAX_HEADER_LEN, METADATA_KEY, Metadata, PREFIX_LEN, Parsed, TensorInfo,
     header_span,

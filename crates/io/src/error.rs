@@ -160,6 +160,18 @@ pub enum Error {
         /// Its size at open.
         size: u64,
     },
+    /// The file is no longer the version that was opened: it was written,
+    /// resized or replaced while it was being read, so bytes read from it
+    /// may mix versions.
+    Changed {
+        /// The file.
+        file: PathBuf,
+        /// What differs from the version opened (see
+        /// [`Stamp::change`](weightlift_format::Stamp::change)).
+        what: &'static str,
+        /// Where the read that was checked started.
+        offset: u64,
+    },
     /// A direct read whose offset, length or buffer address is not a
     /// multiple of the file system's alignment (the kernel would refuse it).
     Misaligned {
@@ -251,6 +263,7 @@ impl Error {
             | Error::DirectUnsupported { file, .. }
             | Error::Read { file, .. }
             | Error::Truncated { file, .. }
+            | Error::Changed { file, .. }
             | Error::Misaligned { file, .. }
             | Error::Cache { file, .. } => Some(file),
             Error::Map { file, .. } => file.as_deref(),
@@ -282,6 +295,11 @@ impl fmt::Display for Error {
             Error::Truncated { file, at, size } => write!(
                 f,
                 "{}: file ends at {at} but was {size} bytes when opened (changed during the load)",
+                file.display()
+            ),
+            Error::Changed { file, what, .. } => write!(
+                f,
+                "{}: changed during the load (its {what} differs from the version opened)",
                 file.display()
             ),
             Error::Misaligned {

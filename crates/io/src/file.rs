@@ -3,10 +3,30 @@
 use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
+use weightlift_format::{Stamp, open_regular};
+
 use crate::{Error, ReadProgress, Verdict};
+
+/// Clear `O_NONBLOCK`, which [`open_regular`] opens with: reads submitted
+/// through io_uring to a file marked non-blocking may fail with `EAGAIN`
+/// instead of waiting.
+fn blocking(file: File) -> io::Result<File> {
+    let fd = file.as_raw_fd();
+    // SAFETY: `fd` is a valid descriptor owned by `file`; F_GETFL and
+    // F_SETFL only read and set its status flags.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    if flags < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: as above.
+    if unsafe { libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(file)
+}
 
 /// How to open a file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,6 +76,7 @@ pub struct ReadFile {
     mode: OpenMode,
     align: DioAlignment,
     in_memory: bool,
+    stamp: Stamp,
 }
 
 impl ReadFile {
@@ -65,12 +86,13 @@ impl ReadFile {
     /// [`Error::DirectUnsupported`], so a caller can fall back to buffered reads.
     pub fn open(path: impl AsRef<Path>, mode: OpenMode) -> Result<Self, Error> {
         let path = path.as_ref().to_path_buf();
-        let mut opts = std::fs::OpenOptions::new();
-        opts.read(true);
-        if mode == OpenMode::Direct {
-            opts.custom_flags(libc::O_DIRECT);
-        }
-        let file = match opts.open(&path) {
+        let flags = match mode {
+            OpenMode::Direct => libc::O_DIRECT,
+            OpenMode::Buffered => 0,
+        };
+        // Only a regular file, refused without blocking: opening a FIFO
+        // would otherwise wait for a writer forever.
+        let file = match open_regular(&path, flags).and_then(blocking) {
             Ok(f) => f,
             Err(e) if mode == OpenMode::Direct && e.raw_os_error() == Some(libc::EINVAL) => {
                 return Err(Error::DirectUnsupported {
@@ -84,12 +106,6 @@ impl ReadFile {
             file: path.clone(),
             source,
         })?;
-        if meta.is_dir() {
-            return Err(Error::Open {
-                file: path,
-                source: io::Error::new(io::ErrorKind::IsADirectory, "is a directory"),
-            });
-        }
         let in_memory = in_memory_fs(&file);
         if in_memory && mode == OpenMode::Direct {
             // tmpfs and ramfs accept O_DIRECT but serve from memory.
@@ -117,7 +133,32 @@ impl ReadFile {
             mode,
             align,
             in_memory,
+            stamp: Stamp::of(&meta),
         })
+    }
+
+    /// The version of the file that was opened.
+    pub fn stamp(&self) -> &Stamp {
+        &self.stamp
+    }
+
+    /// Confirm, after a read at `offset`, that the file is still the
+    /// version that was opened ([`Error::Changed`], naming the offset, if
+    /// not). Bytes read before a call that succeeds are all of that
+    /// version (see [`Stamp`] for the file system's part in that).
+    pub fn check_unchanged(&self, offset: u64) -> Result<(), Error> {
+        let now = self.file.metadata().map_err(|source| Error::Open {
+            file: self.path.clone(),
+            source,
+        })?;
+        match self.stamp.change(&Stamp::of(&now)) {
+            None => Ok(()),
+            Some(what) => Err(Error::Changed {
+                file: self.path.clone(),
+                what,
+                offset,
+            }),
+        }
     }
 
     /// The path it was opened with.

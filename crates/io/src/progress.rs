@@ -192,6 +192,11 @@ impl ReadProgress {
         self
     }
 
+    /// Where the read starts in the file.
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
     /// Bytes confirmed so far, from the start of the read.
     pub fn done(&self) -> usize {
         self.done

@@ -25,12 +25,14 @@ pub enum Error {
     /// The selection cannot be planned: it names a tensor the checkpoint
     /// lacks, say.
     Select(weightlift_plan::Error),
-    /// A file is not what it was when its header was read: its size or its
-    /// header changed (it was replaced or rewritten).
+    /// A file is not the version its header was read from: it was replaced
+    /// or rewritten between opening the checkpoint and reading it. (A
+    /// change during the reads is [`weightlift_io::Error::Changed`].)
     Changed {
         /// The file.
         file: PathBuf,
-        /// What differs: `"size"` or `"header length"`.
+        /// What differs: `"size"`, `"header length"`, or what
+        /// [`Stamp::change`](weightlift_format::Stamp::change) names.
         what: &'static str,
     },
     /// A failure about one tensor: its name, its file, and the cause.

@@ -302,8 +302,8 @@ fn log_debug(line: &str) {
     log::debug!(target: "weightlift", "{line}");
 }
 
-/// Confirm that each opened file still has the size and header length its
-/// header was read with.
+/// Confirm that each opened file is the version its header was read from:
+/// the same stamp (where the checkpoint has one), size and header length.
 pub(crate) fn check_unchanged(ckpt: &Checkpoint, files: &[ReadFile]) -> Result<(), Error> {
     for (shard, file) in ckpt.shards().iter().zip(files) {
         let changed = |what| Error::Changed {
@@ -317,6 +317,9 @@ pub(crate) fn check_unchanged(ckpt: &Checkpoint, files: &[ReadFile]) -> Result<(
             .unwrap_or(file.size());
         if file.size() != shard.size() || size != shard.size() {
             return Err(changed("size"));
+        }
+        if let Some(what) = shard.stamp().and_then(|s| s.change(file.stamp())) {
+            return Err(changed(what));
         }
         let align = file
             .alignment()
@@ -359,6 +362,7 @@ pub(crate) fn name_tensor(ckpt: &Checkpoint, plan: &ReadPlan, e: Error) -> Error
     let (file, offset) = match &e {
         Error::Io(weightlift_io::Error::Read { file, offset, .. }) => (file.clone(), *offset),
         Error::Io(weightlift_io::Error::Truncated { file, at, .. }) => (file.clone(), *at),
+        Error::Io(weightlift_io::Error::Changed { file, offset, .. }) => (file.clone(), *offset),
         _ => return e,
     };
     let hit = plan.tensors().iter().map(|&id| ckpt.tensor(id)).find(|t| {
@@ -594,7 +598,7 @@ impl Mapped {
         let start = e.offset.min(file.size());
         let end = (e.offset + e.len).min(file.size());
         match map.populate_read(start as usize, (end - start) as usize) {
-            Ok(()) => Ok(()),
+            Ok(()) => Ok(file.check_unchanged(start)?),
             Err(source) => {
                 let now = file.as_file().metadata().map(|m| m.size()).unwrap_or(0);
                 Err(Error::Io(if now < end {

@@ -635,6 +635,7 @@ fn read_alone(
         // this is the only reference to its bytes.
         let dst = unsafe { std::slice::from_raw_parts_mut(region.as_ptr(), len) };
         let n = file.read_at(dst, start).map_err(|e| named(e.into()))?;
+        file.check_unchanged(start).map_err(|e| named(e.into()))?;
         if n < len {
             return Err(named(Error::Io(weightlift_io::Error::Truncated {
                 file: file.path().to_path_buf(),

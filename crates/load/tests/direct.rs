@@ -335,7 +335,7 @@ fn reader_of(ckpt: &Checkpoint) -> Arc<dyn DirectReader> {
 }
 
 #[test]
-fn a_device_load_hands_out_every_tensor_and_names_the_one_a_file_lost() {
+fn a_device_load_hands_out_every_tensor_and_fails_naming_a_file_cut() {
     let (_dir, ckpt) = checkpoint("direct-device");
     let ids: Vec<TensorId> = (0..ckpt.len()).map(|i| TensorId(i as u32)).collect();
     let plain = plain_bytes(&ckpt);
@@ -358,18 +358,28 @@ fn a_device_load_hands_out_every_tensor_and_names_the_one_a_file_lost() {
     }
     assert_eq!(seen, ids.len());
 
-    // Opened whole, then cut inside the last tensor: the read that meets
-    // the end names the file, and the load names the tensor.
+    // Cut inside the last tensor once the load started: the read that
+    // meets the end, or the check of the file before a tensor is handed
+    // out, fails the load naming the file and a tensor.
     let reader = reader_of(&ckpt);
+    let early = reader_of(&ckpt);
     let path = ckpt.shards()[0].path().to_path_buf();
     let last = ckpt.tensor(*ids.last().unwrap());
+    let mut load = DirectDeviceLoad::start(
+        reader,
+        ckpt.clone(),
+        ids.clone(),
+        Allocate(device.clone()),
+        2,
+    )
+    .unwrap();
+    let cut = ckpt.shards()[0].data_start() + last.range.start + 1;
     std::fs::OpenOptions::new()
         .write(true)
         .open(&path)
         .unwrap()
-        .set_len(ckpt.shards()[0].data_start() + last.range.start + 1)
+        .set_len(cut)
         .unwrap();
-    let mut load = DirectDeviceLoad::start(reader, ckpt.clone(), ids, Allocate(device), 2).unwrap();
     let err = loop {
         match load.next(&mut go) {
             Ok(Some(_)) => {}
@@ -377,17 +387,29 @@ fn a_device_load_hands_out_every_tensor_and_names_the_one_a_file_lost() {
             Err(e) => break e,
         }
     };
-    assert_eq!(err.tensor(), Some(last.name.as_str()), "{err:?}");
+    assert!(err.tensor().is_some(), "{err:?}");
     assert_eq!(err.file(), Some(path.as_path()));
     assert!(
         matches!(
             err.innermost(),
-            Error::Io(weightlift_io::Error::Truncated { file, .. }) if file == &path
+            Error::Io(
+                weightlift_io::Error::Truncated { file, .. }
+                | weightlift_io::Error::Changed { file, what: "size", .. }
+            ) if file == &path
         ),
         "{err:?}"
     );
     // After a failure, nothing more.
     assert!(load.next(&mut go).unwrap().is_none());
+    drop(load);
+
+    // Cut before the load started (with a reader opened before the cut):
+    // refused before anything is read.
+    match DirectDeviceLoad::start(early, ckpt.clone(), ids, Allocate(device), 2) {
+        Err(Error::Changed { file, what: "size" }) => assert_eq!(file, path),
+        Err(other) => panic!("expected the cut file found at start, got {other:?}"),
+        Ok(_) => panic!("a load of a cut file started"),
+    }
 }
 
 #[test]

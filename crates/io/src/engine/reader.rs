@@ -234,6 +234,9 @@ impl<'a> Reader<'a> {
             }
             Ok(Some(done)) => {
                 self.free.push(tag);
+                // Hand out only bytes of the version that was opened: any
+                // write moves the file's stamp before its bytes can be read.
+                self.files[p.file as usize].check_unchanged(p.progress.offset())?;
                 Ok(Some((p.index, done)))
             }
             Err(e) => {

@@ -13,9 +13,11 @@ use std::time::Duration;
 pub use pool::{DirectJob, DirectLoad};
 use weightlift_format::{Checkpoint, TensorId};
 use weightlift_gpu::DirectReader;
+use weightlift_io::{OpenMode, ReadFile};
 
 use super::load::{Destinations, Loaded, Polled, ask, wait_in_slices};
 use crate::Error;
+use crate::host::check_unchanged;
 use crate::session::Wait;
 
 /// Bytes of one read straight into device memory.
@@ -51,6 +53,9 @@ pub struct DirectDeviceLoad<T: Destinations> {
     failed: bool,
     /// Waits for a caller's stream before reads go into new destinations.
     order: Option<Order>,
+    /// The files as opened, checked against the checkpoint, to confirm
+    /// each is unchanged before its tensors are handed out.
+    versions: Vec<ReadFile>,
 }
 
 /// Blocks until a caller's stream finished the work queued on it so far.
@@ -79,6 +84,14 @@ impl<T: Destinations> DirectDeviceLoad<T> {
                 count: ckpt.len() as u32,
             }));
         }
+        // Opened after the reader: a file replaced before either opened
+        // it differs from the checkpoint here.
+        let versions = ckpt
+            .shards()
+            .iter()
+            .map(|s| ReadFile::open(s.path(), OpenMode::Buffered))
+            .collect::<Result<Vec<_>, _>>()?;
+        check_unchanged(&ckpt, &versions)?;
         Ok(DirectDeviceLoad {
             load: Some(DirectLoad::new(reader, threads, DIRECT_CHUNK)?),
             ckpt,
@@ -90,6 +103,7 @@ impl<T: Destinations> DirectDeviceLoad<T> {
             threads,
             failed: false,
             order: None,
+            versions,
         })
     }
 
@@ -151,6 +165,16 @@ impl<T: Destinations> DirectDeviceLoad<T> {
         }
         match self.load.as_mut().expect("present").next_done(timeout) {
             Ok(done) if !done.is_empty() => {
+                // Every byte of these landed before this check: a file
+                // still the version opened means none is from another.
+                for &i in &done {
+                    let t = self.ckpt.tensor(TensorId(i as u32));
+                    if let Err(e) = self.versions[t.file.index()].check_unchanged(t.range.start) {
+                        return Poll::Ready(
+                            Err(Error::Io(e).about(&self.ckpt, TensorId(i as u32))),
+                        );
+                    }
+                }
                 let batch = done
                     .into_iter()
                     .filter_map(|i| {
