@@ -309,11 +309,13 @@ pub struct Chosen {
 /// `staged` reads: see [`Residence`]), and open the files for it.
 ///
 /// `staged` says whether reads go to staging memory through the engine (a
-/// mapping then serves by copying, which needs `process_vm_readv`).
+/// mapping then serves by copying, which needs `process_vm_readv`); `map`
+/// whether `MMAP` may serve at all (see [`EngineOptions::map`](crate::EngineOptions::map)).
 pub fn choose(
     paths: &[PathBuf],
     candidates: Option<&[Backend]>,
     staged: bool,
+    map: bool,
 ) -> Result<Chosen, Error> {
     let (candidates, residence) = match candidates {
         Some(c) => (c.to_vec(), None),
@@ -335,6 +337,13 @@ pub fn choose(
             rejected.push(Rejected {
                 backend,
                 reason: CUFILE_REASON.into(),
+            });
+            continue;
+        }
+        if backend == Backend::Mmap && !map {
+            rejected.push(Rejected {
+                backend,
+                reason: "mapping is turned off: tensors must own their memory".into(),
             });
             continue;
         }

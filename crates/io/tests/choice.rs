@@ -57,6 +57,7 @@ fn every_rejected_candidate_is_listed_with_its_reason() {
         &paths,
         Some(&[Backend::Cufile, Backend::Uring, Backend::Pread]),
         false,
+        true,
     );
     match &result {
         Err(Error::NoBackend { rejected }) => {
@@ -81,11 +82,34 @@ fn every_rejected_candidate_is_listed_with_its_reason() {
         &paths,
         Some(&Residence::InMemory.default_candidates()),
         false,
+        true,
     )
     .unwrap();
     assert_eq!(chosen.backend, Backend::Mmap);
+    // With mapping turned off, the next candidate serves, and the reason
+    // MMAP did not is listed.
+    let chosen = choose(
+        &paths,
+        Some(&Residence::InMemory.default_candidates()),
+        false,
+        false,
+    )
+    .unwrap();
+    assert_ne!(chosen.backend, Backend::Mmap);
+    assert_eq!(chosen.rejected[0].backend, Backend::Mmap);
+    assert!(chosen.rejected[0].reason.contains("own their memory"));
+    match choose(&paths, Some(&[Backend::Mmap]), false, false) {
+        Err(Error::NoBackend { rejected }) => assert_eq!(rejected[0].backend, Backend::Mmap),
+        other => panic!("expected MMAP refused, got {other:?}"),
+    }
     // Asking for buffered reads skips the unusable direct ones.
-    let chosen = choose(&paths, Some(&[Backend::Aio, Backend::PreadBuffered]), false).unwrap();
+    let chosen = choose(
+        &paths,
+        Some(&[Backend::Aio, Backend::PreadBuffered]),
+        false,
+        true,
+    )
+    .unwrap();
     assert_eq!(chosen.backend, Backend::PreadBuffered);
     assert_eq!(chosen.rejected.len(), 1);
     std::fs::remove_file(&path).unwrap();
@@ -115,7 +139,7 @@ fn cached_files_are_mapped_and_cold_ones_read_directly() {
     );
     assert_eq!(Residence::Storage.staged_candidates()[0], Backend::Uring);
     assert_eq!(
-        choose(&paths, None, true).unwrap().backend,
+        choose(&paths, None, true, true).unwrap().backend,
         Backend::PreadBuffered
     );
 }

@@ -93,6 +93,18 @@ pub(crate) fn from_load(py: Python<'_>, e: LoadError) -> PyErr {
     raise(py, load_class(&e), chain(&e))
 }
 
+/// A Python exception for an error loading from the checkpoint `source`
+/// names: the message names it where the error names no file of its own
+/// (memory or a queue that could not be had, a setting, a name).
+pub(crate) fn from_load_in(py: Python<'_>, e: LoadError, source: &str) -> PyErr {
+    let message = chain(&e);
+    let message = match e.file() {
+        None if !source.is_empty() => format!("{source}: {message}"),
+        _ => message,
+    };
+    raise(py, load_class(&e), message)
+}
+
 /// The error's message followed by its causes, as `a: b: c`, skipping a
 /// cause already spelled out in the message.
 pub(crate) use weightlift_io::chain;

@@ -21,6 +21,7 @@
 mod dests;
 mod dlpack;
 mod errors;
+mod forked;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -36,6 +37,7 @@ use weightlift_io::Backend;
 
 use dests::{Owner, PyDestinations};
 use dlpack::Keep;
+use forked::{Forked, InProcess};
 
 /// A loaded tensor as Python receives it: name, dtype, shape and bytes.
 type Described = (String, &'static str, Vec<u64>, Buffer);
@@ -43,9 +45,17 @@ type Described = (String, &'static str, Vec<u64>, Buffer);
 /// Why a call did not return a value.
 enum Fail {
     Closed,
+    /// Used in a process forked from the one that opened it.
+    Forked(Forked),
     Load(LoadError),
     /// Python code called on the way raised.
     Py(PyErr),
+}
+
+impl From<Forked> for Fail {
+    fn from(f: Forked) -> Self {
+        Fail::Forked(f)
+    }
 }
 
 impl From<LoadError> for Fail {
@@ -118,7 +128,17 @@ fn with_signals<T: Send>(
                 source_name(ckpt)
             ),
         ),
-        Fail::Load(e) => errors::from_load(py, e),
+        Fail::Forked(Forked { parent, child }) => errors::raise(
+            py,
+            "WeightliftError",
+            format!(
+                "{}: this handle was opened in process {parent}, and this is process {child}, \
+                 forked from it: its reading threads do not survive fork(); open the \
+                 checkpoint again in this process",
+                source_name(ckpt)
+            ),
+        ),
+        Fail::Load(e) => errors::from_load_in(py, e, &source_name(ckpt)),
         Fail::Py(e) => e,
     })
 }
@@ -202,11 +222,11 @@ struct PySession {
     options: LoadOptions,
     /// The device a device handle loads onto, and its allocator.
     device: Option<(String, Py<PyAny>)>,
-    inner: Mutex<Option<Sessions>>,
+    inner: InProcess<Mutex<Option<Sessions>>>,
     /// For a handle in host memory, the device `load_into` writes to (by
     /// name), with its staging, kept for the next load onto it (pinned
     /// memory is costly). A device handle's is in its session.
-    onto: Mutex<Option<(String, Onto)>>,
+    onto: InProcess<Mutex<Option<(String, Onto)>>>,
     /// The latest load onto a device, described; `None` before one.
     described: Mutex<Option<String>>,
 }
@@ -218,9 +238,10 @@ impl PySession {
     /// comma-separated list of backend and policy names; every setting
     /// left None comes from its `WEIGHTLIFT_*` variable, else its default.
     /// With `device` (`cuda:N`, `hip:N`) and `alloc` (as for `upload`),
-    /// the handle loads onto that device.
+    /// the handle loads onto that device. With `map` false, host tensors
+    /// are never views of a mapped file.
     #[new]
-    #[pyo3(signature = (sources, backends=None, buffer_size=None, pinned_bytes=None, fill_threads=None, device=None, alloc=None))]
+    #[pyo3(signature = (sources, backends=None, buffer_size=None, pinned_bytes=None, fill_threads=None, device=None, alloc=None, map=true))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -231,6 +252,7 @@ impl PySession {
         fill_threads: Option<&Bound<'_, PyAny>>,
         device: Option<String>,
         alloc: Option<Py<PyAny>>,
+        map: bool,
     ) -> PyResult<Self> {
         let load_err = |e: LoadError| errors::from_load(py, e);
         let mut options = LoadOptions::from_env().map_err(load_err)?;
@@ -247,6 +269,7 @@ impl PySession {
         if let Some(n) = whole(py, "fill_threads", fill_threads)? {
             options.staging.fill_threads = n;
         }
+        options.engine.map = map;
         options.check().map_err(load_err)?;
         let opened = py.detach(|| match sources.as_slice() {
             [one] => Checkpoint::open(one),
@@ -258,12 +281,12 @@ impl PySession {
             ckpt,
             options,
             device,
-            inner: Mutex::new(None),
-            onto: Mutex::new(None),
+            inner: InProcess::new(Mutex::new(None)),
+            onto: InProcess::new(Mutex::new(None)),
             described: Mutex::new(None),
         };
         let session = this.session(py, &Selection::All)?;
-        *lock(&this.inner) = Some(session);
+        *lock(this.inner.get().expect("made in this process")) = Some(session);
         Ok(this)
     }
 
@@ -444,7 +467,7 @@ impl PySession {
             .run(slf.py(), |s, _| Ok(each_session!(s, s => s.pass())))?;
         Ok(PyPass {
             session: slf.unbind(),
-            pass: Mutex::new(pass),
+            pass: InProcess::new(Mutex::new(pass)),
             stream,
         })
     }
@@ -489,7 +512,7 @@ impl PySession {
         Ok(PyDeviceLoad {
             session: slf.unbind(),
             device,
-            state: Mutex::new(Some(load)),
+            state: InProcess::new(Mutex::new(Some(load))),
             carve,
         })
     }
@@ -513,16 +536,24 @@ impl PySession {
     /// Cancel what is loading and free what was read ahead. Tensors already
     /// handed out stay valid.
     fn close(&self, py: Python<'_>) {
-        let session = py.detach(|| lock(&self.inner).take());
+        // In a forked child there is nothing of this process's to close.
+        let (Ok(inner), Ok(onto)) = (self.inner.get(), self.onto.get()) else {
+            return;
+        };
+        let session = py.detach(|| lock(inner).take());
         py.detach(move || drop(session));
-        let onto = py.detach(|| lock(&self.onto).take());
+        let onto = py.detach(|| lock(onto).take());
         py.detach(move || drop(onto));
     }
 
     /// Whether `close` was called.
     #[getter]
     fn closed(&self, py: Python<'_>) -> bool {
-        py.detach(|| lock(&self.inner).is_none())
+        // A forked child's handle is as good as closed.
+        let Ok(inner) = self.inner.get() else {
+            return true;
+        };
+        py.detach(|| lock(inner).is_none())
     }
 }
 
@@ -557,7 +588,7 @@ impl PySession {
         f: impl FnOnce(&mut Sessions, &mut Wait<'_>) -> Result<T, Fail> + Send,
     ) -> PyResult<T> {
         with_signals(py, &self.ckpt, |wait| {
-            let mut guard = lock(&self.inner);
+            let mut guard = lock(self.inner.get()?);
             let session = guard.as_mut().ok_or(Fail::Closed)?;
             f(session, wait)
         })
@@ -595,20 +626,20 @@ impl PySession {
         f: impl FnOnce(&mut Onto, &mut Wait<'_>) -> Result<T, Fail> + Send,
     ) -> PyResult<T> {
         with_signals(py, &self.ckpt, |wait| {
-            let mut guard = lock(&self.inner);
+            let mut guard = lock(self.inner.get()?);
             match guard.as_mut().ok_or(Fail::Closed)? {
                 Sessions::Device(s) if self.device.as_ref().is_some_and(|(d, _)| d == device) => {
                     return f(s.source_mut().onto(), wait);
                 }
                 _ => drop(guard),
             }
-            let kept = lock(&self.onto).take();
+            let kept = lock(self.onto.get()?).take();
             let mut onto = match kept {
                 Some((name, onto)) if name == device => onto,
                 _ => Onto::open(device, self.options.clone())?,
             };
             let result = f(&mut onto, wait);
-            *lock(&self.onto) = Some((device.to_owned(), onto));
+            *lock(self.onto.get()?) = Some((device.to_owned(), onto));
             result
         })
     }
@@ -639,7 +670,7 @@ impl PySession {
 #[pyclass(name = "_Pass", module = "weightlift._weightlift", frozen)]
 struct PyPass {
     session: Py<PySession>,
-    pass: Mutex<Pass>,
+    pass: InProcess<Mutex<Pass>>,
     /// torch's current stream, on a device.
     stream: Option<u64>,
 }
@@ -662,7 +693,7 @@ impl PyPass {
         let t = session.run(py, |s, wait| {
             // The session's lock is held; the pass's is only ever taken
             // inside it, so the two cannot deadlock.
-            let mut pass = lock(pass);
+            let mut pass = lock(pass.get()?);
             Ok(match s {
                 Sessions::Host(s) => s.next(&mut pass, wait).transpose()?.map(Passed::Host),
                 Sessions::Device(s) => {
@@ -693,7 +724,10 @@ impl PyPass {
     fn __length_hint__(&self, py: Python<'_>) -> usize {
         // Never wait for a lock while holding the GIL: its holder may be
         // waiting for the GIL to check for signals.
-        py.detach(|| lock(&self.pass).remaining())
+        match self.pass.get() {
+            Ok(pass) => py.detach(|| lock(pass).remaining()),
+            Err(_) => 0,
+        }
     }
 }
 
@@ -709,7 +743,7 @@ struct PyDeviceLoad {
     /// The device, to keep its staging when the pass ends.
     device: String,
     /// `None` once finished or failed.
-    state: Mutex<Option<AnyLoad<PyDestinations>>>,
+    state: InProcess<Mutex<Option<AnyLoad<PyDestinations>>>>,
     /// The reused buffer's placement, with `copy=False`.
     carve: Option<Arc<Mutex<Carve>>>,
 }
@@ -725,7 +759,7 @@ impl PyDeviceLoad {
         let state = &self.state;
         let ckpt = &session.ckpt;
         let stepped = with_signals(py, ckpt, |wait| {
-            let mut guard = lock(state);
+            let mut guard = lock(state.get()?);
             let Some(load) = guard.as_mut() else {
                 return Ok(None);
             };
@@ -735,7 +769,7 @@ impl PyDeviceLoad {
                     let load = guard.take().expect("present");
                     drop(guard);
                     // Keep the staging for the next load onto the device.
-                    let mut inner = lock(&session.inner);
+                    let mut inner = lock(session.inner.get()?);
                     if let Some(Sessions::Device(s)) = inner.as_mut()
                         && session
                             .device
@@ -746,7 +780,7 @@ impl PyDeviceLoad {
                         return Ok(None);
                     }
                     drop(inner);
-                    let mut onto = lock(&session.onto);
+                    let mut onto = lock(session.onto.get()?);
                     match onto.as_mut() {
                         Some((name, onto)) if *name == self.device => onto.finish(load),
                         _ => drop(load),
@@ -791,7 +825,8 @@ impl PyDeviceLoad {
 
     /// Stop: wait for the copies in flight and let go of the destinations.
     fn close(&self, py: Python<'_>) {
-        let state = py.detach(|| lock(&self.state).take());
+        let Ok(state) = self.state.get() else { return };
+        let state = py.detach(|| lock(state).take());
         py.detach(move || drop(state));
     }
 }

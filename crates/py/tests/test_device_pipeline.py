@@ -10,6 +10,7 @@ byte with what safetensors reads from the same file. The same calls on a real
 GPU are in test_gpu.py.
 """
 
+import os
 import warnings
 
 import pytest
@@ -451,3 +452,25 @@ def test_an_allocator_that_never_finds_room_is_a_device_error(standin, store):
     with pytest.raises(weightlift.DeviceError, match="no device memory was given"):
         for _ in session.stream():
             pass
+
+
+def test_a_file_rewritten_during_a_pass_fails_it_and_nothing_mixes_versions(standin, small_staging, tmp_path):
+    # A reused 128 KiB buffer and 8 KiB of staging: the pass cannot read
+    # far ahead of the tensors handed out, so most reads come after the
+    # rewrite.
+    path = tmp_path / "m.safetensors"
+    tensors = {f"t{i:02}": torch.full((64, 256), float(i)) for i in range(16)}
+    save_file(tensors, str(path))
+    seen = {}
+    with pytest.raises(weightlift.WeightliftIOError, match="m.safetensors.*changed during the load"):
+        with weightlift.safe_open(path, device="cuda:0", copy=False, buffer_size=128 << 10) as f:
+            for name, t in f.tensors():
+                seen[name] = t.clone()
+                if len(seen) == 1:
+                    with open(path, "r+b") as out:
+                        start = 8 + int.from_bytes(out.read(8), "little")
+                        out.seek(start)
+                        out.write(b"\xff" * (os.path.getsize(path) - start))
+    assert 1 <= len(seen) < len(tensors)
+    for name, t in seen.items():
+        assert torch.equal(t, tensors[name]), f"{name} holds bytes of the rewritten file"

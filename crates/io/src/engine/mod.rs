@@ -46,7 +46,7 @@ impl Engine {
     /// place or to views of a mapping.
     pub fn open(paths: &[PathBuf], options: &EngineOptions, staged: bool) -> Result<Self, Error> {
         check_options(options)?;
-        let chosen = choose(paths, options.backends.as_deref(), staged)?;
+        let chosen = choose(paths, options.backends.as_deref(), staged, options.map)?;
         // Direct reads need the strictest alignment of any file, for file
         // offsets and for memory; 4096 otherwise keeps reads page-sized.
         let alignment = if chosen.backend.is_direct() {

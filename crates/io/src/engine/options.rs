@@ -18,6 +18,12 @@ pub struct EngineOptions {
     /// Threads for the `PREAD`, `PREAD_BUFFERED` and `MMAP` backends, and
     /// for populating mappings.
     pub threads: usize,
+    /// Whether the `MMAP` backend may serve. Host tensors a mapping serves
+    /// view the file (copy-on-write): another process's writes to it show
+    /// through, and truncating it makes touching them raise `SIGBUS`.
+    /// `false` reads into memory of the load's own, independent of the
+    /// files once the load returns.
+    pub map: bool,
     /// Test hook: make one read fail. Only with the `test-hooks` feature.
     #[cfg(feature = "test-hooks")]
     pub fault: Option<InjectedFault>,
@@ -52,6 +58,13 @@ impl EngineOptions {
                 reason: "must be at least 4096 bytes (one aligned read)",
             });
         }
+        if bytes > isize::MAX as usize {
+            return Err(Error::Setting {
+                name: "buffer_size",
+                value: bytes as u64,
+                reason: "must be at most 2^63 - 1 bytes (the most one allocation can hold)",
+            });
+        }
         self.ring_bytes = bytes;
         self.slot_size = self.slot_size.min(bytes / 4096 * 4096);
         check_options(&self)?;
@@ -67,6 +80,7 @@ impl Default for EngineOptions {
             slot_size: Self::DEFAULT_SLOT_SIZE,
             ring_bytes: Self::DEFAULT_RING_BYTES,
             threads: std::thread::available_parallelism().map_or(4, |n| n.get().clamp(2, 16)),
+            map: true,
             #[cfg(feature = "test-hooks")]
             fault: None,
         }
@@ -109,6 +123,13 @@ pub(super) fn check_options(o: &EngineOptions) -> Result<(), Error> {
     if o.ring_bytes < o.slot_size {
         return bad("ring_bytes", o.ring_bytes, "must hold at least one slot");
     }
+    if o.ring_bytes > isize::MAX as usize {
+        return bad(
+            "ring_bytes",
+            o.ring_bytes,
+            "must be at most 2^63 - 1 bytes (the most one allocation can hold)",
+        );
+    }
     if o.threads == 0 {
         return bad("threads", 0, "must be at least 1");
     }
@@ -127,6 +148,13 @@ mod tests {
         assert_eq!((o.ring_bytes, o.slot_size), (10_000, 8192));
         let o = EngineOptions::default().with_buffer_size(1 << 30).unwrap();
         assert_eq!(o.slot_size, EngineOptions::DEFAULT_SLOT_SIZE);
+        assert!(matches!(
+            EngineOptions::default().with_buffer_size(1 << 63),
+            Err(Error::Setting {
+                name: "buffer_size",
+                ..
+            })
+        ));
         assert!(matches!(
             EngineOptions::default().with_buffer_size(4095),
             Err(Error::Setting {

@@ -103,7 +103,7 @@ impl Sink for Collect<'_> {
 /// `WEIGHTLIFT_REQUIRE_URING=1` (set where io_uring and `O_DIRECT` are known
 /// to work), an unusable backend fails the test instead.
 pub(crate) fn usable(backend: Backend, paths: &[PathBuf]) -> bool {
-    match weightlift_io::choose(paths, Some(&[backend]), true) {
+    match weightlift_io::choose(paths, Some(&[backend]), true, true) {
         Ok(_) => true,
         Err(e) => {
             let required = std::env::var("WEIGHTLIFT_REQUIRE_URING").is_ok_and(|v| v == "1");

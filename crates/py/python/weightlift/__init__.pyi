@@ -66,7 +66,11 @@ class ClosedError(WeightliftError, ValueError):
     """A handle used after it was closed."""
 
 class MismatchError(WeightliftError, RuntimeError):
-    """load_into: names, shapes or dtypes of the target and the checkpoint differ."""
+    """load_into: names, shapes or dtypes of the target and the checkpoint
+    differ, or a target tensor cannot be written in place."""
+
+class InvalidArgumentError(WeightliftError, TypeError):
+    """An argument of the wrong type: says which argument, and what it got."""
 
 @dataclass(frozen=True)
 class TensorMetadata:
@@ -107,6 +111,7 @@ class SafeOpen:
         progress: bool = False,
         pinned_bytes: Optional[int] = None,
         fill_threads: Optional[int] = None,
+        mmap: bool = True,
     ) -> None: ...
     @property
     def backend(self) -> Optional[str]: ...
@@ -135,6 +140,7 @@ def safe_open(
     progress: bool = False,
     pinned_bytes: Optional[int] = None,
     fill_threads: Optional[int] = None,
+    mmap: bool = True,
 ) -> SafeOpen: ...
 def load_file(
     filename: Sources,
@@ -145,6 +151,7 @@ def load_file(
     progress: bool = False,
     pinned_bytes: Optional[int] = None,
     fill_threads: Optional[int] = None,
+    mmap: bool = True,
 ) -> Dict[str, Any]: ...
 def load(path: Sources, device: Device = "cpu", **options: Any) -> Dict[str, Any]:
     """load_file's: `options` are its keyword arguments."""

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Collection, Dict, Iterator, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
 
 from . import _weightlift
-from ._errors import BackendError, DeviceError, MismatchError, SettingError, UnsupportedError
+from ._errors import BackendError, DeviceError, InvalidArgumentError, MismatchError, SettingError, UnsupportedError
 from ._frameworks import check_framework, framework_shape, to_framework, torch_dtype
 from ._progress import progress as _progress
 
@@ -59,7 +59,15 @@ def _backend_names(backend: BackendArg) -> Optional[str]:
     """`backend` as the comma-separated names Rust parses; None for automatic."""
     if backend is None:
         return None
-    items = [backend] if isinstance(backend, (Backend, BackendPolicy, str)) else list(backend)
+    if isinstance(backend, (Backend, BackendPolicy, str)):
+        items = [backend]
+    else:
+        try:
+            items = list(backend)
+        except TypeError:
+            raise BackendError(
+                f"backend must be a Backend, a BackendPolicy, a name, or a list of them; got {backend!r}"
+            ) from None
     names = []
     for b in items:
         if isinstance(b, (Backend, BackendPolicy)):
@@ -73,6 +81,20 @@ def _backend_names(backend: BackendArg) -> Optional[str]:
     if not names:
         raise BackendError("backend=[] names no backend; pass None for the automatic choice")
     return ",".join(names)
+
+
+def _name(name: Any) -> str:
+    """A tensor name; anything but a str is an InvalidArgumentError."""
+    if not isinstance(name, str):
+        raise InvalidArgumentError(f"a tensor name must be a str, not {type(name).__name__} {name!r}")
+    return name
+
+
+def _flag(name: str, value: Any) -> bool:
+    """A True/False argument; anything else is an InvalidArgumentError."""
+    if not isinstance(value, bool):
+        raise InvalidArgumentError(f"{name} must be True or False, not {value!r}")
+    return value
 
 
 def _sources(filenames: Any) -> List[str]:
@@ -216,9 +238,12 @@ class TensorMetadata:
 class SafeOpen:
     """An open checkpoint, made by `safe_open`; use it as a context manager.
 
-    Tensors it hands out own their memory (or keep alive the memory they
-    view): they stay valid after the handle is closed. A closed handle
-    raises ClosedError.
+    Tensors it hands out stay valid after the handle is closed: each owns
+    its memory or keeps alive the memory it views. Host tensors that MMAP
+    served (the automatic choice for cached files and tmpfs) view the file,
+    copy-on-write, as safetensors' do: another process's writes to the file
+    show through, and truncating it makes touching them raise SIGBUS; with
+    mmap=False they never do. A closed handle raises ClosedError.
     """
 
     def __init__(
@@ -235,6 +260,7 @@ class SafeOpen:
         progress: bool = False,
         pinned_bytes: Optional[int] = None,
         fill_threads: Optional[int] = None,
+        mmap: bool = True,
     ) -> None:
         self._framework = check_framework(framework)
         self._device = _device(device)
@@ -256,6 +282,7 @@ class SafeOpen:
             fill_threads,
             gpu.name if isinstance(gpu, _Gpu) else None,
             _allocator(gpu) if isinstance(gpu, _Gpu) else None,
+            _flag("mmap", mmap),
         )
         if keys is not None:
             self._session.select(keys)
@@ -327,7 +354,13 @@ class SafeOpen:
                     "requested; clone what you keep, or use copy=True",
                     stacklevel=3,
                 )
-            buf = torch.empty(self.buffer_size, dtype=torch.uint8, device=gpu.torch)
+            try:
+                buf = torch.empty(self.buffer_size, dtype=torch.uint8, device=gpu.torch)
+            except RuntimeError as e:  # torch's out-of-memory errors among them
+                raise DeviceError(
+                    f"copy=False: cannot allocate the {self.buffer_size}-byte buffer on {gpu.torch}: {e}; "
+                    "pass a smaller buffer_size"
+                ) from e
             upload = self._session.upload(
                 gpu.name, _allocator(gpu), gpu.stream(), (buf, buf.data_ptr(), buf.numel())
             )
@@ -344,6 +377,7 @@ class SafeOpen:
 
     def get_tensor(self, name: str) -> Any:
         """The selected tensor `name`; each call returns a new tensor."""
+        _name(name)
         gpu = self._device
         if isinstance(gpu, _Gpu):
             return self._session.get_into(name, gpu.stream())
@@ -358,12 +392,12 @@ class SafeOpen:
 
     def get_slice(self, name: str) -> "TensorSlice":
         """A tensor to index lazily: only the rows an index needs are read."""
-        dtype, shape, *_ = self._session.info(name)
+        dtype, shape, *_ = self._session.info(_name(name))
         return TensorSlice(self, name, dtype, tuple(shape))
 
     def get_tensor_metadata(self, name: str) -> TensorMetadata:
         """Where the selected tensor `name` is and what it holds."""
-        dtype, shape, file, start, end, data_start = self._session.info(name)
+        dtype, shape, file, start, end, data_start = self._session.info(_name(name))
         return TensorMetadata(
             name=name,
             dtype=dtype,
@@ -447,6 +481,7 @@ def safe_open(
     progress: bool = False,
     pinned_bytes: Optional[int] = None,
     fill_threads: Optional[int] = None,
+    mmap: bool = True,
 ) -> SafeOpen:
     """Open a checkpoint for loading, as safetensors' and InstantTensor's
     `safe_open` do.
@@ -491,6 +526,12 @@ def safe_open(
             (at least 4096; None: WEIGHTLIFT_PINNED_BYTES, else 128 MiB).
         fill_threads: threads copying into it (1 to 256; None:
             WEIGHTLIFT_FILL_THREADS, else half the cores, at most 8).
+        mmap: True: MMAP may serve host tensors, which then view the files
+            (the fastest warm load; see SafeOpen). False: never map; host
+            tensors are read into memory of their own, unaffected by
+            anything done to the files after they are handed out (MMAP is
+            left out of the automatic choice, and naming it alone raises
+            BackendError).
     """
     return SafeOpen(
         filenames,
@@ -504,6 +545,7 @@ def safe_open(
         progress=progress,
         pinned_bytes=pinned_bytes,
         fill_threads=fill_threads,
+        mmap=mmap,
     )
 
 
@@ -516,10 +558,12 @@ def load_file(
     progress: bool = False,
     pinned_bytes: Optional[int] = None,
     fill_threads: Optional[int] = None,
+    mmap: bool = True,
 ) -> Dict[str, Any]:
     """Load every tensor of a checkpoint into a dict of torch tensors, as
     `safetensors.torch.load_file` does. `filename` may also be a list of
-    files, a directory or an index; the other arguments are safe_open's."""
+    files, a directory or an index; the other arguments are safe_open's
+    (mmap=False for host tensors independent of the files)."""
     with safe_open(
         filename,
         "pt",
@@ -529,6 +573,7 @@ def load_file(
         progress=progress,
         pinned_bytes=pinned_bytes,
         fill_threads=fill_threads,
+        mmap=mmap,
     ) as f:
         return f.get_tensors()
 
@@ -584,7 +629,10 @@ def load_into(
     elif isinstance(target, Mapping):
         dests = dict(target)
     else:
-        raise TypeError(f"target must be a dict of tensors or an nn.Module, not {type(target).__name__}")
+        raise InvalidArgumentError(
+            f"target must be a dict of tensors or an nn.Module, not {type(target).__name__}"
+        )
+    _check_targets(dests)
     with safe_open(
         filenames, "pt", "cpu", backend=backend, progress=progress, pinned_bytes=pinned_bytes, fill_threads=fill_threads
     ) as f:
@@ -632,6 +680,32 @@ def load_into(
                 for name, tensor in f.tensors():
                     dests[name].copy_(tensor)
     return IncompatibleKeys(missing, unexpected)
+
+
+def _check_targets(dests: Dict[str, Any]) -> None:
+    """Refuse, before anything is read, targets that cannot be written in
+    place: anything but a torch tensor, a tensor on the meta device (it has
+    no memory), and an inference tensor outside inference mode (torch
+    forbids writing it there)."""
+    import torch
+
+    inference = torch.is_inference_mode_enabled()
+    for name, t in dests.items():
+        if not isinstance(t, torch.Tensor):
+            raise InvalidArgumentError(
+                f"load_into: target {name!r} is a {type(t).__name__}, not a torch.Tensor"
+            )
+        if t.is_meta:
+            raise MismatchError(
+                f"load_into: target {name!r} is on the meta device and has no memory to load into; "
+                "materialize it first (module.to_empty(device=...)), or use "
+                "module.load_state_dict(load_file(...), assign=True)"
+            )
+        if t.is_inference() and not inference:
+            raise MismatchError(
+                f"load_into: target {name!r} is an inference tensor, which torch lets be written "
+                "only inside torch.inference_mode()"
+            )
 
 
 def _straight_device(targets: List[Any]) -> Any:

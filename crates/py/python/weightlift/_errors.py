@@ -52,7 +52,13 @@ class ClosedError(WeightliftError, ValueError):
 
 
 class MismatchError(WeightliftError, RuntimeError):
-    """load_into: names, shapes or dtypes of the target and the checkpoint differ."""
+    """load_into: names, shapes or dtypes of the target and the checkpoint
+    differ, or a target tensor cannot be written in place (on the meta
+    device, or an inference tensor outside inference mode)."""
+
+
+class InvalidArgumentError(WeightliftError, TypeError):
+    """An argument of the wrong type: says which argument, and what it got."""
 
 
 class UnsupportedError(WeightliftError, NotImplementedError):
@@ -71,5 +77,6 @@ __all__ = [
     "SettingError",
     "ClosedError",
     "MismatchError",
+    "InvalidArgumentError",
     "UnsupportedError",
 ]
