@@ -8,6 +8,7 @@
 
 mod args;
 mod bench;
+mod fuzz;
 mod load;
 mod py;
 mod report;
@@ -69,7 +70,8 @@ commands:
                           mixture-of-experts-shaped) checkpoint with an index
   corpus                  regenerate tests/corpus from tests/src/corpus.rs
   fuzz [TARGET] [--seconds N]
-                          run a fuzz target (header, checkpoint or index; default header, 600 s)
+                          run a fuzz target with cargo-fuzz, nightly and AddressSanitizer
+                          (header, checkpoint or index; default header, 600 s)
 ";
 
 fn main() {
@@ -116,7 +118,7 @@ fn run() -> Result<()> {
             println!("wrote {}", dir.display());
             Ok(())
         }
-        "fuzz" => fuzz(&mut args),
+        "fuzz" => fuzz::long(&mut args),
         "help" | "--help" | "-h" => {
             print!("{USAGE}");
             Ok(())
@@ -278,48 +280,4 @@ fn test() -> Result<()> {
     )?;
     eprintln!("\nxtask test: all checks passed");
     Ok(())
-}
-
-fn fuzz(args: &mut Args) -> Result<()> {
-    let target = args.positional().unwrap_or_else(|| "header".into());
-    let seconds = args.number("--seconds")?.unwrap_or(600);
-    args.finish()?;
-    let have = Command::new("cargo")
-        .args(["+nightly", "fuzz", "--version"])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    if !have {
-        bail!(
-            "fuzzing needs a nightly toolchain and cargo-fuzz: `rustup toolchain install nightly && cargo install cargo-fuzz`"
-        );
-    }
-    // Seeds: the target's own (fuzz/seeds/<target>) or else the hostile
-    // header corpus.
-    let corpus = root().join("fuzz/corpus").join(&target);
-    std::fs::create_dir_all(&corpus)?;
-    let own = root().join("fuzz/seeds").join(&target);
-    let (from, ext) = if own.is_dir() {
-        (own, None)
-    } else {
-        (root().join("tests/corpus"), Some("safetensors"))
-    };
-    for e in std::fs::read_dir(&from).with_context(|| format!("reading {}", from.display()))? {
-        let p = e?.path();
-        if ext.is_none_or(|ext| p.extension().is_some_and(|x| x == ext)) {
-            std::fs::copy(&p, corpus.join(p.file_name().expect("a file")))?;
-        }
-    }
-    step(
-        &format!("cargo +nightly fuzz run {target} for {seconds} s"),
-        Command::new("cargo").current_dir(root()).args([
-            "+nightly",
-            "fuzz",
-            "run",
-            &target,
-            "--",
-            &format!("-max_total_time={seconds}"),
-            "-rss_limit_mb=4096",
-        ]),
-    )
 }
