@@ -4,7 +4,8 @@
 //! - `bench`: the main job: open, plan and load a checkpoint (generated when none is given), cold and warm, next to the storage limit and safetensors;
 //! - `gen`: write a Llama-shaped checkpoint;
 //! - `corpus`: regenerate the hostile-header corpus in `tests/corpus`;
-//! - `fuzz`: run a fuzz target (needs nightly and cargo-fuzz).
+//! - `fuzz`: a long run of a fuzz target (needs nightly and cargo-fuzz);
+//! - `fuzz-smoke`: a short run of every fuzz target on the stable toolchain.
 
 mod args;
 mod bench;
@@ -72,6 +73,11 @@ commands:
   fuzz [TARGET] [--seconds N]
                           run a fuzz target with cargo-fuzz, nightly and AddressSanitizer
                           (header, checkpoint or index; default header, 600 s)
+  fuzz-smoke [TARGET] [--seconds N]
+                          build the fuzz targets on the stable toolchain with libFuzzer's
+                          coverage instrumentation and run each (or TARGET) for N s
+                          (default 30, or WEIGHTLIFT_FUZZ_SECONDS; 0 builds only);
+                          a crash fails it, naming the saved input and how to replay it
 ";
 
 fn main() {
@@ -119,6 +125,7 @@ fn run() -> Result<()> {
             Ok(())
         }
         "fuzz" => fuzz::long(&mut args),
+        "fuzz-smoke" => fuzz::smoke_command(&mut args),
         "help" | "--help" | "-h" => {
             print!("{USAGE}");
             Ok(())
