@@ -5,7 +5,7 @@
 //! - `gen`: write a Llama-shaped checkpoint;
 //! - `corpus`: regenerate the hostile-header corpus in `tests/corpus`;
 //! - `fuzz`: a long run of a fuzz target (needs nightly and cargo-fuzz);
-//! - `fuzz-smoke`: a short run of every fuzz target on the stable toolchain.
+//! - `fuzz-smoke`: a short run of every fuzz target on the stable toolchain (part of `test`).
 
 mod args;
 mod bench;
@@ -26,7 +26,7 @@ usage: cargo xtask <command> [options]
 
 commands:
   test                    run every check and test (fmt, clippy, tests, doctests, docs,
-                          the wheel's pytest suite in target/venv, fuzz build)
+                          the wheel's pytest suite in target/venv, and fuzz-smoke)
   bench [options]         load a checkpoint with weightlift (its automatic choice and
                           each backend), safetensors and the peers, cold and warm,
                           each load in a fresh process, next to the hardware's
@@ -205,6 +205,8 @@ fn gpu_test(python: Option<PathBuf>) -> Result<()> {
 }
 
 fn test() -> Result<()> {
+    // Read before the long steps, so that a bad value fails at once.
+    let fuzz_seconds = fuzz::smoke_seconds()?;
     ensure_components()?;
     // Property tests run 256 cases each unless told otherwise.
     let cases = std::env::var("PROPTEST_CASES").unwrap_or_else(|_| "256".into());
@@ -275,16 +277,9 @@ fn test() -> Result<()> {
     let python = py::python(None)?;
     py::install_wheel(&python, py::Wheel::Tests)?;
     py::pytest(&python)?;
-    step(
-        "cargo check of the fuzz targets",
-        cargo().args([
-            "check",
-            "--quiet",
-            "--manifest-path",
-            "fuzz/Cargo.toml",
-            "--bins",
-        ]),
-    )?;
+    // A short run of every fuzz target, so that a parser change that
+    // panics is caught here rather than by the next long run.
+    fuzz::smoke(&fuzz::TARGETS, fuzz_seconds)?;
     eprintln!("\nxtask test: all checks passed");
     Ok(())
 }
