@@ -38,8 +38,10 @@
 //!
 //! The `test-hooks` feature adds what tests need and the product does not:
 //! `EngineOptions::fault` (an `InjectedFault`, one read reporting an error
-//! after it really completed) and `Region::live` (regions mapped now, for
-//! leak tests). Tests enable it through their dev-dependencies.
+//! after it really completed), `Region::live` (regions mapped now, for
+//! leak tests) and `aio_contexts_set_up`/`aio_contexts_destroyed` (Linux
+//! AIO contexts made and ended so far). Tests enable it through their
+//! dev-dependencies.
 //!
 //! ```
 //! use weightlift_io::{AlignedBuf, OpenMode, ReadFile};
@@ -73,4 +75,6 @@ pub use engine::{Engine, EngineOptions, InPlace, Release, Ring, Sink};
 pub use error::{Error, PlanMismatch, Rejected, chain};
 pub use file::{DioAlignment, OpenMode, ReadFile};
 pub use progress::{ReadFailure, ReadProgress, Resume, Verdict};
+#[cfg(feature = "test-hooks")]
+pub use queue::aio::{aio_contexts_destroyed, aio_contexts_set_up};
 pub use region::Region;
