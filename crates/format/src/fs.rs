@@ -16,15 +16,16 @@ use std::path::{Path, PathBuf};
 /// and when its contents last changed (`mtime`, to the nanosecond the file
 /// system keeps).
 ///
-/// Every change to a file's contents (a write, a truncation, a store
-/// through a shared mapping when it first dirties a page) moves its
-/// modification time before the new bytes can be read, so equal stamps
-/// taken before and after a read mean the read saw one version, up to the
-/// file system's timestamp granularity: two writes within one clock tick
-/// may share a time (Linux 6.13 and later give a write after a `stat` a
-/// fine-grained time, which closes that gap for writes after the file was
-/// opened). Changes to the inode alone (renaming, linking, `chmod`) are not
-/// changes of version, and a process that sets the time back by hand
+/// A write(2), a truncation or a hole punch moves the modification time
+/// when it starts, so a stamp unchanged after a read means no such change
+/// started between the two stamps: the read saw the version stamped,
+/// unless a write was already running when the first stamp was taken.
+/// That holds up to the file system's timestamp granularity: two writes
+/// within one clock tick may share a time (Linux 6.13 and later give a
+/// write after a `stat` a fine-grained time on local file systems). Stores
+/// through a shared writable mapping move the time only when they dirty a
+/// clean page. Changes to the inode alone (renaming, linking, `chmod`) are
+/// not changes of version, and a process that sets the time back by hand
 /// (`utimensat`) can hide a write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Stamp {

@@ -310,7 +310,8 @@ pub struct Chosen {
 ///
 /// `staged` says whether reads go to staging memory through the engine (a
 /// mapping then serves by copying, which needs `process_vm_readv`); `map`
-/// whether `MMAP` may serve at all (see [`EngineOptions::map`](crate::EngineOptions::map)).
+/// whether `MMAP` may serve reads that are not staged (see
+/// [`EngineOptions::map`](crate::EngineOptions::map)).
 pub fn choose(
     paths: &[PathBuf],
     candidates: Option<&[Backend]>,
@@ -340,7 +341,8 @@ pub fn choose(
             });
             continue;
         }
-        if backend == Backend::Mmap && !map {
+        // Staged reads copy out of a mapping: nothing views the file there.
+        if backend == Backend::Mmap && !map && !staged {
             rejected.push(Rejected {
                 backend,
                 reason: "mapping is turned off: tensors must own their memory".into(),

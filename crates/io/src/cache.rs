@@ -174,7 +174,8 @@ pub fn in_memory(path: &Path) -> Result<bool, Error> {
 }
 
 fn open(path: &Path) -> Result<File, Error> {
-    File::open(path).map_err(|source| Error::Open {
+    // Without blocking: a FIFO is refused, not waited on.
+    weightlift_format::open_regular(path, 0).map_err(|source| Error::Open {
         file: path.to_path_buf(),
         source,
     })

@@ -63,6 +63,9 @@ fn a_file_written_during_a_run_fails_it_naming_the_file() {
             |_| {
                 landed += 1;
                 if landed == 1 {
+                    // Past one clock tick of file systems without
+                    // fine-grained timestamps.
+                    std::thread::sleep(Duration::from_millis(20));
                     let mut last = [0u8];
                     writer.read_at(&mut last, end - 1).unwrap();
                     writer.write_at(&last, end - 1).unwrap();

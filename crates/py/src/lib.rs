@@ -128,16 +128,7 @@ fn with_signals<T: Send>(
                 source_name(ckpt)
             ),
         ),
-        Fail::Forked(Forked { parent, child }) => errors::raise(
-            py,
-            "WeightliftError",
-            format!(
-                "{}: this handle was opened in process {parent}, and this is process {child}, \
-                 forked from it: its reading threads do not survive fork(); open the \
-                 checkpoint again in this process",
-                source_name(ckpt)
-            ),
-        ),
+        Fail::Forked(f) => forked_error(py, ckpt, f),
         Fail::Load(e) => errors::from_load_in(py, e, &source_name(ckpt)),
         Fail::Py(e) => e,
     })
@@ -149,6 +140,21 @@ fn source_name(ckpt: &Checkpoint) -> String {
         .or_else(|| ckpt.shards().first().map(|s| s.path()))
         .map(|p| p.display().to_string())
         .unwrap_or_default()
+}
+
+/// The error for a handle of `ckpt` used in a process forked from the one
+/// that opened it.
+fn forked_error(py: Python<'_>, ckpt: &Checkpoint, Forked { parent, child }: Forked) -> PyErr {
+    errors::raise(
+        py,
+        "WeightliftError",
+        format!(
+            "{}: this handle was opened in process {parent}, and this is process {child}, \
+             forked from it: its reading threads do not survive fork(); open the \
+             checkpoint again in this process",
+            source_name(ckpt)
+        ),
+    )
 }
 
 /// A whole number for setting `name`, or a `SettingError` saying what was
@@ -293,6 +299,8 @@ impl PySession {
     /// Restrict the selection to `keys` (before anything is loaded): a
     /// name, a collection of names, or a predicate called with each name.
     fn select(&self, py: Python<'_>, keys: &Bound<'_, PyAny>) -> PyResult<()> {
+        // Before a new session is made (on a device, that opens it).
+        self.in_process(py)?;
         let names: Vec<String> = if let Ok(name) = keys.extract::<String>() {
             vec![name]
         } else if keys.is_callable() {
@@ -406,6 +414,7 @@ impl PySession {
     /// The backend of the latest load and its settings (for a device, its
     /// staging too); None before one.
     fn describe(&self, py: Python<'_>) -> PyResult<Option<String>> {
+        self.in_process(py)?;
         let device = py.detach(|| lock(&self.described).clone());
         match device {
             Some(d) => Ok(Some(d)),
@@ -580,6 +589,16 @@ fn owner_object(py: Python<'_>, ckpt: &Checkpoint, loaded: Loaded<Owner>) -> PyR
 }
 
 impl PySession {
+    /// Whether this is the process that opened the handle; the error saying
+    /// so if not. Checked before any lock of the handle is taken: in a
+    /// forked child, a lock a vanished thread held stays held.
+    fn in_process(&self, py: Python<'_>) -> PyResult<()> {
+        self.inner
+            .get()
+            .map(|_| ())
+            .map_err(|f| forked_error(py, &self.ckpt, f))
+    }
+
     /// Run `f` on the session with the GIL released, checking for signals
     /// while it waits.
     fn run<T: Send>(
@@ -818,6 +837,9 @@ impl PyDeviceLoad {
     /// The caller moved past the tensor at `start` of the reused buffer: its
     /// region may be reused.
     fn give_back(&self, py: Python<'_>, start: u64) {
+        if self.state.get().is_err() {
+            return; // a forked child: nothing of its own to give back
+        }
         if let Some(carve) = &self.carve {
             py.detach(|| lock(carve).give_back(start));
         }

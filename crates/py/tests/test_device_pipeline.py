@@ -11,6 +11,7 @@ GPU are in test_gpu.py.
 """
 
 import os
+import time
 import warnings
 
 import pytest
@@ -467,6 +468,7 @@ def test_a_file_rewritten_during_a_pass_fails_it_and_nothing_mixes_versions(stan
             for name, t in f.tensors():
                 seen[name] = t.clone()
                 if len(seen) == 1:
+                    time.sleep(0.02)  # past one clock tick of coarse timestamps
                     with open(path, "r+b") as out:
                         start = 8 + int.from_bytes(out.read(8), "little")
                         out.seek(start)

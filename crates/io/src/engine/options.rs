@@ -18,7 +18,8 @@ pub struct EngineOptions {
     /// Threads for the `PREAD`, `PREAD_BUFFERED` and `MMAP` backends, and
     /// for populating mappings.
     pub threads: usize,
-    /// Whether the `MMAP` backend may serve. Host tensors a mapping serves
+    /// Whether the `MMAP` backend may serve reads that are not staged (a
+    /// staged read copies out of the mapping). Host tensors a mapping serves
     /// view the file (copy-on-write): another process's writes to it show
     /// through, and truncating it makes touching them raise `SIGBUS`.
     /// `false` reads into memory of the load's own, independent of the

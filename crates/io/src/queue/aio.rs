@@ -14,7 +14,8 @@
 
 use std::io;
 #[cfg(feature = "test-hooks")]
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Mutex, PoisonError};
 
 use super::{Cqe, Op, Queue, QueueFile, retry_eintr};
@@ -108,7 +109,9 @@ impl Context {
             Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {
                 // `fs.aio-max-nr` reached: what this process keeps idle may
                 // be what is missing.
-                let idle = std::mem::take(&mut *lock_idle());
+                let idle = lock_idle()
+                    .map(|mut l| std::mem::take(&mut *l))
+                    .unwrap_or_default();
                 if idle.is_empty() {
                     return Err(e);
                 }
@@ -140,12 +143,11 @@ impl Context {
             // Set up by the parent of this process: not ours to keep or end.
             return;
         }
+        if let Some(mut idle) = lock_idle()
+            && idle.len() < KEEP_IDLE
         {
-            let mut idle = lock_idle();
-            if idle.len() < KEEP_IDLE {
-                idle.push(self);
-                return;
-            }
+            idle.push(self);
+            return;
         }
         self.destroy();
     }
@@ -168,7 +170,7 @@ impl Context {
 /// parent process left behind.
 fn take_idle(events: usize) -> Option<Context> {
     let pid = current_pid();
-    let mut idle = lock_idle();
+    let mut idle = lock_idle()?;
     idle.retain(|c| c.pid == pid);
     let (i, _) = idle
         .iter()
@@ -178,9 +180,28 @@ fn take_idle(events: usize) -> Option<Context> {
     Some(idle.swap_remove(i))
 }
 
-fn lock_idle() -> std::sync::MutexGuard<'static, Vec<Context>> {
-    // The list stays consistent whatever a panicking holder did.
-    IDLE.lock().unwrap_or_else(PoisonError::into_inner)
+/// The process whose threads use the idle list (0 before any did).
+static IDLE_PID: AtomicI32 = AtomicI32::new(0);
+
+/// The idle list, locked; `None` in a child forked while a thread of its
+/// parent (which the child does not have) may have held the lock: a child
+/// never waits for it, and goes without reuse instead.
+fn lock_idle() -> Option<std::sync::MutexGuard<'static, Vec<Context>>> {
+    let pid = current_pid();
+    let owner = match IDLE_PID.compare_exchange(0, pid, Ordering::AcqRel, Ordering::Acquire) {
+        Ok(_) => pid,
+        Err(owner) => owner,
+    };
+    if owner == pid {
+        // The list stays consistent whatever a panicking holder did.
+        Some(IDLE.lock().unwrap_or_else(PoisonError::into_inner))
+    } else {
+        match IDLE.try_lock() {
+            Ok(guard) => Some(guard),
+            Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        }
+    }
 }
 
 fn current_pid() -> libc::pid_t {
