@@ -6,14 +6,13 @@
 use std::ffi::{c_int, c_void};
 use std::fs::File;
 use std::io;
-use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use libloading::Library;
 
-use crate::direct::{DirectReader, open_checked};
+use crate::direct::{DirectReader, OpenedFile};
 use crate::{CuFileError, DriverError, Error, GpuDevice, Runtime};
 
 /// The names the library goes by, most specific first.
@@ -178,32 +177,30 @@ unsafe impl Send for CuFileReader {}
 unsafe impl Sync for CuFileReader {}
 
 impl CuFileReader {
-    /// Open `paths` (each still `sizes[i]` bytes long; with `O_DIRECT`
-    /// where the file system allows, as the direct path needs) and register
-    /// them with cuFile, to read into `device`'s memory.
+    /// Register `files` with cuFile, to read into `device`'s memory. The
+    /// caller opens them, with `O_DIRECT` where the file system allows, as
+    /// the direct path needs.
     pub fn open(
         cufile: Arc<CuFile>,
         device: Arc<GpuDevice>,
-        paths: &[PathBuf],
-        sizes: &[u64],
+        files: Vec<OpenedFile>,
     ) -> Result<Self, Error> {
-        let files = open_checked(paths, sizes, |p| {
-            std::fs::OpenOptions::new()
-                .read(true)
-                .custom_flags(libc_o_direct())
-                .open(p)
-                .or_else(|_| File::open(p))
-        })?;
         // The reader owns the files from now on, so that a failure below
         // deregisters the handles made so far before the files close.
         let mut reader = CuFileReader {
             cufile,
             device,
-            paths: paths.to_vec(),
-            sizes: sizes.to_vec(),
+            paths: Vec::with_capacity(files.len()),
+            sizes: Vec::with_capacity(files.len()),
             handles: Vec::with_capacity(files.len()),
-            files,
+            files: Vec::with_capacity(files.len()),
         };
+        for f in files {
+            reader.paths.push(f.path);
+            reader.sizes.push(f.size);
+            reader.files.push(f.file);
+        }
+        let paths = reader.paths.clone();
         for (path, file) in paths.iter().zip(&reader.files) {
             let mut descr = CuFileDescr {
                 kind: HANDLE_TYPE_OPAQUE_FD,
@@ -224,15 +221,6 @@ impl CuFileReader {
             reader.handles.push(handle);
         }
         Ok(reader)
-    }
-}
-
-/// `O_DIRECT` on Linux (x86-64 and aarch64 differ).
-fn libc_o_direct() -> i32 {
-    if cfg!(target_arch = "aarch64") {
-        0o200000
-    } else {
-        0o40000
     }
 }
 

@@ -23,8 +23,7 @@ pub trait DirectReader: Send + Sync {
     /// The path of file `file`, for messages.
     fn path(&self, file: usize) -> &Path;
 
-    /// The size of file `file` when it was opened (checked then against the
-    /// size its header was read with).
+    /// The size of file `file` when it was opened.
     fn size(&self, file: usize) -> u64;
 
     /// One read of up to `len` bytes at `offset` of file `file` into device
@@ -48,33 +47,17 @@ pub trait DirectReader: Send + Sync {
     ) -> Result<io::Result<usize>, Error>;
 }
 
-/// Check that each of `paths` still has the size it had when its header
-/// was read (`sizes`), and open it.
-pub(crate) fn open_checked(
-    paths: &[PathBuf],
-    sizes: &[u64],
-    open: impl Fn(&Path) -> io::Result<File>,
-) -> Result<Vec<File>, Error> {
-    paths
-        .iter()
-        .zip(sizes)
-        .map(|(path, &size)| {
-            let failed = |source: io::Error| Error::Open {
-                path: path.clone(),
-                source,
-            };
-            let file = open(path).map_err(failed)?;
-            let now = file.metadata().map_err(failed)?.len();
-            if now != size {
-                return Err(Error::Changed {
-                    path: path.clone(),
-                    size: now,
-                    expected: size,
-                });
-            }
-            Ok(file)
-        })
-        .collect()
+/// A file a [`DirectReader`] reads: opened by the caller (which checked it
+/// is the file it means to read), with its path for messages and its size
+/// when it was opened.
+#[derive(Debug)]
+pub struct OpenedFile {
+    /// The path, for messages.
+    pub path: PathBuf,
+    /// The open file.
+    pub file: File,
+    /// Its size when it was opened.
+    pub size: u64,
 }
 
 /// The stand-in for tests: "device memory" is host memory, read with
@@ -86,13 +69,19 @@ pub struct HostFileReader {
 }
 
 impl HostFileReader {
-    /// Open `paths`, each of which must still be `sizes[i]` bytes long.
-    pub fn open(paths: &[PathBuf], sizes: &[u64]) -> Result<Self, Error> {
-        Ok(HostFileReader {
-            paths: paths.to_vec(),
-            sizes: sizes.to_vec(),
-            files: open_checked(paths, sizes, |p| File::open(p))?,
-        })
+    /// A reader of `files`, numbered in this order.
+    pub fn new(files: Vec<OpenedFile>) -> Self {
+        let mut reader = HostFileReader {
+            paths: Vec::with_capacity(files.len()),
+            sizes: Vec::with_capacity(files.len()),
+            files: Vec::with_capacity(files.len()),
+        };
+        for f in files {
+            reader.paths.push(f.path);
+            reader.sizes.push(f.size);
+            reader.files.push(f.file);
+        }
+        reader
     }
 }
 

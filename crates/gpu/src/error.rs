@@ -137,16 +137,6 @@ pub enum Error {
         /// The operating system's error.
         source: io::Error,
     },
-    /// A file's size is not the one its header was read with: it was
-    /// replaced or rewritten since.
-    Changed {
-        /// The file.
-        path: PathBuf,
-        /// Its size now.
-        size: u64,
-        /// The size its header was read with.
-        expected: u64,
-    },
     /// A thread could not be started.
     Spawn {
         /// What the thread was for: `"fill thread"`, `"host stream
@@ -168,7 +158,7 @@ impl Error {
     /// The file the error is about, if any.
     pub fn path(&self) -> Option<&Path> {
         match self {
-            Error::Open { path, .. } | Error::Changed { path, .. } => Some(path),
+            Error::Open { path, .. } => Some(path),
             Error::CuFile { path, .. } => path.as_deref(),
             Error::Upload { source, .. } => source.path(),
             _ => None,
@@ -210,15 +200,6 @@ impl fmt::Display for Error {
             Error::Copy { device, reason } => write!(f, "{device}: copy failed: {reason}"),
             Error::Setting { name, reason } => write!(f, "{name}: {reason}"),
             Error::Open { path, .. } => write!(f, "{}: cannot open", path.display()),
-            Error::Changed {
-                path,
-                size,
-                expected,
-            } => write!(
-                f,
-                "{}: the file changed: {size} bytes, its header said {expected}",
-                path.display()
-            ),
             Error::Spawn { what, .. } => write!(f, "starting a {what}"),
             Error::Upload { tensor, .. } => write!(f, "uploading {tensor}"),
         }

@@ -34,9 +34,8 @@
 //! [`GpuDriver`] finds the CUDA driver or the HIP runtime at run time and
 //! says what is missing when it cannot; [`GpuDevice`] implements [`Device`]
 //! on one of its GPUs (for CUDA, on the primary context torch uses).
-//! A [`DirectReader`] opens files (checking each still has the size its
-//! header was read with) and makes one read of file bytes straight into
-//! device memory per call, returning its raw result (bytes, or the
+//! A [`DirectReader`] reads files its caller opened ([`OpenedFile`]),
+//! one read of file bytes straight into device memory per call, returning its raw result (bytes, or the
 //! operating system's error, `EINTR` included): through GPUDirect Storage
 //! ([`CuFileReader`]) or, in tests, a host-memory stand-in
 //! ([`HostFileReader`]). It never retries: running many reads on threads,
@@ -58,7 +57,7 @@ mod upload;
 
 pub use cufile::{CuFile, CuFileReader};
 pub use device::{Device, DeviceMemory, PinnedMemory};
-pub use direct::{DirectReader, HostFileReader};
+pub use direct::{DirectReader, HostFileReader, OpenedFile};
 pub use driver::{GpuDevice, GpuDriver, GpuEvent, GpuMemory, GpuPinned, GpuStream, Runtime};
 pub use error::{CuFileError, DriverError, Error};
 pub use host::{HostDevice, HostEvent, HostMemory, HostPinned, HostStream};

@@ -76,9 +76,7 @@ fn gpu_class(e: &GpuError) -> &'static str {
         GpuError::Upload { source, .. } => gpu_class(source),
         GpuError::Setting { .. } => "SettingError",
         GpuError::Open { source, .. } if source.kind() == ErrorKind::NotFound => "MissingFileError",
-        GpuError::Open { .. }
-        | GpuError::Changed { .. }
-        | GpuError::CuFile { path: Some(_), .. } => "WeightliftIOError",
+        GpuError::Open { .. } | GpuError::CuFile { path: Some(_), .. } => "WeightliftIOError",
         // GPUDirect Storage missing is a backend that cannot be used here.
         GpuError::Unavailable { api: "cuFile", .. } | GpuError::CuFile { path: None, .. } => {
             "BackendError"

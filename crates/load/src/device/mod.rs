@@ -30,7 +30,9 @@ mod staged;
 use std::sync::Arc;
 
 pub use carve::{Carve, Place};
-pub use direct::{DIRECT_CHUNK, DirectDeviceLoad, DirectJob, DirectLoad};
+pub use direct::{
+    DIRECT_CHUNK, DirectDeviceLoad, DirectJob, DirectLoad, direct_files, reader_files,
+};
 use load::describe_staging;
 pub use load::{Allocate, Destination, Destinations, DeviceLoad, Loaded, Polled, Staging};
 pub use spec::{GpuSpec, cufile, describe_driver, driver};
@@ -38,7 +40,7 @@ use weightlift_format::{Checkpoint, TensorId};
 use weightlift_gpu::{CuFileReader, Device, DirectReader, GpuDevice};
 #[cfg(feature = "test-hooks")]
 use weightlift_gpu::{HostDevice, HostFileReader};
-use weightlift_io::Backend;
+use weightlift_io::{Backend, ReadFile};
 use weightlift_plan::Selection;
 
 use crate::session::Wait;
@@ -145,10 +147,12 @@ impl Target {
         }
     }
 
-    /// A reader straight from `ckpt`'s files into this device's memory.
-    fn direct_reader(&self, ckpt: &Checkpoint) -> Result<Arc<dyn DirectReader>, Error> {
-        let paths = staged::paths(ckpt);
-        let sizes: Vec<u64> = ckpt.shards().iter().map(|s| s.size()).collect();
+    /// A reader straight from `ckpt`'s files into this device's memory, and
+    /// the files it reads (to check before each hand-out).
+    fn direct_reader(
+        &self,
+        ckpt: &Checkpoint,
+    ) -> Result<(Arc<dyn DirectReader>, Vec<ReadFile>), Error> {
         match self {
             Target::Gpu { spec, device } => {
                 if spec.runtime != weightlift_gpu::Runtime::Cuda {
@@ -158,15 +162,17 @@ impl Target {
                             .into(),
                     }));
                 }
-                Ok(Arc::new(CuFileReader::open(
-                    cufile()?,
-                    device.clone(),
-                    &paths,
-                    &sizes,
-                )?))
+                let cufile = cufile()?;
+                let files = direct_files(ckpt, true)?;
+                let reader = CuFileReader::open(cufile, device.clone(), reader_files(&files)?)?;
+                Ok((Arc::new(reader), files))
             }
             #[cfg(feature = "test-hooks")]
-            Target::Host(_) => Ok(Arc::new(HostFileReader::open(&paths, &sizes)?)),
+            Target::Host(_) => {
+                let files = direct_files(ckpt, false)?;
+                let reader = HostFileReader::new(reader_files(&files)?);
+                Ok((Arc::new(reader), files))
+            }
         }
     }
 }
@@ -341,9 +347,10 @@ impl Onto {
     ) -> Result<AnyLoad<T>, Error> {
         if self.cufile {
             match self.target.direct_reader(ckpt) {
-                Ok(reader) => {
+                Ok((reader, files)) => {
                     let threads = self.options.staging.fill_threads;
-                    let load = DirectDeviceLoad::start(reader, ckpt.clone(), ids, dests, threads)?;
+                    let load =
+                        DirectDeviceLoad::start(reader, files, ckpt.clone(), ids, dests, threads)?;
                     // SAFETY: the caller's contract: `stream` outlives the
                     // load.
                     let load = match unsafe { self.target.order_after(stream) } {

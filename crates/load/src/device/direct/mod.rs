@@ -12,13 +12,58 @@ use std::time::Duration;
 
 pub use pool::{DirectJob, DirectLoad};
 use weightlift_format::{Checkpoint, TensorId};
-use weightlift_gpu::DirectReader;
+use weightlift_gpu::{DirectReader, OpenedFile};
 use weightlift_io::{OpenMode, ReadFile};
 
 use super::load::{Destinations, Loaded, Polled, ask, wait_in_slices};
 use crate::Error;
 use crate::host::check_unchanged;
 use crate::session::Wait;
+
+/// `ckpt`'s files, opened for a [`DirectReader`] (with `O_DIRECT` where
+/// `direct` and the file system allow it) and checked to be the versions
+/// the checkpoint's headers were read from.
+pub fn direct_files(ckpt: &Checkpoint, direct: bool) -> Result<Vec<ReadFile>, Error> {
+    let files = ckpt
+        .shards()
+        .iter()
+        .map(|s| {
+            let path = s.path();
+            match direct {
+                true => match ReadFile::open(path, OpenMode::Direct) {
+                    Err(weightlift_io::Error::DirectUnsupported { .. }) => {
+                        ReadFile::open(path, OpenMode::Buffered)
+                    }
+                    other => other,
+                },
+                false => ReadFile::open(path, OpenMode::Buffered),
+            }
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    check_unchanged(ckpt, &files)?;
+    Ok(files)
+}
+
+/// The files a [`DirectReader`] is given: new descriptors of `files`, the
+/// same open files.
+pub fn reader_files(files: &[ReadFile]) -> Result<Vec<OpenedFile>, Error> {
+    files
+        .iter()
+        .map(|f| {
+            let file = f.as_file().try_clone().map_err(|source| {
+                Error::Io(weightlift_io::Error::Open {
+                    file: f.path().to_path_buf(),
+                    source,
+                })
+            })?;
+            Ok(OpenedFile {
+                path: f.path().to_path_buf(),
+                file,
+                size: f.size(),
+            })
+        })
+        .collect()
+}
 
 /// Bytes of one read straight into device memory.
 pub const DIRECT_CHUNK: usize = 16 << 20;
@@ -62,9 +107,16 @@ pub struct DirectDeviceLoad<T: Destinations> {
 type Order = Box<dyn FnMut() -> Result<(), Error> + Send>;
 
 impl<T: Destinations> DirectDeviceLoad<T> {
-    /// Read `ids` of `ckpt` through `reader` on `threads` threads.
+    /// Read `ids` of `ckpt` through `reader` on `threads` threads. `files`
+    /// are the files the reader reads, from [`direct_files`]: each is
+    /// checked to be the version opened before its tensors are handed out.
+    ///
+    /// # Panics
+    ///
+    /// If `files` are not one per shard of `ckpt`.
     pub fn start(
         reader: Arc<dyn DirectReader>,
+        files: Vec<ReadFile>,
         ckpt: Arc<Checkpoint>,
         ids: Vec<TensorId>,
         dests: T,
@@ -84,14 +136,12 @@ impl<T: Destinations> DirectDeviceLoad<T> {
                 count: ckpt.len() as u32,
             }));
         }
-        // Opened after the reader: a file replaced before either opened
-        // it differs from the checkpoint here.
-        let versions = ckpt
-            .shards()
-            .iter()
-            .map(|s| ReadFile::open(s.path(), OpenMode::Buffered))
-            .collect::<Result<Vec<_>, _>>()?;
-        check_unchanged(&ckpt, &versions)?;
+        assert_eq!(
+            files.len(),
+            ckpt.shards().len(),
+            "the files of another checkpoint"
+        );
+        let versions = files;
         Ok(DirectDeviceLoad {
             load: Some(DirectLoad::new(reader, threads, DIRECT_CHUNK)?),
             ckpt,
