@@ -46,6 +46,9 @@ pub(super) struct Reader<'a> {
     free: Vec<usize>,
     pub(super) in_flight: usize,
     cqes: Vec<Cqe>,
+    /// Files of the reads finished in this batch, each once, with the
+    /// offset of its first: checked before the batch is handed out.
+    finished: Vec<(u32, u64)>,
     keep: Vec<Arc<Region>>,
     #[cfg(feature = "test-hooks")]
     fault: Option<InjectedFault>,
@@ -77,6 +80,7 @@ impl<'a> Reader<'a> {
             free: Vec::new(),
             in_flight: 0,
             cqes: Vec::new(),
+            finished: Vec::new(),
             keep,
             #[cfg(feature = "test-hooks")]
             fault: None,
@@ -212,8 +216,20 @@ impl<'a> Reader<'a> {
             }
             self.cqes = cqes;
             if let Some(e) = first_error {
+                self.finished.clear();
                 return Err(self.fail(e));
             }
+            // Hand out only bytes of the version that was opened: any write
+            // moves the file's stamp before its bytes can be read. One
+            // check per file per batch.
+            for i in 0..self.finished.len() {
+                let (file, offset) = self.finished[i];
+                if let Err(e) = self.files[file as usize].check_unchanged(offset) {
+                    self.finished.clear();
+                    return Err(self.fail(e));
+                }
+            }
+            self.finished.clear();
         }
         Ok(())
     }
@@ -234,9 +250,9 @@ impl<'a> Reader<'a> {
             }
             Ok(Some(done)) => {
                 self.free.push(tag);
-                // Hand out only bytes of the version that was opened: any
-                // write moves the file's stamp before its bytes can be read.
-                self.files[p.file as usize].check_unchanged(p.progress.offset())?;
+                if !self.finished.iter().any(|&(f, _)| f == p.file) {
+                    self.finished.push((p.file, p.progress.offset()));
+                }
                 Ok(Some((p.index, done)))
             }
             Err(e) => {
