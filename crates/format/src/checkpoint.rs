@@ -7,9 +7,9 @@ use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::fs::{Fs, Stamp, StdFs, read_full_at};
-use crate::header::{FIRST_READ_LEN, Metadata};
+use crate::header::{FIRST_READ_LEN, Metadata, memory_estimate};
 use crate::index::{INDEX_SUFFIX, IndexFile, read_index};
-use crate::{ByteRange, Dtype, Error, FileId, Header, HeaderError, Parsed, TensorId};
+use crate::{ByteRange, Dtype, Error, FileId, Header, HeaderError, PREFIX_LEN, Parsed, TensorId};
 
 /// One shard (file) of a checkpoint.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -194,16 +194,24 @@ impl Checkpoint {
     /// Assemble a checkpoint from headers already read. Pure: does no I/O.
     ///
     /// Fails when a file is given twice, when a tensor name is in two shards,
-    /// or when a header does not fit its file's size.
+    /// when a header does not fit its file's size, or when there is no
+    /// memory for the tables of tensors ([`HeaderError::OutOfMemory`],
+    /// naming the shard that did not fit).
     pub fn from_headers(shards: Vec<ShardHeader>) -> Result<Self, Error> {
         let mut out = Checkpoint {
             shards: Vec::with_capacity(shards.len()),
-            tensors: Vec::with_capacity(shards.iter().map(|s| s.2.tensors().len()).sum()),
+            tensors: Vec::new(),
             by_name: HashMap::new(),
             metadata: None,
             index: None,
         };
-        out.by_name.reserve(out.tensors.capacity());
+        // The tables grow with the tensors, so they are asked for fallibly:
+        // all at once where that fits, else shard by shard below, so that
+        // the shard that does not fit is the one named.
+        let total = shards.iter().map(|s| s.2.tensors().len()).sum();
+        if out.tensors.try_reserve_exact(total).is_ok() {
+            let _ = out.by_name.try_reserve(total);
+        }
         let mut paths = std::collections::HashSet::new();
         for (path, size, header) in shards {
             if !paths.insert(path.clone()) {
@@ -227,6 +235,18 @@ impl Checkpoint {
             if let Some(source) = mismatch {
                 return Err(Error::Header { file: path, source });
             }
+            let header_len = header.header_len();
+            let out_of_memory = |file: PathBuf| Error::Header {
+                file,
+                source: HeaderError::OutOfMemory {
+                    header_len,
+                    needed: memory_estimate(header_len),
+                },
+            };
+            let n = header.tensors().len();
+            if out.tensors.try_reserve(n).is_err() || out.by_name.try_reserve(n).is_err() {
+                return Err(out_of_memory(path));
+            }
             let first = out.tensors.len();
             let (infos, metadata) = header.into_parts();
             for info in infos {
@@ -237,7 +257,10 @@ impl Checkpoint {
                             what: "tensors",
                         })?,
                     );
-                match out.by_name.entry(info.name.clone()) {
+                let Some(key) = try_clone(&info.name) else {
+                    return Err(out_of_memory(path));
+                };
+                match out.by_name.entry(key) {
                     Entry::Occupied(prev) => {
                         let prev_file = out.tensors[prev.get().index()].file;
                         return Err(Error::DuplicateTensor {
@@ -356,6 +379,14 @@ fn from_read(read: Vec<ReadHeader>) -> Result<Checkpoint, Error> {
     Ok(ckpt)
 }
 
+/// A copy of `s`, or `None` when there is no memory for it.
+fn try_clone(s: &str) -> Option<String> {
+    let mut out = String::new();
+    out.try_reserve_exact(s.len()).ok()?;
+    out.push_str(s);
+    Some(out)
+}
+
 /// Read and parse the headers of `paths`, in parallel when there are several.
 fn read_headers(fs: &dyn Fs, paths: &[PathBuf]) -> Result<Vec<ReadHeader>, Error> {
     const MAX_THREADS: usize = 16;
@@ -437,8 +468,16 @@ fn read_header(fs: &dyn Fs, path: &Path) -> Result<ReadHeader, Error> {
     let header = match Header::parse(&buf, size).map_err(bad)? {
         Parsed::Complete(h) => h,
         Parsed::NeedMore { total } => {
-            // `total` is bounded by the format's header limit and the file size.
+            // `total` is bounded by the format's header limit and the file
+            // size, and still may be more than the process can have.
             let have = buf.len();
+            if buf.try_reserve_exact(total - have).is_err() {
+                let header_len = (total - PREFIX_LEN) as u64;
+                return Err(bad(HeaderError::OutOfMemory {
+                    header_len,
+                    needed: header_len + memory_estimate(header_len),
+                }));
+            }
             buf.resize(total, 0);
             if !read_full_at(&*file, &mut buf[have..], have as u64).map_err(io)? {
                 return Err(changed());

@@ -155,6 +155,16 @@ pub enum HeaderError {
     },
     /// A tensor name (when writing a header) is the reserved `__metadata__`.
     ReservedName,
+    /// The memory that reading or parsing the header needs could not be
+    /// allocated: the process may not have that much more (an address-space
+    /// limit, strict overcommit). Not a fault of the file.
+    OutOfMemory {
+        /// The header's length.
+        header_len: u64,
+        /// The bytes asked for, about what the header needs (see
+        /// [`memory_estimate`](crate::memory_estimate)).
+        needed: u64,
+    },
 }
 
 impl HeaderError {
@@ -291,6 +301,10 @@ impl fmt::Display for HeaderError {
                 "the header lays out {data_len} bytes of data, more than a file can hold"
             ),
             ReservedName => write!(f, "\"__metadata__\" cannot name a tensor"),
+            OutOfMemory { header_len, needed } => write!(
+                f,
+                "header of {header_len} bytes needs about {needed} bytes of memory, which could not be allocated"
+            ),
         }
     }
 }

@@ -2,12 +2,14 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
+use std::mem::size_of;
 
 use serde::Deserialize;
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
-use crate::{ByteRange, Dtype, HeaderError, UnknownDtype};
+use crate::checkpoint::Tensor;
+use crate::{ByteRange, Dtype, HeaderError, TensorId, UnknownDtype};
 
 /// Bytes of the little-endian `u64` header length that starts every file.
 pub const PREFIX_LEN: usize = 8;
@@ -25,6 +27,92 @@ pub const METADATA_KEY: &str = "__metadata__";
 
 /// A header's `__metadata__`: string keys to string values.
 pub type Metadata = BTreeMap<String, String>;
+
+/// The fewest header bytes a tensor entry takes:
+/// `"":{"dtype":"U8","shape":[],"data_offsets":[0,0]},` is 50.
+const MIN_ENTRY_LEN: u64 = 50;
+
+/// The smallest block the system allocator hands out, its bookkeeping
+/// included (glibc's, on 64-bit targets).
+const MIN_BLOCK: u64 = 32;
+
+/// The block holding a shape of up to four dimensions (a vector's first
+/// allocation holds four 8-byte elements; 8 bytes of bookkeeping, rounded
+/// up to 16).
+const SHAPE_BLOCK: u64 = 48;
+
+/// What one tensor entry holds at the peak, which is checkpoint assembly:
+/// its parsed entry twice over (the list of entries grows by doubling), its
+/// checkpoint tensor, its share of the name map (a hash table has at most
+/// 16/7 slots per entry, each a key, a value and a control byte), its name
+/// twice (the map keeps a copy) and its shape's block.
+const ENTRY_COST: u64 = 2 * size_of::<TensorInfo>() as u64
+    + size_of::<Tensor>() as u64
+    + ((size_of::<(String, TensorId)>() as u64 + 1) * 16).div_ceil(7)
+    + 2 * MIN_BLOCK
+    + SHAPE_BLOCK;
+
+/// Memory that parsing a header and assembling it into a
+/// [`Checkpoint`](crate::Checkpoint) may take, per byte of header text,
+/// beyond the text itself: an entry's cost over the fewest bytes it can be
+/// written in (9 on 64-bit targets). The header's other bytes cost less
+/// each: a name byte is kept twice, a dimension of two bytes (`1,`) takes 8
+/// in a vector at most half empty, whitespace and ignored fields nothing.
+/// The tables that later stages build per tensor (the session's lists,
+/// the read plan, the names handed to Python) are smaller than the parsed
+/// entries freed after assembly, so they fit in the same room.
+pub const MEMORY_PER_HEADER_BYTE: u64 = ENTRY_COST.div_ceil(MIN_ENTRY_LEN);
+
+/// The fewest bytes a `__metadata__` entry takes: `"":"",` is 6.
+const MIN_METADATA_ENTRY_LEN: u64 = 6;
+
+/// What one `__metadata__` entry holds at the peak: its slot in the map's
+/// nodes (B-tree nodes of eleven entries are at least five full, and the
+/// inner nodes above them add less than a fifth: three entries' room in
+/// all) and its key's block, twice over (a checkpoint merges its shards'
+/// metadata into a copy).
+const METADATA_ENTRY_COST: u64 = 2 * (3 * size_of::<(String, String)>() as u64 + MIN_BLOCK);
+
+/// Memory that a header's `__metadata__` may take, per byte of its text,
+/// beyond the text (59 on 64-bit targets): many tiny entries cost far more
+/// than their text. Long values cost about twice their length.
+pub const MEMORY_PER_METADATA_BYTE: u64 = METADATA_ENTRY_COST.div_ceil(MIN_METADATA_ENTRY_LEN);
+
+/// Memory that any header may take whatever its length (the first blocks
+/// of each table), beyond the per-byte factors.
+pub const MEMORY_FIXED: u64 = 64 << 10;
+
+/// About the most memory, in bytes, that parsing a header of `header_len`
+/// bytes and assembling its tensors into a [`Checkpoint`](crate::Checkpoint)
+/// takes beyond the text: [`MEMORY_PER_HEADER_BYTE`] per byte, plus
+/// [`MEMORY_FIXED`]. Metadata is estimated on its own, once its length is
+/// known ([`MEMORY_PER_METADATA_BYTE`] per byte).
+///
+/// [`Header::parse`] asks for this much (and gives it back) before it
+/// builds anything, so that a header the process has no room for is an
+/// error ([`HeaderError::OutOfMemory`]) rather than an abort part way.
+///
+/// ```
+/// use weightlift_format::{memory_estimate, MEMORY_FIXED, MEMORY_PER_HEADER_BYTE};
+/// assert_eq!(memory_estimate(1000), 1000 * MEMORY_PER_HEADER_BYTE + MEMORY_FIXED);
+/// ```
+pub fn memory_estimate(header_len: u64) -> u64 {
+    header_len
+        .saturating_mul(MEMORY_PER_HEADER_BYTE)
+        .saturating_add(MEMORY_FIXED)
+}
+
+/// Ask the allocator for `bytes` and give them back: whether the process
+/// can have that much more memory now. Under an address-space limit
+/// (`RLIMIT_AS`) or strict overcommit the allocator refuses what the
+/// process cannot have; the pages are never touched, so this costs no
+/// resident memory. (Another thread may take the room before it is used.)
+fn room_for(bytes: u64) -> bool {
+    let Ok(bytes) = usize::try_from(bytes) else {
+        return false;
+    };
+    Vec::<u8>::new().try_reserve_exact(bytes).is_ok()
+}
 
 /// One tensor as a header describes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -197,6 +285,12 @@ pub fn header_span(bytes: &[u8], file_size: u64) -> Result<Option<usize>, Header
 
 /// Parse and validate the JSON text of a header (the bytes after the prefix).
 fn parse_json(json: &[u8]) -> Result<Header, HeaderError> {
+    parse_json_with(json, &room_for)
+}
+
+/// [`parse_json`], asking `room` whether the process can have a number of
+/// bytes more.
+fn parse_json_with(json: &[u8], room: &dyn Fn(u64) -> bool) -> Result<Header, HeaderError> {
     let text = std::str::from_utf8(json).map_err(|e| HeaderError::NotUtf8 {
         offset: (PREFIX_LEN + e.valid_up_to()) as u64,
     })?;
@@ -207,6 +301,13 @@ fn parse_json(json: &[u8]) -> Result<Header, HeaderError> {
                 found: found.copied(),
             });
         }
+    }
+    // Before building anything, make sure there is room for all of it: an
+    // allocation that fails part way would abort the process.
+    let header_len = json.len() as u64;
+    let out_of_memory = |needed| HeaderError::OutOfMemory { header_len, needed };
+    if !room(memory_estimate(header_len)) {
+        return Err(out_of_memory(memory_estimate(header_len)));
     }
     // One pass over the JSON; when an entry fails, `failed` names it.
     let mut failed = None;
@@ -231,6 +332,9 @@ fn parse_json(json: &[u8]) -> Result<Header, HeaderError> {
     } = match (entries, failed) {
         (Ok(e), _) => e,
         (Err(_), Some(Failed::DuplicateMetadata)) => return Err(HeaderError::DuplicateMetadata),
+        (Err(_), Some(Failed::OutOfMemory)) => {
+            return Err(out_of_memory(memory_estimate(header_len)));
+        }
         (Err(_), Some(Failed::Dtype { tensor, dtype })) => {
             return Err(HeaderError::UnknownDtype { tensor, dtype });
         }
@@ -240,8 +344,22 @@ fn parse_json(json: &[u8]) -> Result<Header, HeaderError> {
         }
         (Err(source), _) => return Err(HeaderError::Json { source }),
     };
-    let metadata = metadata.map(parse_metadata).transpose()?.flatten();
-    let mut seen = HashSet::with_capacity(tensors.len());
+    let metadata = match metadata {
+        Some(raw) => {
+            let needed = (raw.get().len() as u64)
+                .saturating_mul(MEMORY_PER_METADATA_BYTE)
+                .saturating_add(MEMORY_FIXED);
+            if !room(needed) {
+                return Err(out_of_memory(needed));
+            }
+            parse_metadata(raw)?
+        }
+        None => None,
+    };
+    let mut seen = HashSet::new();
+    if seen.try_reserve(tensors.len()).is_err() {
+        return Err(out_of_memory(memory_estimate(header_len)));
+    }
     for t in &tensors {
         if !seen.insert(t.name.as_str()) {
             return Err(HeaderError::DuplicateTensor {
@@ -267,7 +385,7 @@ fn parse_json(json: &[u8]) -> Result<Header, HeaderError> {
     Ok(Header {
         tensors,
         metadata,
-        header_len: json.len() as u64,
+        header_len,
     })
 }
 
@@ -335,8 +453,12 @@ fn validate_layout(tensors: &[TensorInfo]) -> Result<(), HeaderError> {
 fn parse_metadata(raw: &RawValue) -> Result<Option<Metadata>, HeaderError> {
     // Straight into the map, skipping non-string values without building
     // them, so memory stays proportional to the strings kept.
-    let entries: Option<Vec<(String, MetaValue)>> = match serde_json::from_str(raw.get()) {
-        Ok(MetaObject(entries)) => entries,
+    match serde_json::from_str(raw.get()) {
+        Ok(MetaObject::Null) => Ok(None),
+        Ok(MetaObject::Map(m)) => Ok(Some(m)),
+        Ok(MetaObject::NotString { key, found }) => {
+            Err(HeaderError::MetadataNotString { key, found })
+        }
         Err(_) => {
             let found = match raw.get().trim_start().as_bytes().first() {
                 Some(b'[') => "an array",
@@ -344,28 +466,19 @@ fn parse_metadata(raw: &RawValue) -> Result<Option<Metadata>, HeaderError> {
                 Some(b't' | b'f') => "a boolean",
                 _ => "a number",
             };
-            return Err(HeaderError::MetadataNotMap { found });
-        }
-    };
-    let Some(entries) = entries else {
-        return Ok(None);
-    };
-    let mut out = Metadata::new();
-    for (k, v) in entries {
-        match v {
-            MetaValue::Str(s) => {
-                out.insert(k, s);
-            }
-            MetaValue::Other(found) => {
-                return Err(HeaderError::MetadataNotString { key: k, found });
-            }
+            Err(HeaderError::MetadataNotMap { found })
         }
     }
-    Ok(Some(out))
 }
 
-/// `__metadata__`: `null`, or an object's entries in order.
-struct MetaObject(Option<Vec<(String, MetaValue)>>);
+/// `__metadata__`: `null`, an object of strings (a key given twice keeps
+/// its last value), or the first entry, in order, whose value is not a
+/// string.
+enum MetaObject {
+    Null,
+    Map(Metadata),
+    NotString { key: String, found: &'static str },
+}
 
 impl<'de> Deserialize<'de> for MetaObject {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -376,14 +489,28 @@ impl<'de> Deserialize<'de> for MetaObject {
                 f.write_str("an object of strings, or null")
             }
             fn visit_unit<E: de::Error>(self) -> Result<MetaObject, E> {
-                Ok(MetaObject(None))
+                Ok(MetaObject::Null)
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<MetaObject, A::Error> {
-                let mut out = Vec::with_capacity(map.size_hint().unwrap_or(0).min(4096));
-                while let Some(entry) = map.next_entry::<String, MetaValue>()? {
-                    out.push(entry);
+                // Entries go straight into the map, so a key given many
+                // times holds one entry, not one per time.
+                let mut out = Metadata::new();
+                while let Some((key, value)) = map.next_entry::<String, MetaValue>()? {
+                    match value {
+                        MetaValue::Str(s) => {
+                            out.insert(key, s);
+                        }
+                        MetaValue::Other(found) => {
+                            drop(out);
+                            while map
+                                .next_entry::<de::IgnoredAny, de::IgnoredAny>()?
+                                .is_some()
+                            {}
+                            return Ok(MetaObject::NotString { key, found });
+                        }
+                    }
                 }
-                Ok(MetaObject(Some(out)))
+                Ok(MetaObject::Map(out))
             }
         }
         d.deserialize_any(V)
@@ -450,6 +577,8 @@ enum Failed {
     Dtype { tensor: String, dtype: String },
     /// `__metadata__` appears twice.
     DuplicateMetadata,
+    /// Memory for the entries could not be allocated.
+    OutOfMemory,
 }
 
 /// The header's entries: tensors in the order written (not yet validated,
@@ -479,10 +608,9 @@ impl<'de> Visitor<'de> for EntriesSeed<'_> {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        // The size hint comes from the input; cap it so a lying one cannot
-        // reserve much.
+        // The list grows as entries come, each growth asked for fallibly.
         let mut out = Entries {
-            tensors: Vec::with_capacity(map.size_hint().unwrap_or(0).min(4096)),
+            tensors: Vec::new(),
             metadata: None,
         };
         while let Some(name) = map.next_key::<String>()? {
@@ -512,11 +640,19 @@ impl<'de> Visitor<'de> for EntriesSeed<'_> {
                     return Err(de::Error::custom("unknown dtype"));
                 }
             };
+            let Dims::Parsed(shape) = entry.shape else {
+                *self.failed = Some(Failed::OutOfMemory);
+                return Err(de::Error::custom("out of memory"));
+            };
+            if out.tensors.try_reserve(1).is_err() {
+                *self.failed = Some(Failed::OutOfMemory);
+                return Err(de::Error::custom("out of memory"));
+            }
             let [start, end] = entry.data_offsets;
             out.tensors.push(TensorInfo {
                 name,
                 dtype,
-                shape: entry.shape,
+                shape,
                 // Reversed offsets are reported after the parse, by tensor.
                 data: ByteRange { start, end },
             });
@@ -530,8 +666,41 @@ impl<'de> Visitor<'de> for EntriesSeed<'_> {
 #[derive(Deserialize)]
 struct RawTensor {
     dtype: DtypeName,
-    shape: Vec<u64>,
+    shape: Dims,
     data_offsets: [u64; 2],
+}
+
+/// A shape as written: its dimensions, or the note that there was no
+/// memory for them (an error would be taken for a malformed entry).
+enum Dims {
+    Parsed(Vec<u64>),
+    OutOfMemory,
+}
+
+impl<'de> Deserialize<'de> for Dims {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Dims;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a sequence")
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Dims, A::Error> {
+                let mut dims = Vec::new();
+                while let Some(d) = seq.next_element::<u64>()? {
+                    // Asked for fallibly: a shape may be most of the header.
+                    if dims.try_reserve(1).is_err() {
+                        drop(dims);
+                        while seq.next_element::<de::IgnoredAny>()?.is_some() {}
+                        return Ok(Dims::OutOfMemory);
+                    }
+                    dims.push(d);
+                }
+                Ok(Dims::Parsed(dims))
+            }
+        }
+        d.deserialize_seq(V)
+    }
 }
 
 /// A dtype as written: known, or kept verbatim for the error.
@@ -556,5 +725,90 @@ impl<'de> Deserialize<'de> for DtypeName {
             }
         }
         d.deserialize_str(V)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const JSON: &[u8] =
+        br#"{"__metadata__":{"k":"v"},"w":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}"#;
+
+    #[test]
+    fn the_estimate_grows_with_the_header() {
+        assert_eq!(memory_estimate(0), MEMORY_FIXED);
+        assert_eq!(
+            memory_estimate(MAX_HEADER_LEN),
+            MAX_HEADER_LEN * MEMORY_PER_HEADER_BYTE + MEMORY_FIXED
+        );
+        assert_eq!(memory_estimate(u64::MAX), u64::MAX);
+    }
+
+    #[test]
+    fn room_for_what_no_process_can_have_is_refused() {
+        assert!(room_for(1 << 20));
+        assert!(!room_for(u64::MAX));
+        assert!(!room_for(isize::MAX as u64 + 1));
+    }
+
+    #[test]
+    fn no_room_for_the_header_is_an_error_before_anything_is_built() {
+        let asked = std::cell::Cell::new(Vec::new());
+        let refuse = |n| {
+            let mut a = asked.take();
+            a.push(n);
+            asked.set(a);
+            false
+        };
+        match parse_json_with(JSON, &refuse) {
+            Err(HeaderError::OutOfMemory { header_len, needed }) => {
+                assert_eq!(header_len, JSON.len() as u64);
+                assert_eq!(needed, memory_estimate(header_len));
+            }
+            other => panic!("expected OutOfMemory, got {other:?}"),
+        }
+        // Asked once, before the entries were parsed.
+        assert_eq!(asked.take(), [memory_estimate(JSON.len() as u64)]);
+    }
+
+    #[test]
+    fn no_room_for_the_metadata_is_an_error() {
+        let metadata_len = br#"{"k":"v"}"#.len() as u64;
+        let metadata_need = metadata_len * MEMORY_PER_METADATA_BYTE + MEMORY_FIXED;
+        let header_need = memory_estimate(JSON.len() as u64);
+        assert_ne!(metadata_need, header_need);
+        let refuse_metadata = |n| n != metadata_need;
+        match parse_json_with(JSON, &refuse_metadata) {
+            Err(e @ HeaderError::OutOfMemory { .. }) => {
+                let HeaderError::OutOfMemory { header_len, needed } = e else {
+                    unreachable!()
+                };
+                assert_eq!((header_len, needed), (JSON.len() as u64, metadata_need));
+                assert_eq!(
+                    e.to_string(),
+                    format!(
+                        "header of {} bytes needs about {metadata_need} bytes of memory, which could not be allocated",
+                        JSON.len()
+                    )
+                );
+                assert_eq!(e.tensor(), None);
+            }
+            other => panic!("expected OutOfMemory, got {other:?}"),
+        }
+        assert!(parse_json_with(JSON, &|_| true).is_ok());
+    }
+
+    #[test]
+    fn metadata_keeps_the_last_value_of_a_key_and_reports_the_first_non_string() {
+        let h = parse_json(br#"{"__metadata__":{"a":"1","b":"2","a":"3"}}"#).unwrap();
+        let m = h.metadata().unwrap();
+        assert_eq!((m["a"].as_str(), m["b"].as_str(), m.len()), ("3", "2", 2));
+        match parse_json(br#"{"__metadata__":{"a":"1","b":2,"c":[],"d":"4"}}"#) {
+            Err(HeaderError::MetadataNotString { key, found }) => {
+                assert_eq!((key.as_str(), found), ("b", "a number"));
+            }
+            other => panic!("expected MetadataNotString, got {other:?}"),
+        }
     }
 }

@@ -11,7 +11,10 @@
 //! length was checked against the file and against [`MAX_HEADER_LEN`], and
 //! the memory a parse uses grows only with the header's length (a small
 //! multiple of it: names, shapes and metadata strings with their
-//! bookkeeping), never with numbers the header states.
+//! bookkeeping), never with numbers the header states. That multiple is
+//! asked for before anything is built ([`memory_estimate`]), and the lists
+//! that grow with the header are asked for fallibly, so a header the
+//! process has no room for is [`HeaderError::OutOfMemory`], not an abort.
 //!
 //! The only file access is through the [`Fs`] trait, used by
 //! [`Checkpoint::open`] to read headers; [`StdFs`] implements it with `std::fs`.
@@ -49,8 +52,9 @@ pub use dtype::{Dtype, UnknownDtype};
 pub use error::{Error, HeaderError};
 pub use fs::{FileAt, Fs, Stamp, StdFs, open_regular};
 pub use header::{
-    FIRST_READ_LEN, Header, MAX_HEADER_LEN, METADATA_KEY, Metadata, PREFIX_LEN, Parsed, TensorInfo,
-    header_span,
+    FIRST_READ_LEN, Header, MAX_HEADER_LEN, MEMORY_FIXED, MEMORY_PER_HEADER_BYTE,
+    MEMORY_PER_METADATA_BYTE, METADATA_KEY, Metadata, PREFIX_LEN, Parsed, TensorInfo, header_span,
+    memory_estimate,
 };
 pub use index::MAX_INDEX_LEN;
 pub use range::{ByteRange, FileId, TensorId};
