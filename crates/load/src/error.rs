@@ -117,6 +117,17 @@ pub enum Error {
         /// The operating system's error.
         source: io::Error,
     },
+    /// The memory for a session's tables of tensors could not be
+    /// allocated: the process may not have that much more (an address-space
+    /// limit, strict overcommit).
+    OutOfMemory {
+        /// The checkpoint's index, or its first file.
+        file: PathBuf,
+        /// Tensors in the checkpoint.
+        tensors: usize,
+        /// About the bytes the tables need.
+        bytes: u64,
+    },
     /// The load was cancelled.
     Cancelled,
     /// A load ended without handing out every tensor and without saying why
@@ -137,7 +148,9 @@ impl Error {
             Error::Io(e) => e.file(),
             Error::Changed { file, .. }
             | Error::Tensor { file, .. }
-            | Error::PastEnd { file, .. } => Some(file),
+            | Error::PastEnd { file, .. }
+            | Error::OutOfMemory { file, .. }
+            | Error::Select(weightlift_plan::Error::OutOfMemory { file, .. }) => Some(file),
             _ => None,
         }
     }
@@ -265,6 +278,15 @@ impl fmt::Display for Error {
             } => write!(f, "{name} = {value}: {reason}"),
             Error::UnknownDevice { name, reason } => write!(f, "device {name:?}: {reason}"),
             Error::Spawn { what, .. } => write!(f, "cannot start a thread for {what}"),
+            Error::OutOfMemory {
+                file,
+                tensors,
+                bytes,
+            } => write!(
+                f,
+                "{}: a session of {tensors} tensors needs about {bytes} bytes of memory, which could not be allocated",
+                file.display()
+            ),
             Error::Cancelled => write!(f, "the load was cancelled"),
             Error::Incomplete {
                 expected,
@@ -289,5 +311,30 @@ impl std::error::Error for Error {
             Error::Spawn { source, .. } => Some(source),
             _ => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_room_names_the_file() {
+        let e = Error::OutOfMemory {
+            file: "m.safetensors".into(),
+            tensors: 3,
+            bytes: 27,
+        };
+        assert_eq!(e.file(), Some(Path::new("m.safetensors")));
+        assert_eq!(
+            e.to_string(),
+            "m.safetensors: a session of 3 tensors needs about 27 bytes of memory, which could not be allocated"
+        );
+        let e = Error::Select(weightlift_plan::Error::OutOfMemory {
+            file: "n.safetensors".into(),
+            tensors: 3,
+            bytes: 264,
+        });
+        assert_eq!(e.file(), Some(Path::new("n.safetensors")));
     }
 }

@@ -45,7 +45,9 @@
 //! ```
 
 use std::collections::{BTreeSet, HashMap, HashSet};
+use std::mem::size_of;
 use std::ops::Range;
+use std::path::Path;
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
@@ -238,7 +240,8 @@ impl Pass {
 impl Session<Host> {
     /// A session over the tensors of `ckpt` that `selection` names, in host
     /// memory. Naming a tensor the checkpoint lacks is an error
-    /// ([`Error::Select`]). Nothing is read yet.
+    /// ([`Error::Select`]), and so is no memory for the session's tables of
+    /// tensors ([`Error::OutOfMemory`]). Nothing is read yet.
     pub fn new(
         ckpt: Arc<Checkpoint>,
         selection: &Selection,
@@ -257,7 +260,22 @@ impl<S: Source> Session<S> {
         options: LoadOptions,
         source: S,
     ) -> Result<Self, Error> {
-        let mut is_selected = vec![false; ckpt.len()];
+        // The tables grow with the tensors, so they are asked for fallibly.
+        let n = ckpt.len();
+        let out_of_memory = || Error::OutOfMemory {
+            file: ckpt
+                .index_path()
+                .or_else(|| ckpt.shards().first().map(|s| s.path()))
+                .map(Path::to_path_buf)
+                .unwrap_or_default(),
+            tensors: n,
+            bytes: (n * (size_of::<bool>() + 2 * size_of::<TensorId>())) as u64,
+        };
+        let mut is_selected = Vec::new();
+        is_selected
+            .try_reserve_exact(n)
+            .map_err(|_| out_of_memory())?;
+        is_selected.resize(n, false);
         match selection {
             Selection::All => is_selected.iter_mut().for_each(|s| *s = true),
             Selection::Names(names) => {
@@ -280,13 +298,25 @@ impl<S: Source> Session<S> {
                 }
             }
         }
-        let selected: Vec<TensorId> = (0..ckpt.len())
-            .filter(|&i| is_selected[i])
-            .map(|i| TensorId(i as u32))
-            .collect();
+        let count = is_selected.iter().filter(|&&s| s).count();
+        let mut selected = Vec::new();
+        selected
+            .try_reserve_exact(count)
+            .map_err(|_| out_of_memory())?;
+        selected.extend(
+            (0..n)
+                .filter(|&i| is_selected[i])
+                .map(|i| TensorId(i as u32)),
+        );
         let forced = options.engine.backends.is_some();
-        let mut sorted = selected.clone();
-        sorted.sort_by(|a, b| ckpt.tensor(*a).name.cmp(&ckpt.tensor(*b).name));
+        let mut sorted = Vec::new();
+        sorted
+            .try_reserve_exact(count)
+            .map_err(|_| out_of_memory())?;
+        sorted.extend_from_slice(&selected);
+        // Names are distinct, so an unstable sort (which allocates nothing)
+        // gives the one order.
+        sorted.sort_unstable_by(|a, b| ckpt.tensor(*a).name.cmp(&ckpt.tensor(*b).name));
         Ok(Self {
             source,
             ckpt,

@@ -43,6 +43,17 @@ pub enum Error {
         /// The count asked for.
         count: u32,
     },
+    /// The memory for the plan's lists could not be allocated: the process
+    /// may not have that much more (an address-space limit, strict
+    /// overcommit).
+    OutOfMemory {
+        /// The checkpoint's first file with a selected tensor.
+        file: std::path::PathBuf,
+        /// Tensors selected.
+        tensors: usize,
+        /// About the bytes the plan needs.
+        bytes: u64,
+    },
 }
 
 impl fmt::Display for Error {
@@ -72,8 +83,35 @@ impl fmt::Display for Error {
             }
             Error::Share { count: 0, .. } => write!(f, "cannot split a plan into 0 shares"),
             Error::Share { index, count } => write!(f, "no share {index} of {count}"),
+            Error::OutOfMemory {
+                file,
+                tensors,
+                bytes,
+            } => write!(
+                f,
+                "{}: a read plan of {tensors} tensors needs about {bytes} bytes of memory, which could not be allocated",
+                file.display()
+            ),
         }
     }
 }
 
 impl std::error::Error for Error {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_room_for_a_plan_names_the_file_and_the_bytes() {
+        let e = Error::OutOfMemory {
+            file: "m.safetensors".into(),
+            tensors: 3,
+            bytes: 264,
+        };
+        assert_eq!(
+            e.to_string(),
+            "m.safetensors: a read plan of 3 tensors needs about 264 bytes of memory, which could not be allocated"
+        );
+    }
+}

@@ -40,6 +40,7 @@ mod share;
 
 use std::collections::BTreeSet;
 use std::fmt;
+use std::mem::size_of;
 use std::ops::Range;
 
 pub use error::Error;
@@ -236,16 +237,27 @@ impl fmt::Display for PlanStats {
 }
 
 /// Plan the reads that load `selection` of `ckpt` with `geometry`.
+///
+/// The plan's lists grow with the tensors selected, so they are asked for
+/// fallibly: no room for them is [`Error::OutOfMemory`].
 pub fn plan(
     ckpt: &Checkpoint,
     selection: &Selection,
     geometry: &Geometry,
 ) -> Result<ReadPlan, Error> {
     let selected = select(ckpt, selection)?;
+    let mut pieces = Vec::new();
+    if pieces.try_reserve_exact(selected.len()).is_err() {
+        return Err(out_of_memory(
+            ckpt,
+            selected.first().copied(),
+            selected.len(),
+        ));
+    }
     let mut out = ReadPlan {
         geometry: *geometry,
         extents: Vec::new(),
-        pieces: Vec::with_capacity(selected.len()),
+        pieces,
         tensors: selected,
     };
     // `selected` is in file order (ids are), so each file's tensors are a
@@ -267,7 +279,7 @@ pub fn plan(
             .position(|&id| ckpt.tensor(id).file != file)
             .unwrap_or(rest.len());
         let (these, tail) = rest.split_at(n);
-        plan_file(
+        let planned = plan_file(
             ckpt,
             file,
             these,
@@ -275,34 +287,77 @@ pub fn plan(
             &mut out.extents,
             &mut out.pieces,
         );
+        if planned.is_err() {
+            return Err(out_of_memory(ckpt, Some(first), out.tensors.len()));
+        }
         rest = tail;
     }
     Ok(out)
 }
 
+/// No memory for a list of the plan.
+struct Full;
+
+/// Push `item`, asking for any growth fallibly.
+fn push<T>(list: &mut Vec<T>, item: T) -> Result<(), Full> {
+    list.try_reserve(1).map_err(|_| Full)?;
+    list.push(item);
+    Ok(())
+}
+
+/// The error for no room for a plan of `tensors` tensors, `first` the
+/// first of them if known: about its size, naming the first file it reads
+/// (or the checkpoint's first).
+fn out_of_memory(ckpt: &Checkpoint, first: Option<TensorId>, tensors: usize) -> Error {
+    let file = match first {
+        Some(id) => ckpt.shard(ckpt.tensor(id).file).path().to_path_buf(),
+        None => ckpt
+            .shards()
+            .first()
+            .map(|s| s.path().to_path_buf())
+            .unwrap_or_default(),
+    };
+    // Each tensor is listed, carried by a piece or more, and read by an
+    // extent at most.
+    let each = size_of::<TensorId>() + size_of::<Piece>() + size_of::<Extent>();
+    Error::OutOfMemory {
+        file,
+        tensors,
+        bytes: tensors.saturating_mul(each) as u64,
+    }
+}
+
 fn select(ckpt: &Checkpoint, selection: &Selection) -> Result<Vec<TensorId>, Error> {
     // Checkpoints number their tensors with u32.
     let count = u32::try_from(ckpt.len()).unwrap_or(u32::MAX);
+    let mut ids = Vec::new();
+    let len = match selection {
+        Selection::All => count as usize,
+        Selection::Names(names) => names.len(),
+        Selection::Ids(set) => set.len(),
+    };
+    if ids.try_reserve_exact(len).is_err() {
+        return Err(out_of_memory(ckpt, None, len));
+    }
     match selection {
-        Selection::All => Ok((0..count).map(TensorId).collect()),
+        Selection::All => ids.extend((0..count).map(TensorId)),
         Selection::Names(names) => {
-            let mut ids = names
-                .iter()
-                .map(|n| {
-                    ckpt.id(n)
-                        .ok_or_else(|| Error::UnknownTensor { name: n.clone() })
-                })
-                .collect::<Result<Vec<_>, _>>()?;
+            for n in names {
+                let id = ckpt
+                    .id(n)
+                    .ok_or_else(|| Error::UnknownTensor { name: n.clone() })?;
+                ids.push(id);
+            }
             ids.sort_unstable();
-            Ok(ids)
         }
-        Selection::Ids(ids) => {
-            if let Some(&bad) = ids.iter().find(|id| id.0 >= count) {
+        Selection::Ids(set) => {
+            if let Some(&bad) = set.iter().find(|id| id.0 >= count) {
                 return Err(Error::UnknownId { id: bad, count });
             }
-            Ok(ids.iter().copied().collect())
+            ids.extend(set.iter().copied());
         }
     }
+    Ok(ids)
 }
 
 /// Plan one file's reads. `ids` are this file's selected tensors in offset order.
@@ -313,7 +368,7 @@ fn plan_file(
     g: &Geometry,
     extents: &mut Vec<Extent>,
     pieces: &mut Vec<Piece>,
-) {
+) -> Result<(), Full> {
     let mut i = 0;
     while i < ids.len() {
         // Skip empty tensors: they have no bytes to read.
@@ -342,8 +397,9 @@ fn plan_file(
             run.end = run.end.max(g.align_up(t.range.end));
             i += 1;
         }
-        cut_run(ckpt, file, &ids[run_start..i], run, g, extents, pieces);
+        cut_run(ckpt, file, &ids[run_start..i], run, g, extents, pieces)?;
     }
+    Ok(())
 }
 
 /// Cut an aligned run into extents of at most `max_extent` bytes and
@@ -356,7 +412,7 @@ fn cut_run(
     g: &Geometry,
     extents: &mut Vec<Extent>,
     pieces: &mut Vec<Piece>,
-) {
+) -> Result<(), Full> {
     // `next` is the first tensor that may still have bytes at or after the
     // current extent's start.
     let mut next = 0;
@@ -373,12 +429,15 @@ fn cut_run(
             let lo = t.range.start.max(offset);
             let hi = t.range.end.min(end);
             if lo < hi {
-                pieces.push(Piece {
-                    tensor: ids[j],
-                    tensor_offset: lo - t.range.start,
-                    extent_offset: lo - offset,
-                    len: hi - lo,
-                });
+                push(
+                    pieces,
+                    Piece {
+                        tensor: ids[j],
+                        tensor_offset: lo - t.range.start,
+                        extent_offset: lo - offset,
+                        len: hi - lo,
+                    },
+                )?;
             }
             if t.range.end <= end {
                 // Finished inside this extent: later extents need not look at it.
@@ -391,15 +450,19 @@ fn cut_run(
         // A merged gap longer than an extent leaves chunks that carry
         // nothing: skip them rather than read them.
         if pieces.len() > first_piece {
-            extents.push(Extent {
-                file,
-                offset,
-                len: end - offset,
-                pieces: first_piece..pieces.len(),
-            });
+            push(
+                extents,
+                Extent {
+                    file,
+                    offset,
+                    len: end - offset,
+                    pieces: first_piece..pieces.len(),
+                },
+            )?;
         }
         offset = end;
     }
+    Ok(())
 }
 
 impl ReadPlan {
