@@ -8,7 +8,7 @@ use pyo3::prelude::*;
 use weightlift::device::{Carve, Destination, Destinations, Place};
 use weightlift::{Checkpoint, Error, TensorId};
 
-use crate::lock;
+use crate::{lock, objects};
 
 /// What keeps a destination allocated, handed back with its tensor.
 pub(crate) enum Owner {
@@ -53,10 +53,10 @@ impl PyDestinations {
                 .alloc
                 .bind(py)
                 .call1((
-                    info.name.as_str(),
-                    info.dtype.as_str(),
-                    info.shape.clone(),
-                    file,
+                    objects::str(py, &info.name)?,
+                    objects::str(py, info.dtype.as_str())?,
+                    objects::ints(py, &info.shape)?,
+                    objects::path(py, file)?,
                 ))?
                 .extract()?;
             Ok(answer.map(|(owner, ptr, len)| Destination {

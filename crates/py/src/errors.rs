@@ -12,16 +12,21 @@ use weightlift_format::Error as FormatError;
 use weightlift_gpu::Error as GpuError;
 use weightlift_io::Error as IoError;
 
+use crate::objects;
+
 /// An exception of class `class` (a name in `weightlift._errors`) with
 /// `message`.
 pub(crate) fn raise(py: Python<'_>, class: &str, message: String) -> PyErr {
-    let made = py
-        .import("weightlift._errors")
-        .and_then(|m| m.getattr(class))
-        .and_then(|cls| cls.call1((message.clone(),)));
+    // Every object made fallibly: with no memory left, the MemoryError
+    // Python raised is the answer.
+    let made = objects::string(py, "weightlift._errors")
+        .and_then(|name| PyModule::import(py, name))
+        .and_then(|m| m.getattr(objects::string(py, class)?))
+        .and_then(|cls| cls.call1((objects::str(py, &message)?,)));
     match made {
         Ok(exc) => PyErr::from_value(exc),
-        // The package is broken; still say what went wrong.
+        // The package is broken, or memory ran out; still say what went
+        // wrong.
         Err(e) => e,
     }
 }

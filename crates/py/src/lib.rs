@@ -14,7 +14,9 @@
 //!   copying; it keeps the memory alive as long as any consumer uses it.
 //!
 //! Every decision about loading is the `weightlift` crate's; this crate
-//! holds the GIL, signals, exceptions and DLPack. Every wait releases the
+//! holds the GIL, signals, exceptions and DLPack. Every Python object it
+//! returns is built fallibly (`src/objects.rs`), so a failed allocation is
+//! a `MemoryError`, never a panic. Every wait releases the
 //! GIL and checks for signals every 50 ms, so Ctrl-C interrupts a load
 //! promptly; the load is then cancelled and its memory freed.
 
@@ -22,11 +24,12 @@ mod dests;
 mod dlpack;
 mod errors;
 mod forked;
+mod objects;
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
+use pyo3::exceptions::PyMemoryError;
 use pyo3::prelude::*;
 use weightlift::device::{AnyLoad, Carve, Loaded, OnDevice, Onto, Placement};
 use weightlift::{
@@ -38,9 +41,6 @@ use weightlift_io::Backend;
 use dests::{Owner, PyDestinations};
 use dlpack::Keep;
 use forked::{Forked, InProcess};
-
-/// A loaded tensor as Python receives it: name, dtype, shape and bytes.
-type Described = (String, &'static str, Vec<u64>, Buffer);
 
 /// Why a call did not return a value.
 enum Fail {
@@ -306,7 +306,7 @@ impl PySession {
         } else if keys.is_callable() {
             let mut names = Vec::new();
             for t in self.ckpt.tensors() {
-                if keys.call1((t.name.as_str(),))?.is_truthy()? {
+                if keys.call1((objects::str(py, &t.name)?,))?.is_truthy()? {
                     names.push(t.name.clone());
                 }
             }
@@ -343,93 +343,97 @@ impl PySession {
     }
 
     /// Every tensor name of the checkpoint, selected or not, in file order.
-    fn all_keys(&self) -> Vec<String> {
-        self.ckpt.tensors().iter().map(|t| t.name.clone()).collect()
+    fn all_keys<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        objects::strs(py, self.ckpt.tensors().iter().map(|t| t.name.as_str()))
     }
 
     /// The selected names, sorted.
-    fn keys(&self, py: Python<'_>) -> PyResult<Vec<String>> {
-        self.run(py, |s, _| Ok(self.names(each_session!(s, s => s.sorted()))))
+    fn keys<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        self.names(py, sorted)
     }
 
     /// The selected names in file order (shard, then offset).
-    fn offset_keys(&self, py: Python<'_>) -> PyResult<Vec<String>> {
-        self.run(py, |s, _| {
-            Ok(self.names(each_session!(s, s => s.selected())))
-        })
+    fn offset_keys<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        self.names(py, selected)
     }
 
     /// The shards' `__metadata__`, merged; None when no shard has any.
-    fn metadata(&self, py: Python<'_>) -> PyResult<Option<BTreeMap<String, String>>> {
-        self.run(py, |_, _| Ok(self.ckpt.metadata().cloned()))
+    fn metadata<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        // Checked for a closed handle as every call is; the metadata itself
+        // is the checkpoint's, which outlives the session.
+        self.run(py, |_, _| Ok(()))?;
+        objects::option(py, self.ckpt.metadata(), |m| {
+            objects::str_dict(py, m.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        })
     }
 
     /// `(dtype, shape, file, start, end, data_start)` of a selected tensor:
     /// `start..end` are absolute offsets in `file`.
-    #[allow(clippy::type_complexity)]
-    fn info(
-        &self,
-        py: Python<'_>,
-        name: String,
-    ) -> PyResult<(&'static str, Vec<u64>, PathBuf, u64, u64, u64)> {
+    fn info<'py>(&self, py: Python<'py>, name: String) -> PyResult<Bound<'py, PyAny>> {
         let id = self.run(py, move |s, _| selected_id(s, name))?;
         let t = self.ckpt.tensor(id);
         let shard = self.ckpt.shard(t.file);
-        Ok((
-            t.dtype.as_str(),
-            t.shape.clone(),
-            shard.path().to_path_buf(),
-            t.range.start,
-            t.range.end,
-            shard.data_start(),
-        ))
+        objects::tuple(
+            py,
+            [
+                objects::str(py, t.dtype.as_str())?,
+                objects::ints(py, &t.shape)?,
+                objects::path(py, shard.path())?,
+                objects::int(py, t.range.start)?,
+                objects::int(py, t.range.end)?,
+                objects::int(py, shard.data_start())?,
+            ],
+        )
     }
 
     /// Bytes of the selected tensors.
     #[getter]
-    fn total_bytes(&self, py: Python<'_>) -> PyResult<u64> {
-        self.run(py, |s, _| Ok(each_session!(s, s => s.selected_bytes())))
+    fn total_bytes<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let n = self.run(py, |s, _| Ok(each_session!(s, s => s.selected_bytes())))?;
+        objects::int(py, n)
     }
 
     /// Bytes a reused device buffer of `size` bytes needs to hold every
     /// selected tensor at once (each aligned; those larger than the buffer,
     /// which get memory of their own, left out).
-    fn buffer_needed(&self, py: Python<'_>, size: u64) -> PyResult<u64> {
-        self.run(py, |s, _| {
+    fn buffer_needed<'py>(&self, py: Python<'py>, size: u64) -> PyResult<Bound<'py, PyAny>> {
+        let n = self.run(py, |s, _| {
             let selected = each_session!(s, s => s.selected());
             Ok(Carve::needed(
                 size,
                 selected.iter().map(|&id| self.ckpt.tensor(id).len()),
             ))
-        })
+        })?;
+        objects::int(py, n)
     }
 
     /// Staging memory for reads in flight, in bytes, and the device buffer
     /// of `copy=False`.
     #[getter]
-    fn buffer_size(&self) -> usize {
-        self.options.engine.ring_bytes
+    fn buffer_size<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        objects::int(py, self.options.engine.ring_bytes as u64)
     }
 
     /// The backend of the latest load and its settings (for a device, its
     /// staging too); None before one.
-    fn describe(&self, py: Python<'_>) -> PyResult<Option<String>> {
+    fn describe<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         self.in_process(py)?;
         let device = py.detach(|| lock(&self.described).clone());
-        match device {
-            Some(d) => Ok(Some(d)),
+        let described = match device {
+            Some(d) => Some(d),
             None => self.run(py, |s, _| {
                 Ok(each_session!(s, s => s.describe().map(str::to_owned)))
-            }),
-        }
+            })?,
+        };
+        objects::option(py, described, |d| objects::str(py, &d))
     }
 
     /// `(dtype, shape, Buffer)` of the selected tensor `name`, in host
     /// memory.
-    fn get(&self, py: Python<'_>, name: String) -> PyResult<(&'static str, Vec<u64>, Buffer)> {
+    fn get<'py>(&self, py: Python<'py>, name: String) -> PyResult<Bound<'py, PyAny>> {
         let t = self.run(py, move |s, wait| Ok(s.host()?.get(&name, wait)?))?;
-        let (_, dtype, shape, buf) = self.described(t)?;
-        Ok((dtype, shape, buf))
+        let [_, dtype, shape, buf] = self.described(py, t)?;
+        objects::tuple(py, [dtype, shape, buf])
     }
 
     /// Rows `lo..hi` (along the first dimension) of the selected tensor
@@ -437,14 +441,14 @@ impl PySession {
     /// With `lo` None, or where rows are not whole bytes, the whole tensor
     /// is read and `rows` is None.
     #[pyo3(signature = (name, lo=None, hi=None))]
-    fn get_rows(
+    fn get_rows<'py>(
         &self,
-        py: Python<'_>,
+        py: Python<'py>,
         name: String,
         lo: Option<u64>,
         hi: Option<u64>,
-    ) -> PyResult<(Buffer, Option<u64>)> {
-        self.run(py, move |s, _| {
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let (buffer, read) = self.run(py, move |s, _| {
             let id = selected_id(s, name.clone())?;
             let info = self.ckpt.tensor(id);
             let rows = match (lo, hi) {
@@ -462,7 +466,14 @@ impl PySession {
                 },
                 read,
             ))
-        })
+        })?;
+        objects::tuple(
+            py,
+            [
+                objects::object(py, buffer)?,
+                objects::option(py, read, |n| objects::int(py, n))?,
+            ],
+        )
     }
 
     /// A new pass over every selected tensor: `(name, dtype, shape,
@@ -566,6 +577,16 @@ impl PySession {
     }
 }
 
+/// The selected tensors in name order.
+fn sorted(s: &Sessions) -> &[TensorId] {
+    each_session!(s, s => s.sorted())
+}
+
+/// The selected tensors in file order.
+fn selected(s: &Sessions) -> &[TensorId] {
+    each_session!(s, s => s.selected())
+}
+
 /// The id of the selected tensor `name`, or the error naming it.
 fn selected_id(s: &Sessions, name: String) -> Result<TensorId, Fail> {
     each_session!(s, s => s.id(&name)).ok_or(Fail::Load(LoadError::Select(
@@ -663,23 +684,40 @@ impl PySession {
         })
     }
 
-    fn names(&self, ids: &[TensorId]) -> Vec<String> {
-        ids.iter()
-            .map(|&id| self.ckpt.tensor(id).name.clone())
-            .collect()
+    /// A list of the names of the tensors `pick` takes from the session, in
+    /// its order. The ids are copied out under the session's lock (taken
+    /// with the GIL released), then the list is built with the GIL held.
+    fn names<'py>(
+        &self,
+        py: Python<'py>,
+        pick: fn(&Sessions) -> &[TensorId],
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let ids = self.run(py, |s, _| {
+            let ids = pick(s);
+            let mut copy = Vec::new();
+            if copy.try_reserve_exact(ids.len()).is_err() {
+                return Err(Fail::Py(PyMemoryError::new_err(format!(
+                    "no memory for the ids of {} tensors",
+                    ids.len()
+                ))));
+            }
+            copy.extend_from_slice(ids);
+            Ok(copy)
+        })?;
+        objects::strs(py, ids.iter().map(|&id| self.ckpt.tensor(id).name.as_str()))
     }
 
-    /// `(name, dtype, shape, Buffer)` of a loaded tensor.
-    fn described(&self, t: HostTensor) -> PyResult<Described> {
+    /// `[name, dtype, shape, Buffer]` of a loaded tensor, as Python objects.
+    fn described<'py>(&self, py: Python<'py>, t: HostTensor) -> PyResult<[Bound<'py, PyAny>; 4]> {
         let info = self.ckpt.tensor(t.id());
         let align = (info.dtype.bits() as usize / 8).clamp(1, 8);
         let keep = Keep::aligned(t, align).map_err(PyErr::from)?;
-        Ok((
-            info.name.clone(),
-            info.dtype.as_str(),
-            info.shape.clone(),
-            Buffer { keep },
-        ))
+        Ok([
+            objects::str(py, &info.name)?,
+            objects::str(py, info.dtype.as_str())?,
+            objects::ints(py, &info.shape)?,
+            objects::object(py, Buffer { keep })?,
+        ])
     }
 }
 
@@ -729,30 +767,28 @@ impl PyPass {
             })
         })?;
         let Some(t) = t else { return Ok(None) };
-        Ok(Some(match t {
-            Passed::Host(t) => session.described(t)?.into_pyobject(py)?.into_any().unbind(),
+        let item = match t {
+            Passed::Host(t) => objects::tuple(py, session.described(py, t)?)?,
             Passed::Device(l) => {
-                let name = session.ckpt.tensor(l.id).name.clone();
-                let owner = owner_object(py, &session.ckpt, l)?;
-                (name, owner).into_pyobject(py)?.into_any().unbind()
+                let name = objects::str(py, &session.ckpt.tensor(l.id).name)?;
+                let owner = owner_object(py, &session.ckpt, l)?.into_bound(py);
+                objects::tuple(py, [name, owner])?
             }
-        }))
+        };
+        Ok(Some(item.unbind()))
     }
 
     /// Tensors still to come.
-    fn __length_hint__(&self, py: Python<'_>) -> usize {
+    fn __length_hint__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         // Never wait for a lock while holding the GIL: its holder may be
         // waiting for the GIL to check for signals.
-        match self.pass.get() {
+        let n = match self.pass.get() {
             Ok(pass) => py.detach(|| lock(pass).remaining()),
             Err(_) => 0,
-        }
+        };
+        objects::int(py, n as u64)
     }
 }
-
-/// A tensor onto a device, as Python receives it: its name, and its owner
-/// (a torch tensor) or, in the reused buffer, `(offset, dtype, shape)`.
-type Landed = (String, Py<PyAny>);
 
 /// One pass over the selected tensors onto a device: an iterator of lists
 /// of `(name, owner)`, in completion order.
@@ -773,7 +809,7 @@ impl PyDeviceLoad {
         slf
     }
 
-    fn __next__(&self, py: Python<'_>) -> PyResult<Option<Vec<Landed>>> {
+    fn __next__(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
         let session = self.session.get();
         let state = &self.state;
         let ckpt = &session.ckpt;
@@ -817,21 +853,25 @@ impl PyDeviceLoad {
         let Some(batch) = stepped else {
             return Ok(None);
         };
-        batch
-            .into_iter()
-            .map(|l| {
+        let landed = objects::list(
+            py,
+            batch.into_iter().map(|l| {
                 let t = ckpt.tensor(l.id);
                 let owner = match l.owner {
-                    Owner::Object(obj) => obj,
-                    Owner::At(start) => (start, t.dtype.as_str(), t.shape.clone())
-                        .into_pyobject(py)?
-                        .into_any()
-                        .unbind(),
+                    Owner::Object(obj) => obj.into_bound(py),
+                    Owner::At(start) => objects::tuple(
+                        py,
+                        [
+                            objects::int(py, start)?,
+                            objects::str(py, t.dtype.as_str())?,
+                            objects::ints(py, &t.shape)?,
+                        ],
+                    )?,
                 };
-                Ok((t.name.clone(), owner))
-            })
-            .collect::<PyResult<_>>()
-            .map(Some)
+                objects::tuple(py, [objects::str(py, &t.name)?, owner])
+            }),
+        )?;
+        Ok(Some(landed.unbind()))
     }
 
     /// The caller moved past the tensor at `start` of the reused buffer: its
@@ -882,8 +922,8 @@ impl Buffer {
         dlpack::capsule(py, self.keep.clone())
     }
 
-    fn __dlpack_device__(&self) -> (i32, i32) {
-        (1, 0)
+    fn __dlpack_device__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        objects::tuple(py, [objects::int(py, 1)?, objects::int(py, 0)?])
     }
 
     fn __len__(&self) -> usize {
@@ -893,27 +933,34 @@ impl Buffer {
 
 /// The names of every backend, in the default order of preference.
 #[pyfunction]
-fn backend_names() -> Vec<&'static str> {
-    Backend::ALL.iter().map(|b| b.name()).collect()
+fn backend_names(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
+    objects::strs(py, Backend::ALL.iter().map(|b| b.name()))
 }
 
 /// Where `name` asks tensors to go: `("cpu", None)`, or `("cuda", index)`
 /// with `index` None for the current GPU; `DeviceError` for a name that is
 /// neither.
 #[pyfunction]
-fn placement(py: Python<'_>, name: &str) -> PyResult<(&'static str, Option<usize>)> {
-    match name.parse::<Placement>() {
-        Ok(Placement::Host) => Ok(("cpu", None)),
-        Ok(Placement::Gpu(index)) => Ok(("cuda", index)),
-        Err(e) => Err(errors::from_load(py, e)),
-    }
+fn placement<'py>(py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyAny>> {
+    let (kind, index) = match name.parse::<Placement>() {
+        Ok(Placement::Host) => ("cpu", None),
+        Ok(Placement::Gpu(index)) => ("cuda", index),
+        Err(e) => return Err(errors::from_load(py, e)),
+    };
+    objects::tuple(
+        py,
+        [
+            objects::str(py, kind)?,
+            objects::option(py, index, |i| objects::int(py, i as u64))?,
+        ],
+    )
 }
 
 /// The GPU runtime (`"cuda"` or `"hip"`) this process can load, described
 /// ("CUDA driver 12.8, 1 device: NVIDIA H100 80GB HBM3"); `DeviceError`
 /// saying what is missing when there is none.
 #[pyfunction]
-fn gpu_driver(py: Python<'_>, runtime: &str) -> PyResult<String> {
+fn gpu_driver<'py>(py: Python<'py>, runtime: &str) -> PyResult<Bound<'py, PyAny>> {
     let runtime = match runtime {
         "cuda" => weightlift_gpu::Runtime::Cuda,
         "hip" => weightlift_gpu::Runtime::Hip,
@@ -925,8 +972,10 @@ fn gpu_driver(py: Python<'_>, runtime: &str) -> PyResult<String> {
             ));
         }
     };
-    py.detach(|| weightlift::device::describe_driver(runtime))
-        .map_err(|e| errors::raise(py, "DeviceError", errors::chain(&e)))
+    let described = py
+        .detach(|| weightlift::device::describe_driver(runtime))
+        .map_err(|e| errors::raise(py, "DeviceError", errors::chain(&e)))?;
+    objects::str(py, &described)
 }
 
 /// Whether any two of `spans` (`(address, length)`, lengths of 0 aside)
@@ -951,6 +1000,9 @@ fn _weightlift(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(placement, m)?)?;
     m.add_function(wrap_pyfunction!(gpu_driver, m)?)?;
     m.add_function(wrap_pyfunction!(overlapping, m)?)?;
-    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add(
+        "__version__",
+        objects::str(m.py(), env!("CARGO_PKG_VERSION"))?,
+    )?;
     Ok(())
 }
