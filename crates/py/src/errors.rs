@@ -8,7 +8,7 @@ use std::io::ErrorKind;
 
 use pyo3::prelude::*;
 use weightlift::Error as LoadError;
-use weightlift_format::Error as FormatError;
+use weightlift_format::{Error as FormatError, HeaderError};
 use weightlift_gpu::Error as GpuError;
 use weightlift_io::Error as IoError;
 
@@ -34,6 +34,10 @@ pub(crate) fn raise(py: Python<'_>, class: &str, message: String) -> PyErr {
 /// The class for an error opening a checkpoint.
 fn format_class(e: &FormatError) -> &'static str {
     match e {
+        FormatError::Header {
+            source: HeaderError::OutOfMemory { .. },
+            ..
+        } => "WeightliftMemoryError",
         FormatError::Io { source, .. } if source.kind() == ErrorKind::NotFound => {
             "MissingFileError"
         }
@@ -60,6 +64,8 @@ fn load_class(e: &LoadError) -> &'static str {
         LoadError::Open(e) => format_class(e),
         LoadError::Io(e) => io_class(e),
         LoadError::Device(e) => gpu_class(e),
+        LoadError::OutOfMemory { .. }
+        | LoadError::Select(weightlift_plan::Error::OutOfMemory { .. }) => "WeightliftMemoryError",
         LoadError::Select(_) => "TensorNotFoundError",
         LoadError::Setting {
             name: "WEIGHTLIFT_BACKEND",

@@ -22,6 +22,7 @@ HIERARCHY = {
     "DeviceError": (RuntimeError,),
     "ClosedError": (ValueError,),
     "MismatchError": (RuntimeError,),
+    "WeightliftMemoryError": (MemoryError,),
 }
 
 

@@ -41,6 +41,7 @@ from ._errors import (
     UnsupportedError,
     WeightliftError,
     WeightliftIOError,
+    WeightliftMemoryError,
 )
 from ._weightlift import __version__
 
@@ -68,5 +69,6 @@ __all__ = [
     "UnsupportedError",
     "WeightliftError",
     "WeightliftIOError",
+    "WeightliftMemoryError",
     "__version__",
 ]

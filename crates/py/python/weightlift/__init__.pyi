@@ -44,6 +44,10 @@ class WeightliftIOError(WeightliftError, OSError):
 class MissingFileError(WeightliftIOError, FileNotFoundError):
     """A file or directory does not exist."""
 
+class WeightliftMemoryError(WeightliftError, MemoryError):
+    """The process may not have the memory a file needs; the message names
+    the file and the bytes asked for."""
+
 class TensorNotFoundError(WeightliftError, KeyError):
     """A name that is not among the checkpoint's (selected) tensors."""
 

@@ -23,6 +23,12 @@ class MissingFileError(WeightliftIOError, FileNotFoundError):
     """A file or directory does not exist."""
 
 
+class WeightliftMemoryError(WeightliftError, MemoryError):
+    """The process may not have the memory a file needs (an address-space
+    limit, strict overcommit): a header, a session or a read plan too large
+    for it. The message names the file and the bytes asked for."""
+
+
 class TensorNotFoundError(WeightliftError, KeyError):
     """A name that is not among the checkpoint's (selected) tensors."""
 
@@ -70,6 +76,7 @@ __all__ = [
     "HeaderError",
     "WeightliftIOError",
     "MissingFileError",
+    "WeightliftMemoryError",
     "TensorNotFoundError",
     "DtypeError",
     "BackendError",
