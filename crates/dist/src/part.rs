@@ -78,6 +78,64 @@ impl Block {
         }
         self.below(hi) - self.below(lo)
     }
+
+    /// The block's bytes inside tensor bytes `lo..hi`, as at most three
+    /// strided segments (a cut first run, the whole runs between, a cut last
+    /// run), in order.
+    pub(crate) fn clip(&self, lo: u64, hi: u64) -> impl Iterator<Item = Segment> + use<> {
+        let mut out = [None; 3];
+        if !self.is_empty() && lo < hi && hi > self.start {
+            let (s, run, stride) = (self.start, self.run, self.stride);
+            // The first run that ends after `lo`, and one past the last that
+            // starts before `hi`.
+            let mut first = lo.saturating_sub(s) / stride;
+            if lo > s && lo - s - first * stride >= run {
+                first += 1;
+            }
+            let last = self.count.min((hi - s - 1) / stride + 1);
+            if first < last {
+                let seg = |i: u64, a: u64, b: u64, count: u64| Segment {
+                    at: a,
+                    run: b - a,
+                    count,
+                    dst_at: i * run + (a - (s + i * stride)),
+                };
+                let run_start = |i: u64| s + i * stride;
+                if last - first == 1 {
+                    let a = lo.max(run_start(first));
+                    let b = hi.min(run_start(first) + run);
+                    out[0] = Some(seg(first, a, b, 1));
+                } else {
+                    let (mut whole_from, mut whole_to) = (first, last);
+                    if lo > run_start(first) {
+                        out[0] = Some(seg(first, lo, run_start(first) + run, 1));
+                        whole_from += 1;
+                    }
+                    let last_run = run_start(last - 1);
+                    if hi < last_run + run {
+                        out[2] = Some(seg(last - 1, last_run, hi, 1));
+                        whole_to -= 1;
+                    }
+                    if whole_from < whole_to {
+                        let a = run_start(whole_from);
+                        out[1] = Some(seg(whole_from, a, a + run, whole_to - whole_from));
+                    }
+                }
+            }
+        }
+        out.into_iter().flatten()
+    }
+}
+
+/// Part of a [`Block`] inside a byte range of its tensor: `count` runs of
+/// `run` bytes, the `i`-th at tensor offset `at + i * stride` (the block's
+/// stride) and at offset `dst_at + i * block.run` of the part.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Segment {
+    pub(crate) at: u64,
+    pub(crate) run: u64,
+    pub(crate) count: u64,
+    pub(crate) dst_at: u64,
 }
 
 /// Why a part of a tensor cannot be described as a [`Block`].
@@ -312,7 +370,7 @@ mod tests {
     }
 
     #[test]
-    fn overlap_counts_bytes() {
+    fn overlap_and_clip_agree() {
         let b = Block {
             start: 3,
             run: 4,
@@ -325,6 +383,18 @@ mod tests {
                     .filter(|&x| x >= 3 && (x - 3) / 10 < 5 && (x - 3) % 10 < 4)
                     .collect();
                 assert_eq!(b.overlap(lo, hi), bytes.len() as u64, "{lo}..{hi}");
+                let mut got = Vec::new();
+                for seg in b.clip(lo, hi) {
+                    for i in 0..seg.count {
+                        for j in 0..seg.run {
+                            let at = seg.at + i * b.stride + j;
+                            let dst = seg.dst_at + i * b.run + j;
+                            assert_eq!(dst, (at - 3) / 10 * 4 + (at - 3) % 10);
+                            got.push(at);
+                        }
+                    }
+                }
+                assert_eq!(got, bytes, "{lo}..{hi}");
             }
         }
     }
