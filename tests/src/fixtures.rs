@@ -171,7 +171,8 @@ pub fn shard_specs(specs: &[TensorSpec], shards: usize) -> Vec<Vec<TensorSpec>> 
         // that the tensors left can fill the shards left.
         let lo = (shards + i).saturating_sub(specs.len()).max(prev);
         let hi = if i == 0 { 0 } else { prev + 1 };
-        let k = by_bytes.clamp(lo, hi.max(lo));
+        // (Zero-byte tensors after the last byte would point past the end.)
+        let k = by_bytes.clamp(lo, hi.max(lo)).min(shards - 1);
         out[k].push(s.clone());
         prev = k;
         done += spec_bytes(s);

@@ -36,6 +36,11 @@ pub enum Error {
         /// Its size.
         size: u64,
     },
+    /// Extent indices out of range or not strictly increasing.
+    Extents {
+        /// Extents the plan has.
+        extents: usize,
+    },
     /// A share index not below the share count, or a count of 0.
     Share {
         /// The index asked for.
@@ -83,6 +88,10 @@ impl fmt::Display for Error {
             }
             Error::Share { count: 0, .. } => write!(f, "cannot split a plan into 0 shares"),
             Error::Share { index, count } => write!(f, "no share {index} of {count}"),
+            Error::Extents { extents } => write!(
+                f,
+                "extent indices must be increasing and below the plan's {extents} extents"
+            ),
             Error::OutOfMemory {
                 file,
                 tensors,

@@ -70,6 +70,43 @@ impl ReadPlan {
         Ok(self.sub_plan(from..to, share.index == 0))
     }
 
+    /// The plan of only the extents at `indices` (strictly increasing),
+    /// with their pieces: what one rank reads of a plan its group shares.
+    /// Tensors with no piece among them are not listed. Fails with
+    /// [`Error::Extents`] when an index is out of range or out of order.
+    pub fn only_extents(&self, indices: &[usize]) -> Result<ReadPlan, Error> {
+        let bad = Error::Extents {
+            extents: self.extents.len(),
+        };
+        if indices.windows(2).any(|w| w[0] >= w[1])
+            || indices.last().is_some_and(|&i| i >= self.extents.len())
+        {
+            return Err(bad);
+        }
+        let mut out_extents = Vec::with_capacity(indices.len());
+        let mut out_pieces: Vec<Piece> = Vec::new();
+        let mut tensors: Vec<TensorId> = Vec::new();
+        for &i in indices {
+            let e = &self.extents[i];
+            let pieces = self.pieces(e);
+            let first = out_pieces.len();
+            out_pieces.extend_from_slice(pieces);
+            tensors.extend(pieces.iter().map(|p| p.tensor));
+            out_extents.push(Extent {
+                pieces: first..out_pieces.len(),
+                ..e.clone()
+            });
+        }
+        tensors.sort_unstable();
+        tensors.dedup();
+        Ok(ReadPlan {
+            geometry: self.geometry,
+            extents: out_extents,
+            pieces: out_pieces,
+            tensors,
+        })
+    }
+
     /// Bytes read before each extent, and in all (`extents + 1` values).
     fn prefix_bytes(&self) -> Vec<u128> {
         let mut prefix = Vec::with_capacity(self.extents.len() + 1);

@@ -110,6 +110,31 @@ impl InPlace {
         Ok(Self { regions, at })
     }
 
+    /// Lay out `plan` in one region: its extents back to back in plan
+    /// order (each at the sum of the lengths before it), as a buffer that
+    /// is handed on whole wants them. Mapped lazily, as `packed`'s.
+    pub fn contiguous(plan: &ReadPlan) -> Result<Self, Error> {
+        let too_long = |len| Error::Plan(PlanMismatch::TooLong { len });
+        let mut at = Vec::with_capacity(plan.extents().len());
+        let mut size = 0usize;
+        for e in plan.extents() {
+            let len = usize::try_from(e.len).map_err(|_| too_long(e.len))?;
+            at.push((0u32, size));
+            size = size
+                .checked_add(len)
+                .ok_or_else(|| too_long((size as u64).saturating_add(e.len)))?;
+        }
+        let region = Region::anonymous(size).map_err(|source| Error::Map {
+            file: None,
+            len: size,
+            source,
+        })?;
+        Ok(Self {
+            regions: vec![Arc::new(region)],
+            at,
+        })
+    }
+
     /// The region of each file.
     pub fn regions(&self) -> &[Arc<Region>] {
         &self.regions
