@@ -25,6 +25,9 @@ pub enum Error {
     /// The selection cannot be planned: it names a tensor the checkpoint
     /// lacks, say.
     Select(weightlift_plan::Error),
+    /// Requests a group cannot be scheduled for (a split of a tensor that
+    /// has no such dimension, say).
+    Group(weightlift_dist::Error),
     /// A file is not the version its header was read from: it was replaced
     /// or rewritten between opening the checkpoint and reading it. (A
     /// change during the reads is [`weightlift_io::Error::Changed`].)
@@ -225,6 +228,7 @@ impl fmt::Display for Error {
             Error::Io(e) => e.fmt(f),
             Error::Device(e) => e.fmt(f),
             Error::Select(e) => e.fmt(f),
+            Error::Group(e) => e.fmt(f),
             Error::Changed { file, what } => write!(
                 f,
                 "{}: {what} changed since its header was read (the file was replaced or rewritten)",
@@ -306,6 +310,7 @@ impl std::error::Error for Error {
             Error::Io(e) => e.source(),
             Error::Device(e) => e.source(),
             Error::Select(e) => e.source(),
+            Error::Group(e) => e.source(),
             Error::Tensor { source, .. } => Some(&**source),
             Error::Destinations(e) => Some(&**e),
             Error::Spawn { source, .. } => Some(source),

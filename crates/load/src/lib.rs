@@ -42,6 +42,7 @@
 
 pub mod device;
 mod error;
+pub mod group;
 pub mod host;
 mod options;
 pub mod session;

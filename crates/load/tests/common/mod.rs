@@ -1,6 +1,6 @@
 //! Shared helpers for the loader's tests: checkpoints written to disk, a
 //! sink that collects staged reads, and checks against plain reads.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
