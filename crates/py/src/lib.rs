@@ -32,6 +32,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use pyo3::exceptions::PyMemoryError;
 use pyo3::prelude::*;
 use weightlift::device::{AnyLoad, Carve, Loaded, OnDevice, Onto, Placement};
+use weightlift::group::GroupLoad;
 use weightlift::{
     Checkpoint, Error as LoadError, Host, HostTensor, LoadOptions, Pass, Selection, Session,
     TensorId, Wait,
@@ -384,6 +385,56 @@ impl PySession {
                 objects::int(py, shard.data_start())?,
             ],
         )
+    }
+
+    /// A digest of the checkpoint's files and headers: ranks of a group
+    /// whose digests differ opened different checkpoints.
+    fn fingerprint<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        self.in_process(py)?;
+        objects::int(py, weightlift::group::fingerprint(&self.ckpt))
+    }
+
+    /// This rank's part of a group load. `wants`: for every rank of the
+    /// group, in rank order, its requests as `(name, dim)` (`dim` None for
+    /// the whole tensor, else the rank's part of a `tensor_split` along
+    /// it); the same on every rank, as is `round_bytes`.
+    fn group(
+        &self,
+        py: Python<'_>,
+        wants: Vec<Vec<(String, Option<usize>)>>,
+        rank: usize,
+        round_bytes: u64,
+    ) -> PyResult<PyGroupLoad> {
+        self.in_process(py)?;
+        let ckpt = self.ckpt.clone();
+        let mut requests = Vec::with_capacity(wants.len());
+        for list in &wants {
+            let mut rank_wants = Vec::with_capacity(list.len());
+            for (name, dim) in list {
+                let Some(id) = ckpt.id(name) else {
+                    return Err(errors::from_load_in(
+                        py,
+                        LoadError::Select(weightlift_plan::Error::UnknownTensor {
+                            name: name.clone(),
+                        }),
+                        &source_name(&ckpt),
+                    ));
+                };
+                rank_wants.push(match dim {
+                    None => weightlift_dist::Request::whole(id),
+                    Some(d) => weightlift_dist::Request::split(id, *d),
+                });
+            }
+            requests.push(rank_wants);
+        }
+        let options = self.options.clone();
+        let made =
+            py.detach(|| GroupLoad::new(ckpt.clone(), &requests, rank, round_bytes, &options));
+        let load = made.map_err(|e| errors::from_load_in(py, e, &source_name(&ckpt)))?;
+        Ok(PyGroupLoad {
+            ckpt,
+            load: InProcess::new(load),
+        })
     }
 
     /// Bytes of the selected tensors.
@@ -893,6 +944,121 @@ impl PyDeviceLoad {
     }
 }
 
+/// One rank's part of a group load: its outputs, and round by round what
+/// it sends and where what it receives goes (see `weightlift::group`).
+#[pyclass(name = "_GroupLoad", module = "weightlift._weightlift", frozen)]
+struct PyGroupLoad {
+    ckpt: Arc<Checkpoint>,
+    load: InProcess<GroupLoad>,
+}
+
+impl PyGroupLoad {
+    fn get(&self, py: Python<'_>) -> PyResult<&GroupLoad> {
+        self.load.get().map_err(|f| forked_error(py, &self.ckpt, f))
+    }
+}
+
+#[pymethods]
+impl PyGroupLoad {
+    /// This rank's outputs, in request order: `(name, dtype, shape, bytes)`.
+    fn outputs<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let load = self.get(py)?;
+        let ckpt = &self.ckpt;
+        objects::list(
+            py,
+            load.outputs().iter().map(|o| {
+                let t = ckpt.tensor(o.tensor);
+                objects::tuple(
+                    py,
+                    [
+                        objects::str(py, &t.name)?,
+                        objects::str(py, t.dtype.as_str())?,
+                        objects::ints(py, &o.shape)?,
+                        objects::int(py, o.len)?,
+                    ],
+                )
+            }),
+        )
+    }
+
+    /// Number of rounds.
+    #[getter]
+    fn rounds(&self, py: Python<'_>) -> PyResult<usize> {
+        Ok(self.get(py)?.rounds())
+    }
+
+    /// The backend reading, described.
+    fn describe<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        objects::str(py, &self.get(py)?.describe())
+    }
+
+    /// Per rank of the group: `(read, sent, received, local)` bytes.
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let s = self.get(py)?.schedule();
+        objects::list(
+            py,
+            (0..s.group_size()).map(|r| {
+                objects::tuple(
+                    py,
+                    [
+                        objects::int(py, s.read_bytes()[r])?,
+                        objects::int(py, s.sent_bytes()[r])?,
+                        objects::int(py, s.received_bytes()[r])?,
+                        objects::int(py, s.local_bytes()[r])?,
+                    ],
+                )
+            }),
+        )
+    }
+
+    /// Round `k`: read this rank's extents and pack what it sends. Returns
+    /// `(send, send_splits, recv_splits, unpack, complete)`: the send
+    /// buffer (a `Buffer`), bytes for and from each rank, where received
+    /// bytes go as `(output, at, len, recv_at)`, and the outputs complete
+    /// after it.
+    fn round<'py>(&self, py: Python<'py>, k: usize) -> PyResult<Bound<'py, PyAny>> {
+        let load = self.get(py)?;
+        if k >= load.rounds() {
+            return Err(errors::raise(
+                py,
+                "SettingError",
+                format!("no round {k} of {}", load.rounds()),
+            ));
+        }
+        let x = py
+            .detach(|| load.round(k, None))
+            .map_err(|e| errors::from_load_in(py, e, &source_name(&self.ckpt)))?;
+        objects::tuple(
+            py,
+            [
+                objects::object(
+                    py,
+                    Buffer {
+                        keep: Keep::Owned(x.send),
+                    },
+                )?,
+                objects::ints(py, &x.send_splits)?,
+                objects::ints(py, &x.recv_splits)?,
+                objects::list(
+                    py,
+                    x.unpack.iter().map(|u| {
+                        objects::tuple(
+                            py,
+                            [
+                                objects::int(py, u.output as u64)?,
+                                objects::int(py, u.at)?,
+                                objects::int(py, u.len)?,
+                                objects::int(py, u.recv_at)?,
+                            ],
+                        )
+                    }),
+                )?,
+                objects::list(py, x.complete.iter().map(|&o| objects::int(py, o as u64)))?,
+            ],
+        )
+    }
+}
+
 /// A tensor's bytes in host memory, exported by DLPack (`uint8`, one
 /// dimension) without copying.
 #[pyclass(module = "weightlift._weightlift", frozen)]
@@ -995,6 +1161,7 @@ fn _weightlift(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PySession>()?;
     m.add_class::<PyPass>()?;
     m.add_class::<PyDeviceLoad>()?;
+    m.add_class::<PyGroupLoad>()?;
     m.add_class::<Buffer>()?;
     m.add_function(wrap_pyfunction!(backend_names, m)?)?;
     m.add_function(wrap_pyfunction!(placement, m)?)?;

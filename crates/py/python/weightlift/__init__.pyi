@@ -11,6 +11,7 @@ PathLike = Union[str, os.PathLike]
 Sources = Union[PathLike, Sequence[PathLike]]
 Device = Union[str, int, Any]  # "cpu", "cuda:N", N, or a torch.device
 Keys = Union[Collection[str], Callable[[str], bool], None]
+Shard = Union[Mapping[str, int], Callable[[str], Optional[int]], None]
 
 class Backend(enum.Enum):
     """A way of reading the files. Names match InstantTensor's."""
@@ -64,7 +65,7 @@ class SettingError(WeightliftError, ValueError):
     """A setting out of range (an argument or a WEIGHTLIFT_* variable)."""
 
 class UnsupportedError(WeightliftError, NotImplementedError):
-    """An argument this version accepts but cannot act on yet (process_group)."""
+    """An argument this version accepts but cannot act on yet."""
 
 class ClosedError(WeightliftError, ValueError):
     """A handle used after it was closed."""
@@ -116,6 +117,7 @@ class SafeOpen:
         pinned_bytes: Optional[int] = None,
         fill_threads: Optional[int] = None,
         mmap: bool = True,
+        shard: Shard = None,
     ) -> None: ...
     @property
     def backend(self) -> Optional[str]: ...
@@ -127,6 +129,8 @@ class SafeOpen:
     def metadata(self) -> Optional[Dict[str, str]]: ...
     def tensors(self) -> Iterator[Tuple[str, Any]]: ...
     def get_tensor(self, name: str) -> Any: ...
+    def get_sharded(self, name: str, dim: int) -> Any: ...
+    def group_stats(self) -> Optional[List[Dict[str, int]]]: ...
     def get_tensors(self) -> Dict[str, Any]: ...
     def get_slice(self, name: str) -> TensorSlice: ...
     def get_tensor_metadata(self, name: str) -> TensorMetadata: ...
@@ -145,6 +149,7 @@ def safe_open(
     pinned_bytes: Optional[int] = None,
     fill_threads: Optional[int] = None,
     mmap: bool = True,
+    shard: Shard = None,
 ) -> SafeOpen: ...
 def load_file(
     filename: Sources,
@@ -156,6 +161,8 @@ def load_file(
     pinned_bytes: Optional[int] = None,
     fill_threads: Optional[int] = None,
     mmap: bool = True,
+    process_group: Any = None,
+    shard: Shard = None,
 ) -> Dict[str, Any]: ...
 def load(path: Sources, device: Device = "cpu", **options: Any) -> Dict[str, Any]:
     """load_file's: `options` are its keyword arguments."""
@@ -173,4 +180,6 @@ def load_into(
     progress: bool = False,
     pinned_bytes: Optional[int] = None,
     fill_threads: Optional[int] = None,
+    process_group: Any = None,
+    shard: Shard = None,
 ) -> IncompatibleKeys: ...

@@ -13,8 +13,15 @@ import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Collection, Dict, Iterator, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
 
-from . import _weightlift
-from ._errors import BackendError, DeviceError, InvalidArgumentError, MismatchError, SettingError, UnsupportedError
+from . import _group, _weightlift
+from ._errors import (
+    BackendError,
+    DeviceError,
+    InvalidArgumentError,
+    MismatchError,
+    SettingError,
+    WeightliftError,
+)
 from ._frameworks import check_framework, framework_shape, to_framework, torch_dtype
 from ._progress import progress as _progress
 
@@ -81,6 +88,33 @@ def _backend_names(backend: BackendArg) -> Optional[str]:
     if not names:
         raise BackendError("backend=[] names no backend; pass None for the automatic choice")
     return ",".join(names)
+
+
+def _shard_rule(shard: Any) -> Callable[[str], Optional[int]]:
+    """`shard=` as a function from a name to the dimension to split it
+    along, or None to load it whole."""
+    if shard is None:
+        return lambda name: None
+    if isinstance(shard, Mapping):
+        for k, v in shard.items():
+            if not isinstance(k, str) or isinstance(v, bool) or not isinstance(v, int):
+                raise InvalidArgumentError(
+                    f"shard must map tensor names (str) to dimensions (int); got {k!r}: {v!r}"
+                )
+        rule = dict(shard)
+        return rule.get
+    if callable(shard):
+
+        def call(name: str) -> Optional[int]:
+            dim = shard(name)
+            if dim is not None and (isinstance(dim, bool) or not isinstance(dim, int)):
+                raise InvalidArgumentError(f"shard({name!r}) returned {dim!r}, not a dimension (int) or None")
+            return dim
+
+        return call
+    raise InvalidArgumentError(
+        f"shard must be a mapping from names to dimensions or a function, not {type(shard).__name__}"
+    )
 
 
 def _name(name: Any) -> str:
@@ -261,6 +295,7 @@ class SafeOpen:
         pinned_bytes: Optional[int] = None,
         fill_threads: Optional[int] = None,
         mmap: bool = True,
+        shard: Any = None,
     ) -> None:
         self._framework = check_framework(framework)
         self._device = _device(device)
@@ -268,22 +303,36 @@ class SafeOpen:
             raise SettingError(
                 f"framework={framework!r} holds host memory only; use framework='pt' for device {device!r}"
             )
-        if process_group is not None:
-            raise UnsupportedError(
-                "process_group: loading across a torch.distributed group is not available yet; "
-                "load on each rank with process_group=None"
-            )
+        self._shard = _shard_rule(shard)
+        self._group: Optional[_group.Group] = None
         gpu = self._device
-        self._session = _weightlift._Session(
+        args = (
             _sources(filenames),
             _backend_names(backend),
             buffer_size,
             pinned_bytes,
             fill_threads,
-            gpu.name if isinstance(gpu, _Gpu) else None,
-            _allocator(gpu) if isinstance(gpu, _Gpu) else None,
-            _flag("mmap", mmap),
         )
+        if process_group is None:
+            if shard is not None:
+                raise SettingError("shard= splits tensors across a process_group; pass one")
+            self._session = _weightlift._Session(
+                *args,
+                gpu.name if isinstance(gpu, _Gpu) else None,
+                _allocator(gpu) if isinstance(gpu, _Gpu) else None,
+                _flag("mmap", mmap),
+            )
+        else:
+            # The group reads into host memory and exchanges; tensors are
+            # then put where `device` says.
+            self._group = _group.Group(process_group)
+            session, error = None, None
+            try:
+                session = _weightlift._Session(*args, None, None, _flag("mmap", mmap))
+            except Exception as e:  # every rank learns of it
+                error = e
+            _group.check_same_checkpoint(self._group, None if error else session.fingerprint(), error)
+            self._session = session
         if keys is not None:
             self._session.select(keys)
         self._copy = bool(copy)
@@ -328,8 +377,58 @@ class SafeOpen:
 
     def tensors(self) -> Iterator[Tuple[str, Any]]:
         """Yield `(name, tensor)` for every selected tensor as it completes
-        (completion order). Each call is a new pass over all of them."""
+        (completion order). Each call is a new pass over all of them. With
+        a process_group every rank must call it and run it to the end (a
+        rank that stops early still takes part in the group's exchanges)."""
+        if self._group is not None:
+            return self._group_load([(k, self._shard(k)) for k in self.offset_keys()])
         return self._tensors(self._copy)
+
+    def _group_load(self, requests: List[Tuple[str, Optional[int]]]) -> Iterator[Tuple[str, Any]]:
+        """This rank's `requests`, loaded with the group."""
+        group = self._group
+        assert group is not None
+        plan = _group.plan(self._session, group, requests)
+        self._group_plan = plan
+        return self._group_deliver(_group.run(plan, group, self._target_device()))
+
+    def _group_deliver(self, loaded: Iterator[Tuple[str, Any]]) -> Iterator[Tuple[str, Any]]:
+        bar = _progress(self._progress, self.total_tensor_size)
+        try:
+            for name, tensor in loaded:
+                bar.update(tensor.nbytes)
+                yield name, (tensor.numpy() if self._framework == "np" else tensor)
+        finally:
+            loaded.close()
+            bar.close()
+
+    def _target_device(self) -> Any:
+        gpu = self._device
+        return gpu.torch if isinstance(gpu, _Gpu) else "cpu"
+
+    def group_stats(self) -> Optional[List[Dict[str, int]]]:
+        """With a process_group, after a load: per rank, the bytes it read
+        from storage, sent to other ranks, received from them, and copied
+        from its own reads. None before a group load."""
+        plan = getattr(self, "_group_plan", None)
+        if plan is None:
+            return None
+        return [
+            {"read": r, "sent": s, "received": v, "local": l} for r, s, v, l in plan.stats()
+        ]
+
+    def get_sharded(self, name: str, dim: int) -> Any:
+        """This rank's part of tensor `name` split along `dim` across the
+        process_group, as `torch.tensor_split(tensor, group_size, dim)[rank]`
+        (contiguous, owning its memory). Collective: every rank of the
+        group calls it (each with its own name and dim, if it likes).
+        Without a process_group, the whole tensor."""
+        _name(name)
+        if isinstance(dim, bool) or not isinstance(dim, int):
+            raise InvalidArgumentError(f"dim must be an int, not {type(dim).__name__} {dim!r}")
+        if self._group is None:
+            return self.get_tensor(name)
+        return dict(self._group_load([(name, dim)]))[name]
 
     def _tensors(self, copy: bool) -> Iterator[Tuple[str, Any]]:
         bar = _progress(self._progress, self.total_tensor_size)
@@ -376,8 +475,13 @@ class SafeOpen:
             bar.close()
 
     def get_tensor(self, name: str) -> Any:
-        """The selected tensor `name`; each call returns a new tensor."""
+        """The selected tensor `name`; each call returns a new tensor. With
+        a process_group it is collective: every rank of the group calls it
+        (each with its own name, if it likes), and the group reads each
+        byte once."""
         _name(name)
+        if self._group is not None:
+            return dict(self._group_load([(name, None)]))[name]
         gpu = self._device
         if isinstance(gpu, _Gpu):
             return self._session.get_into(name, gpu.stream())
@@ -387,7 +491,7 @@ class SafeOpen:
     def get_tensors(self) -> Dict[str, Any]:
         """Every selected tensor, by name (in sorted order); each owns its
         memory, whatever `copy` says."""
-        loaded = dict(self._tensors(copy=True))
+        loaded = dict(self.tensors() if self._group is not None else self._tensors(copy=True))
         return {k: loaded[k] for k in sorted(loaded)}
 
     def get_slice(self, name: str) -> "TensorSlice":
@@ -482,6 +586,7 @@ def safe_open(
     pinned_bytes: Optional[int] = None,
     fill_threads: Optional[int] = None,
     mmap: bool = True,
+    shard: Any = None,
 ) -> SafeOpen:
     """Open a checkpoint for loading, as safetensors' and InstantTensor's
     `safe_open` do.
@@ -503,8 +608,15 @@ def safe_open(
             torch's current stream (the one current when the pass or
             get_tensor starts). A missing driver or GPU,
             or running out of memory, raises DeviceError.
-        process_group: a torch.distributed group to share the reads with;
-            not available yet (raises UnsupportedError unless None).
+        process_group: a torch.distributed group (the world, or one from
+            dist.new_group) that loads together: every rank of it opens the
+            same files (a rank that fails, or opens a different checkpoint,
+            makes every rank raise, naming it), the group reads each byte
+            from storage once, and each rank receives exactly its tensors
+            through the group's all_to_all_single (gloo on CPU, NCCL on
+            GPUs). keys= may differ between ranks. tensors(), get_tensor,
+            get_sharded and get_tensors are then collective: every rank
+            calls them, in the same order. None: this process alone.
         backend: a Backend, a BackendPolicy, a name, or a list of them,
             tried in order. None: the WEIGHTLIFT_BACKEND variable if set,
             else chosen from where the files are (MMAP for tmpfs and cached
@@ -532,6 +644,11 @@ def safe_open(
             anything done to the files after they are handed out (MMAP is
             left out of the automatic choice, and naming it alone raises
             BackendError).
+        shard: with a process_group of n ranks, which tensors each rank
+            receives only its part of: a mapping from name to dimension, or
+            a function name -> dimension or None. Rank r then receives
+            torch.tensor_split(tensor, n, dim)[r] (contiguous, owning its
+            memory) and nothing else of it; tensors not named arrive whole.
     """
     return SafeOpen(
         filenames,
@@ -546,6 +663,7 @@ def safe_open(
         pinned_bytes=pinned_bytes,
         fill_threads=fill_threads,
         mmap=mmap,
+        shard=shard,
     )
 
 
@@ -559,15 +677,21 @@ def load_file(
     pinned_bytes: Optional[int] = None,
     fill_threads: Optional[int] = None,
     mmap: bool = True,
+    process_group: Any = None,
+    shard: Any = None,
 ) -> Dict[str, Any]:
     """Load every tensor of a checkpoint into a dict of torch tensors, as
     `safetensors.torch.load_file` does. `filename` may also be a list of
     files, a directory or an index; the other arguments are safe_open's
-    (mmap=False for host tensors independent of the files)."""
+    (mmap=False for host tensors independent of the files; with a
+    process_group every rank calls it, and shard= gives each rank its
+    parts)."""
     with safe_open(
         filename,
         "pt",
         device,
+        process_group,
+        shard=shard,
         backend=backend,
         keys=keys,
         progress=progress,
@@ -603,6 +727,8 @@ def load_into(
     progress: bool = False,
     pinned_bytes: Optional[int] = None,
     fill_threads: Optional[int] = None,
+    process_group: Any = None,
+    shard: Any = None,
 ) -> IncompatibleKeys:
     """Copy a checkpoint's tensors into preallocated tensors, as each
     completes, and return the names found on one side only.
@@ -621,6 +747,10 @@ def load_into(
             A shape or dtype that differs is always an error, raised before
             anything is read.
         backend, progress, pinned_bytes, fill_threads: as for safe_open.
+        process_group, shard: as for safe_open: every rank of the group
+            calls load_into with its own target, the group reads each byte
+            once, and with shard= a rank's target holds its part (of the
+            part's shape). A mismatch on any rank makes every rank raise.
     """
     import torch
 
@@ -632,40 +762,26 @@ def load_into(
         raise InvalidArgumentError(
             f"target must be a dict of tensors or an nn.Module, not {type(target).__name__}"
         )
+    if process_group is not None:
+        return _load_into_group(
+            dests,
+            filenames,
+            strict,
+            process_group,
+            shard,
+            backend=backend,
+            progress=progress,
+            pinned_bytes=pinned_bytes,
+            fill_threads=fill_threads,
+        )
     with safe_open(
         filenames, "pt", "cpu", backend=backend, progress=progress, pinned_bytes=pinned_bytes, fill_threads=fill_threads
     ) as f:
-        present = f._session.all_keys()
-        in_ckpt = set(present)
-        missing = sorted(k for k in dests if k not in in_ckpt)
-        unexpected = sorted(k for k in present if k not in dests)
-        if strict and (missing or unexpected):
-            raise MismatchError(
-                "load_into(strict=True): "
-                + "; ".join(
-                    part
-                    for part in (
-                        f"missing from the checkpoint: {_names(missing)}" if missing else "",
-                        f"not in the target: {_names(unexpected)}" if unexpected else "",
-                    )
-                    if part
-                )
-            )
-        common = [k for k in present if k in dests]
-        # Only the entries written are checked: with strict=False a module's
-        # other state (extra state, quantized parameters) is left alone.
-        _check_targets({k: dests[k] for k in common})
+        common, missing, unexpected = _match_targets(f, dests, strict)
         f._session.select(common)
         for name in common:
             dtype, shape, file, *_ = f._session.info(name)
-            want = torch_dtype(dtype, name)
-            want_shape = framework_shape(dtype, shape, name)
-            dest = dests[name]
-            if dest.dtype != want or tuple(dest.shape) != want_shape:
-                raise MismatchError(
-                    f"tensor {name!r} in {os.fspath(file)} is {dtype} {list(want_shape)}, "
-                    f"but the target's is {dest.dtype} {list(dest.shape)}"
-                )
+            _check_target(dests[name], name, dtype, shape, os.fspath(file))
         gpu = _pipeline_for([dests[k] for k in common])
         if gpu is not None:
             def alloc(name: str, *_: Any) -> Tuple[Any, int, int]:
@@ -681,6 +797,82 @@ def load_into(
             with torch.no_grad():
                 for name, tensor in f.tensors():
                     dests[name].copy_(tensor)
+    return IncompatibleKeys(missing, unexpected)
+
+
+def _match_targets(f: SafeOpen, dests: Dict[str, Any], strict: bool) -> Tuple[List[str], List[str], List[str]]:
+    """The names of `f`'s checkpoint that `dests` holds (in file order),
+    the names only `dests` has and those only the checkpoint has; with
+    `strict`, either of the latter is a MismatchError. The targets written
+    are checked (see _check_targets)."""
+    present = f._session.all_keys()
+    in_ckpt = set(present)
+    missing = sorted(k for k in dests if k not in in_ckpt)
+    unexpected = sorted(k for k in present if k not in dests)
+    if strict and (missing or unexpected):
+        raise MismatchError(
+            "load_into(strict=True): "
+            + "; ".join(
+                part
+                for part in (
+                    f"missing from the checkpoint: {_names(missing)}" if missing else "",
+                    f"not in the target: {_names(unexpected)}" if unexpected else "",
+                )
+                if part
+            )
+        )
+    common = [k for k in present if k in dests]
+    # Only the entries written are checked: with strict=False a module's
+    # other state (extra state, quantized parameters) is left alone.
+    _check_targets({k: dests[k] for k in common})
+    return common, missing, unexpected
+
+
+def _check_target(dest: Any, name: str, dtype: str, shape: Sequence[int], file: str) -> None:
+    """A MismatchError unless `dest` has the dtype and shape the
+    checkpoint's `name` (or this rank's part of it) has."""
+    want = torch_dtype(dtype, name)
+    want_shape = framework_shape(dtype, shape, name)
+    if dest.dtype != want or tuple(dest.shape) != want_shape:
+        raise MismatchError(
+            f"tensor {name!r} in {file} is {dtype} {list(want_shape)}, "
+            f"but the target's is {dest.dtype} {list(dest.shape)}"
+        )
+
+
+def _load_into_group(
+    dests: Dict[str, Any], filenames: Any, strict: bool, process_group: Any, shard: Any, **options: Any
+) -> IncompatibleKeys:
+    """load_into with a process_group: each check is agreed by the group
+    before the next collective, so a mismatch on one rank is an error on
+    every rank, never a hang."""
+    import torch
+
+    with safe_open(filenames, "pt", "cpu", process_group, shard=shard, **options) as f:
+        group = f._group
+        assert group is not None
+        common: List[str] = []
+        missing: List[str] = []
+        unexpected: List[str] = []
+        error = None
+        try:
+            common, missing, unexpected = _match_targets(f, dests, strict)
+        except WeightliftError as e:
+            error = e
+        group.agree(error, "checking load_into's targets")
+        plan = _group.plan(f._session, group, [(k, f._shard(k)) for k in common])
+        f._group_plan = plan
+        error = None
+        try:
+            for name, dtype, shape, _ in plan.outputs():
+                file = os.fspath(f._session.info(name)[2])
+                _check_target(dests[name], name, dtype, shape, file)
+        except WeightliftError as e:
+            error = e
+        group.agree(error, "checking load_into's targets")
+        with torch.no_grad():
+            for name, tensor in f._group_deliver(_group.run(plan, group, group.device)):
+                dests[name].copy_(tensor)
     return IncompatibleKeys(missing, unexpected)
 
 
