@@ -13,6 +13,13 @@ Commands (the Rust side depends on them; each prints one JSON line, last):
       FILEs are its shards, in order. NAME is one of LOADERS below.
       -> {"seconds", "bytes", "tensors", "backend", "peak_rss", "base_rss",
           "peak_gpu", "digest", "checksum"}
+  group --ranks N --spec all|tp --device cpu|cuda:0 --model MODEL
+      one load by a torch.distributed group of N processes on this machine
+      (gloo on the CPU, NCCL on GPUs 0..N-1), every rank loading every
+      tensor (all) or its tensor-parallel part (tp, Megatron's layout);
+      the clock runs from a barrier to each rank's last tensor
+      -> {"seconds": the slowest rank's, "bytes": kept by all ranks,
+          "ranks": [{"seconds", "storage_read", "kept", "stats", "checksum"}]}
   h2d --device cuda:N [--bytes N]
       pinned host-to-device copy bandwidth (1 warm-up + 5 timed copies)
       -> {"rates": [GB/s per copy], "gbps_median", "gbps_min", "gbps_max", "bytes"}
@@ -383,6 +390,78 @@ def cmd_versions(_a):
     return out
 
 
+def _tensor_parallel(name):
+    """The dimension a tensor-parallel layout splits a Llama-shaped model's
+    tensor along (Megatron's): column-parallel projections and the
+    embedding and head by rows (dim 0), row-parallel ones by columns (dim
+    1); norms whole (None)."""
+    if name.endswith(("q_proj.weight", "k_proj.weight", "v_proj.weight", "gate_proj.weight", "up_proj.weight")):
+        return 0
+    if name.endswith(("o_proj.weight", "down_proj.weight")):
+        return 1
+    if name.endswith(("embed_tokens.weight", "lm_head.weight")):
+        return 0
+    return None
+
+
+def _storage_reads():
+    """Bytes this process has had read from storage (/proc/self/io)."""
+    with open("/proc/self/io") as f:
+        return int(next(line for line in f if line.startswith("read_bytes:")).split()[1])
+
+
+def cmd_group_rank(a):
+    import datetime
+
+    import torch.distributed as dist
+
+    wl = _require("weightlift", "weightlift")
+    backend = "nccl" if a.device != "cpu" else "gloo"
+    if a.device != "cpu":
+        _cuda_ready(a.device, "weightlift group")
+    dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{a.port}", rank=a.rank,
+                            world_size=a.ranks, timeout=datetime.timedelta(seconds=120))
+    shard = _tensor_parallel if a.spec == "tp" else None
+    # Untimed: every rank is up, imports done.
+    dist.barrier()
+    read0 = _storage_reads()
+    t0 = time.perf_counter()
+    with wl.safe_open(a.model, device=a.device, process_group=dist.group.WORLD, shard=shard) as f:
+        tensors = f.get_tensors()
+        stats = f.group_stats()
+    checksum = _settle(tensors, a.device)
+    seconds = time.perf_counter() - t0
+    read = _storage_reads() - read0
+    dist.barrier()
+    dist.destroy_process_group()
+    return {"seconds": seconds, "storage_read": read, "kept": sum(t.nbytes for t in tensors.values()),
+            "stats": stats[a.rank], "checksum": checksum}
+
+
+def cmd_group(a):
+    import socket
+    import subprocess
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    procs = []
+    for r in range(a.ranks):
+        device = a.device if a.device == "cpu" else f"cuda:{r}"
+        procs.append(subprocess.Popen(
+            [sys.executable, __file__, "group-rank", "--rank", str(r), "--ranks", str(a.ranks), "--port", str(port),
+             "--spec", a.spec, "--device", device, "--model", a.model],
+            stdout=subprocess.PIPE, text=True))
+    ranks = []
+    for r, p in enumerate(procs):
+        out, _ = p.communicate()
+        if p.returncode != 0:
+            raise RuntimeError(f"rank {r} failed with status {p.returncode}")
+        ranks.append(json.loads(out.strip().splitlines()[-1]))
+    return {"seconds": max(x["seconds"] for x in ranks), "ranks": ranks,
+            "bytes": sum(x["kept"] for x in ranks)}
+
+
 def _device(s):
     if not re.fullmatch(r"cpu|cuda:\d+", s):
         raise argparse.ArgumentTypeError(f"device must be cpu or cuda:N, not {s!r}")
@@ -402,6 +481,18 @@ def _parser():
     h2d = sub.add_parser("h2d", help="pinned host-to-device copy bandwidth")
     h2d.add_argument("--device", required=True, type=_device)
     h2d.add_argument("--bytes", type=int, default=1 << 30)
+    group = sub.add_parser("group", help="one measured load by a torch.distributed group on this machine")
+    group.add_argument("--ranks", required=True, type=int)
+    group.add_argument("--spec", required=True, choices=["all", "tp"])
+    group.add_argument("--device", required=True, type=_device)
+    group.add_argument("--model", required=True)
+    rank = sub.add_parser("group-rank", help="one rank of `group` (run by it)")
+    rank.add_argument("--rank", required=True, type=int)
+    rank.add_argument("--ranks", required=True, type=int)
+    rank.add_argument("--port", required=True, type=int)
+    rank.add_argument("--spec", required=True, choices=["all", "tp"])
+    rank.add_argument("--device", required=True, type=_device)
+    rank.add_argument("--model", required=True)
     chart = sub.add_parser("chart", help="draw a GB/s chart")
     chart.add_argument("--input", required=True)
     chart.add_argument("--output", required=True)
@@ -414,7 +505,8 @@ def main():
     a = p.parse_args()
     if a.command == "load" and a.backend and a.loader != "weightlift":
         p.error("--backend is for --loader weightlift only")
-    command = {"load": cmd_load, "h2d": cmd_h2d, "chart": cmd_chart, "versions": cmd_versions}[a.command]
+    command = {"load": cmd_load, "h2d": cmd_h2d, "group": cmd_group, "group-rank": cmd_group_rank,
+               "chart": cmd_chart, "versions": cmd_versions}[a.command]
     try:
         result = command(a)
     except Unavailable as e:

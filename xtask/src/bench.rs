@@ -33,6 +33,22 @@ pub(crate) fn run(args: &mut Args) -> Result<()> {
         .chain(std::env::args().skip(2))
         .collect::<Vec<_>>()
         .join(" ");
+    if let Some(ranks) = args.number("--ranks")? {
+        let b = crate::group::GroupBench {
+            ranks: u32::try_from(ranks).context("--ranks: too many")?,
+            model: args.value("--model")?.map(PathBuf::from),
+            size: args.size("--size")?.unwrap_or(DEFAULT_SIZE),
+            reps: args.number("--reps")?.unwrap_or(3) as usize,
+            device: device(args.value("--device")?.as_deref().unwrap_or("cpu"))?,
+            python: args.value("--python")?.map(PathBuf::from),
+            out: args.value("--out")?.map(PathBuf::from),
+            only_cold: args.flag("--cold"),
+            only_warm: args.flag("--warm"),
+            command,
+        };
+        args.finish()?;
+        return crate::group::run(b);
+    }
     let quick = args.flag("--quick");
     let model = args.value("--model")?.map(PathBuf::from);
     let size = args
@@ -382,7 +398,7 @@ fn open_and_plan(
 }
 
 /// `results/<date>-<host><suffix>` under the workspace.
-fn default_out(suffix: &str) -> PathBuf {
+pub(crate) fn default_out(suffix: &str) -> PathBuf {
     let days = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() / 86_400) as i64;
@@ -613,7 +629,7 @@ pub(crate) fn generate(
 }
 
 /// The generated checkpoint for `fixture`, written on first use.
-fn cached_fixture(fixture: Fixture) -> Result<PathBuf> {
+pub(crate) fn cached_fixture(fixture: Fixture) -> Result<PathBuf> {
     let dir = crate::root()
         .join("target/weightlift-bench")
         .join(fixture.dir_name());

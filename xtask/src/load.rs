@@ -248,7 +248,7 @@ const RUN_TIMEOUT: Duration = Duration::from_secs(900);
 
 /// Run `cmd` to completion, collecting its output, or kill it after
 /// `timeout` (`None`).
-fn output_within(
+pub(crate) fn output_within(
     cmd: &mut Command,
     timeout: Duration,
 ) -> Result<Option<(std::process::ExitStatus, String, String)>> {

@@ -10,6 +10,7 @@
 mod args;
 mod bench;
 mod fuzz;
+mod group;
 mod load;
 mod py;
 mod report;
@@ -61,6 +62,13 @@ commands:
       --alignment N       read alignment in bytes (default 4096)
       --max-extent SIZE   largest read (default 16MiB)
       --shares N          also split the plan into N shares (default 8)
+      --ranks N           instead: a torch.distributed group of N processes
+                          here (gloo; NCCL with --device cuda:0, one GPU per
+                          rank) loads the checkpoint, every rank every tensor
+                          and then its tensor-parallel part, beside one
+                          process alone; with --model, --size, --reps,
+                          --device, --cold/--warm, --python and --out
+                          (default results/<date>-<host>-ranksN)
   gpu-test [--python PATH]
                           the GPU tests, with WEIGHTLIFT_REQUIRE_GPU=1 so that a
                           missing GPU fails them instead of skipping: the gpu

@@ -368,6 +368,35 @@ def test_one_rank_whose_file_is_cut_mid_load_fails_every_rank_naming_it(h, model
     _ok(reports, world)
 
 
+def test_a_rank_asking_for_a_tensor_that_is_not_there_fails_every_rank(h, model):
+    world = 2
+    reports = run_group(
+        h,
+        world,
+        """
+        keys = ["norm", "nothing"] if rank == 1 else ["norm"]
+        try:
+            with weightlift.safe_open(args["dir"], process_group=dist.group.WORLD, keys=keys) as f:
+                dict(f.tensors())
+            report(ok=False)
+        except weightlift.TensorNotFoundError as e:
+            assert "rank 1" in str(e) and "nothing" in str(e), str(e)
+        try:
+            def shard(name):
+                if rank == 0:
+                    raise ValueError("no rule for " + name)
+                return None
+            with weightlift.safe_open(args["dir"], process_group=dist.group.WORLD, shard=shard) as f:
+                dict(f.tensors())
+            report(ok=False)
+        except weightlift.WeightliftError as e:
+            report(ok="rank 0" in str(e) and "no rule" in str(e), msg=str(e))
+        """,
+        dir=str(model),
+    )
+    _ok(reports, world)
+
+
 def test_a_rank_that_dies_makes_the_others_raise_within_the_timeout(h, model):
     world = 3
     reports = run_group(

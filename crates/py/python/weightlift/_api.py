@@ -334,7 +334,16 @@ class SafeOpen:
             _group.check_same_checkpoint(self._group, None if error else session.fingerprint(), error)
             self._session = session
         if keys is not None:
-            self._session.select(keys)
+            if self._group is None:
+                self._session.select(keys)
+            else:
+                # Every rank learns whether any rank's keys were refused.
+                error = None
+                try:
+                    self._session.select(keys)
+                except Exception as e:
+                    error = e
+                self._group.agree(error, "selecting keys")
         self._copy = bool(copy)
         self._progress = bool(progress)
         #: Staging memory for device copies, in bytes.
@@ -381,14 +390,23 @@ class SafeOpen:
         a process_group every rank must call it and run it to the end (a
         rank that stops early still takes part in the group's exchanges)."""
         if self._group is not None:
-            return self._group_load([(k, self._shard(k)) for k in self.offset_keys()])
+            return self._group_load(lambda: [(k, self._shard(k)) for k in self.offset_keys()])
         return self._tensors(self._copy)
 
-    def _group_load(self, requests: List[Tuple[str, Optional[int]]]) -> Iterator[Tuple[str, Any]]:
-        """This rank's `requests`, loaded with the group."""
+    def _group_load(self, requests: Callable[[], List[Tuple[str, Optional[int]]]]) -> Iterator[Tuple[str, Any]]:
+        """This rank's `requests()`, loaded with the group; a rank whose
+        requests cannot be made (a shard= function that raised) fails every
+        rank."""
         group = self._group
         assert group is not None
-        plan = _group.plan(self._session, group, requests)
+        made: List[Tuple[str, Optional[int]]] = []
+        error = None
+        try:
+            made = requests()
+        except Exception as e:
+            error = e
+        group.agree(error, "choosing this rank's tensors")
+        plan = _group.plan(self._session, group, made)
         self._group_plan = plan
         return self._group_deliver(_group.run(plan, group, self._target_device()))
 
@@ -428,7 +446,7 @@ class SafeOpen:
             raise InvalidArgumentError(f"dim must be an int, not {type(dim).__name__} {dim!r}")
         if self._group is None:
             return self.get_tensor(name)
-        return dict(self._group_load([(name, dim)]))[name]
+        return dict(self._group_load(lambda: [(name, dim)]))[name]
 
     def _tensors(self, copy: bool) -> Iterator[Tuple[str, Any]]:
         bar = _progress(self._progress, self.total_tensor_size)
@@ -481,7 +499,7 @@ class SafeOpen:
         byte once."""
         _name(name)
         if self._group is not None:
-            return dict(self._group_load([(name, None)]))[name]
+            return dict(self._group_load(lambda: [(name, None)]))[name]
         gpu = self._device
         if isinstance(gpu, _Gpu):
             return self._session.get_into(name, gpu.stream())
@@ -854,13 +872,15 @@ def _load_into_group(
         common: List[str] = []
         missing: List[str] = []
         unexpected: List[str] = []
+        requests: List[Tuple[str, Optional[int]]] = []
         error = None
         try:
             common, missing, unexpected = _match_targets(f, dests, strict)
+            requests = [(k, f._shard(k)) for k in common]
         except WeightliftError as e:
             error = e
         group.agree(error, "checking load_into's targets")
-        plan = _group.plan(f._session, group, [(k, f._shard(k)) for k in common])
+        plan = _group.plan(f._session, group, requests)
         f._group_plan = plan
         error = None
         try:
