@@ -101,17 +101,7 @@ pub(crate) fn run(args: &mut Args) -> Result<()> {
         println!("{line}");
     }
 
-    let files: Vec<PathBuf> = ckpt
-        .shards()
-        .iter()
-        .map(|s| s.path().to_path_buf())
-        .collect();
-    let on_disk = files
-        .iter()
-        .map(|f| cache::in_memory(f).map(|m| !m))
-        .collect::<Result<Vec<_>, _>>()?
-        .into_iter()
-        .all(|d| d);
+    let (files, on_disk) = files_on_disk(&ckpt)?;
     let states: Vec<Cache> = match (only_cold, only_warm, on_disk) {
         (true, false, false) => bail!(
             "--cold: {} is in memory (tmpfs?): it cannot be evicted",
@@ -398,6 +388,23 @@ fn open_and_plan(
 }
 
 /// `results/<date>-<host><suffix>` under the workspace.
+/// The checkpoint's files, and whether all are on storage (not tmpfs), so
+/// that they can be loaded cold.
+pub(crate) fn files_on_disk(ckpt: &Checkpoint) -> Result<(Vec<PathBuf>, bool)> {
+    let files: Vec<PathBuf> = ckpt
+        .shards()
+        .iter()
+        .map(|s| s.path().to_path_buf())
+        .collect();
+    let on_disk = files
+        .iter()
+        .map(|f| cache::in_memory(f).map(|m| !m))
+        .collect::<Result<Vec<_>, _>>()?
+        .into_iter()
+        .all(|d| d);
+    Ok((files, on_disk))
+}
+
 pub(crate) fn default_out(suffix: &str) -> PathBuf {
     let days = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -13,9 +13,8 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail, ensure};
 use serde::Deserialize;
 use weightlift_format::Checkpoint;
-use weightlift_io::cache;
 
-use crate::bench::{Fixture, cached_fixture, default_out, human};
+use crate::bench::{Fixture, cached_fixture, default_out, files_on_disk, human};
 use crate::load::{Cache, Loader, Outcome, Target, output_within, prepare, result_line, run_once};
 use crate::report::Stats;
 
@@ -88,17 +87,7 @@ pub(crate) fn run(b: GroupBench) -> Result<()> {
         None => cached_fixture(Fixture::new(b.size, None))?,
     };
     let ckpt = Checkpoint::open(&path).with_context(|| format!("opening {}", path.display()))?;
-    let files: Vec<PathBuf> = ckpt
-        .shards()
-        .iter()
-        .map(|s| s.path().to_path_buf())
-        .collect();
-    let on_disk = files
-        .iter()
-        .map(|f| cache::in_memory(f).map(|m| !m))
-        .collect::<Result<Vec<_>, _>>()?
-        .into_iter()
-        .all(|d| d);
+    let (files, on_disk) = files_on_disk(&ckpt)?;
     let states: Vec<Cache> = match (b.only_cold, b.only_warm, on_disk) {
         (true, false, false) => bail!("--cold: {} is in memory (tmpfs?)", path.display()),
         (true, false, true) => vec![Cache::Cold],

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use proptest::prelude::*;
 use weightlift_dist::{Request, Schedule, Want, schedule};
-use weightlift_format::{Checkpoint, Dtype, Header, Metadata, TensorId, TensorSpec, encode_header};
+use weightlift_format::{Checkpoint, Dtype, Metadata, TensorId, TensorSpec};
 use weightlift_plan::{Geometry, ReadPlan, Selection, plan};
 
 /// A small deterministic generator, so that one seed draws a whole group's
@@ -39,7 +39,7 @@ fn shard() -> impl Strategy<Value = ShardSpec> {
 }
 
 fn build(shards: Vec<ShardSpec>) -> Checkpoint {
-    let headers = shards
+    let shards = shards
         .into_iter()
         .enumerate()
         .map(|(f, (tensors, pad))| {
@@ -49,15 +49,14 @@ fn build(shards: Vec<ShardSpec>) -> Checkpoint {
                 .map(|(i, (d, s))| TensorSpec::new(format!("s{f}.t{i}"), d, s))
                 .collect();
             let meta = Metadata::from([("pad".to_owned(), "x".repeat(pad))]);
-            let enc = encode_header(&specs, Some(&meta)).expect("valid");
-            let size = enc.bytes.len() as u64 + enc.data_len;
-            let mut file = enc.bytes;
-            file.resize(size as usize, 0);
-            let header = Header::parse_file(&file).expect("valid");
-            (PathBuf::from(format!("shard{f}.safetensors")), size, header)
+            (
+                PathBuf::from(format!("shard{f}.safetensors")),
+                specs,
+                Some(meta),
+            )
         })
         .collect();
-    Checkpoint::from_headers(headers).expect("valid")
+    Checkpoint::described(shards).expect("valid")
 }
 
 fn geometry() -> impl Strategy<Value = Geometry> {

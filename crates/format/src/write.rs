@@ -139,3 +139,29 @@ fn push_str(out: &mut String, s: &str) {
     // serde_json's escaping of a plain string cannot fail.
     out.push_str(&serde_json::to_string(s).unwrap_or_default());
 }
+
+impl crate::Checkpoint {
+    /// The checkpoint that shards described by their tensors (in file
+    /// order) and metadata would make, written as [`encode_header`] writes
+    /// them: pure, no file is read or written. For planning and
+    /// scheduling without files, and for tests.
+    pub fn described(
+        shards: Vec<(std::path::PathBuf, Vec<TensorSpec>, Option<Metadata>)>,
+    ) -> Result<crate::Checkpoint, crate::Error> {
+        let mut headers = Vec::with_capacity(shards.len());
+        for (path, tensors, metadata) in shards {
+            let bad = |source| crate::Error::Header {
+                file: path.clone(),
+                source,
+            };
+            let enc = encode_header(&tensors, metadata.as_ref()).map_err(bad)?;
+            let size = enc.bytes.len() as u64 + enc.data_len;
+            let header = match crate::Header::parse(&enc.bytes, size).map_err(bad)? {
+                crate::Parsed::Complete(h) => h,
+                crate::Parsed::NeedMore { .. } => unreachable!("the whole header was given"),
+            };
+            headers.push((path, size, header));
+        }
+        crate::Checkpoint::from_headers(headers)
+    }
+}

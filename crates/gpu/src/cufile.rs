@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use libloading::Library;
 
-use crate::direct::{DirectReader, OpenedFile};
+use crate::direct::{DirectReader, OpenedFile, unzip};
 use crate::{CuFileError, DriverError, Error, GpuDevice, Runtime};
 
 /// The names the library goes by, most specific first.
@@ -187,20 +187,15 @@ impl CuFileReader {
     ) -> Result<Self, Error> {
         // The reader owns the files from now on, so that a failure below
         // deregisters the handles made so far before the files close.
+        let (paths, sizes, files) = unzip(files);
         let mut reader = CuFileReader {
             cufile,
             device,
-            paths: Vec::with_capacity(files.len()),
-            sizes: Vec::with_capacity(files.len()),
+            paths: paths.clone(),
+            sizes,
             handles: Vec::with_capacity(files.len()),
-            files: Vec::with_capacity(files.len()),
+            files,
         };
-        for f in files {
-            reader.paths.push(f.path);
-            reader.sizes.push(f.size);
-            reader.files.push(f.file);
-        }
-        let paths = reader.paths.clone();
         for (path, file) in paths.iter().zip(&reader.files) {
             let mut descr = CuFileDescr {
                 kind: HANDLE_TYPE_OPAQUE_FD,

@@ -68,20 +68,30 @@ pub struct HostFileReader {
     files: Vec<File>,
 }
 
+/// `files` as their paths, sizes and open files, in order.
+pub(crate) fn unzip(files: Vec<OpenedFile>) -> (Vec<PathBuf>, Vec<u64>, Vec<File>) {
+    let mut out = (
+        Vec::with_capacity(files.len()),
+        Vec::with_capacity(files.len()),
+        Vec::with_capacity(files.len()),
+    );
+    for f in files {
+        out.0.push(f.path);
+        out.1.push(f.size);
+        out.2.push(f.file);
+    }
+    out
+}
+
 impl HostFileReader {
     /// A reader of `files`, numbered in this order.
     pub fn new(files: Vec<OpenedFile>) -> Self {
-        let mut reader = HostFileReader {
-            paths: Vec::with_capacity(files.len()),
-            sizes: Vec::with_capacity(files.len()),
-            files: Vec::with_capacity(files.len()),
-        };
-        for f in files {
-            reader.paths.push(f.path);
-            reader.sizes.push(f.size);
-            reader.files.push(f.file);
+        let (paths, sizes, files) = unzip(files);
+        HostFileReader {
+            paths,
+            sizes,
+            files,
         }
-        reader
     }
 }
 
