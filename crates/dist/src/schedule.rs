@@ -73,8 +73,9 @@ pub struct Options {
 
 impl Options {
     /// Default round budget: 16 extents of the planner's default size, so a
-    /// round keeps many reads in flight while the buffers of a round (one
-    /// per rank, plus what is exchanged) stay a small part of host memory.
+    /// round keeps many reads in flight. What a rank sends in a round can
+    /// be its reads once per rank that wants them, so a caller that wants
+    /// a round's exchange bounded divides its budget by the group's size.
     pub const DEFAULT_ROUND_BYTES: u64 = 256 << 20;
 }
 

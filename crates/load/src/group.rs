@@ -3,7 +3,7 @@
 //!
 //! Every rank makes a [`GroupLoad`] from the same checkpoint and everyone's
 //! requests (the caller gathers them), plans their union with
-//! [`GROUP_GEOMETRY`] and computes the same `weightlift-dist` schedule, so
+//! [`group_geometry`] and computes the same `weightlift-dist` schedule, so
 //! nothing about the schedule is sent. Then, round by round,
 //! [`GroupLoad::round`] reads this rank's extents of the round straight
 //! into one buffer and packs what it gives each rank (itself included)
@@ -11,8 +11,6 @@
 //! exchange, which the caller runs (with `torch.distributed`), and whose
 //! received bytes [`Exchange::unpack`] says where to put.
 
-use std::collections::hash_map::DefaultHasher;
-use std::hash::{Hash, Hasher};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -36,18 +34,48 @@ pub fn group_geometry(round_bytes: u64) -> Geometry {
 
 /// A digest of what makes two ranks' checkpoints the same: every shard's
 /// file name, size and header (tensor names, dtypes, shapes and offsets).
-/// Ranks whose digests differ opened different checkpoints.
+/// Ranks whose digests differ opened different checkpoints. FNV-1a over
+/// the fields' bytes, so builds of any version agree.
 pub fn fingerprint(ckpt: &Checkpoint) -> u64 {
-    let mut h = DefaultHasher::new();
+    let mut h = Fnv(0xcbf2_9ce4_8422_2325);
     for s in ckpt.shards() {
-        s.path().file_name().hash(&mut h);
-        (s.size(), s.data_start()).hash(&mut h);
+        h.bytes(
+            s.path()
+                .file_name()
+                .map_or(&[][..], |n| n.as_encoded_bytes()),
+        );
+        h.u64(s.size());
+        h.u64(s.data_start());
     }
     for t in ckpt.tensors() {
-        (&t.name, t.dtype.as_str(), &t.shape, t.file.index()).hash(&mut h);
-        (t.range.start, t.range.end).hash(&mut h);
+        h.bytes(t.name.as_bytes());
+        h.bytes(t.dtype.as_str().as_bytes());
+        h.u64(t.shape.len() as u64);
+        t.shape.iter().for_each(|&d| h.u64(d));
+        h.u64(t.file.index() as u64);
+        h.u64(t.range.start);
+        h.u64(t.range.end);
     }
-    h.finish()
+    h.0
+}
+
+/// 64-bit FNV-1a.
+struct Fnv(u64);
+
+impl Fnv {
+    fn byte(&mut self, b: u8) {
+        self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+    }
+
+    /// `b`, with its length first, so that fields cannot run together.
+    fn bytes(&mut self, b: &[u8]) {
+        self.u64(b.len() as u64);
+        b.iter().for_each(|&x| self.byte(x));
+    }
+
+    fn u64(&mut self, v: u64) {
+        v.to_le_bytes().iter().for_each(|&x| self.byte(x));
+    }
 }
 
 /// Where bytes received in a round go: `len` bytes from offset `recv_at`

@@ -74,8 +74,10 @@ fn every_rank_receives_its_requests_and_the_group_reads_each_extent_once() {
     // Small rounds: many of them, each extent once.
     let options = LoadOptions::default();
     let loads: Vec<GroupLoad> = (0..n)
-        .map(|r| GroupLoad::new(ckpt.clone(), &wants, r, 16 << 20, &options).unwrap())
+        .map(|r| GroupLoad::new(ckpt.clone(), &wants, r, 4096, &options).unwrap())
         .collect();
+    assert!(loads[0].rounds() > 5, "{} rounds", loads[0].rounds());
+    let mut completed: Vec<Vec<usize>> = loads.iter().map(|l| vec![0; l.outputs().len()]).collect();
     let mut outputs: Vec<Vec<Vec<u8>>> = loads
         .iter()
         .map(|l| {
@@ -111,6 +113,7 @@ fn every_rank_receives_its_requests_and_the_group_reads_each_extent_once() {
                     loads[me].outputs()[o].len,
                     "rank {me} output {o}"
                 );
+                completed[me][o] += 1;
             }
         }
     }
@@ -126,6 +129,14 @@ fn every_rank_receives_its_requests_and_the_group_reads_each_extent_once() {
             };
             assert_eq!(outputs[me][o], expected, "rank {me}: {}", t.name);
             assert_eq!(written[me][o], out.len);
+            // Each output with bytes is complete once, in the round that
+            // brought its last byte; an empty one in none.
+            assert_eq!(
+                completed[me][o],
+                usize::from(out.len > 0),
+                "rank {me}: {}",
+                t.name
+            );
         }
     }
     // Each byte read once: the ranks' reads add up to the plan's.

@@ -67,6 +67,9 @@ fn load_class(e: &LoadError) -> &'static str {
         LoadError::OutOfMemory { .. }
         | LoadError::Select(weightlift_plan::Error::OutOfMemory { .. }) => "WeightliftMemoryError",
         LoadError::Select(_) => "TensorNotFoundError",
+        // Requests that cannot be scheduled: a split along a dimension a
+        // tensor lacks, a part that would cut sub-byte elements.
+        LoadError::Group(_) => "SettingError",
         LoadError::Setting {
             name: "WEIGHTLIFT_BACKEND",
             ..

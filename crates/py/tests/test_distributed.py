@@ -113,7 +113,19 @@ def model(tmp_path_factory):
 
 
 def _evicted(model) -> bool:
-    """Drop the checkpoint's pages from the page cache; whether it could."""
+    """Drop the checkpoint's pages from the page cache; whether it could
+    (not on tmpfs or ramfs, which keep files in memory; not without
+    /proc/self/io to count what is read)."""
+    if not Path("/proc/self/io").exists():
+        return False
+    best, fs = "", ""
+    with open("/proc/self/mounts") as mounts:
+        for line in mounts:
+            _, point, kind = line.split()[:3]
+            if str(model).startswith(point) and len(point) > len(best):
+                best, fs = point, kind
+    if fs in ("tmpfs", "ramfs"):
+        return False
     for p in model.glob("*.safetensors"):
         fd = os.open(p, os.O_RDONLY)
         try:
@@ -121,7 +133,7 @@ def _evicted(model) -> bool:
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
         finally:
             os.close(fd)
-    return Path("/proc/self/io").exists()
+    return True
 
 
 def _ok(reports, world):
@@ -156,11 +168,14 @@ def test_every_rank_receives_every_tensor_and_the_group_reads_each_byte_once(h, 
             with open("/proc/self/io") as io:
                 return int(next(l for l in io if l.startswith("read_bytes:")).split()[1])
 
-        # The code paths first, on a file too small to matter.
-        small = os.path.join(args["dir"], "warm-%d.safetensors" % rank)
+        # The code paths first, on a file too small to matter (each rank
+        # its own copy, under the same name).
+        warm = os.path.join(args["dir"], "warm-%d" % rank)
+        os.makedirs(warm, exist_ok=True)
+        small = os.path.join(warm, "small.safetensors")
         from safetensors.torch import save_file
         save_file({"x": torch.zeros(4)}, small)
-        weightlift.load_file(small, backend="PREAD")
+        weightlift.load_file(small, process_group=dist.group.WORLD)
         before = storage_reads()
         with weightlift.safe_open(
             [os.path.join(args["dir"], "model-%d.safetensors" % k) for k in range(2)],
@@ -173,6 +188,7 @@ def test_every_rank_receives_every_tensor_and_the_group_reads_each_byte_once(h, 
         for k in range(2):
             expected.update(st_load(os.path.join(args["dir"], "model-%d.safetensors" % k)))
         os.remove(small)
+        os.rmdir(warm)
         bad = [k for k in expected if k not in got or not same(got[k], expected[k])]
         report(ok=not bad and sorted(got) == sorted(expected), bad=bad, stats=stats, read=read)
         """,
@@ -208,8 +224,8 @@ def test_per_rank_keys_and_shards_on_dims_0_and_1_that_do_not_divide(h, model):
         mine = sorted(set(mine))
         with weightlift.safe_open(args["dir"], process_group=dist.group.WORLD, keys=mine, shard=shard) as f:
             got = dict(f.tensors())
-            part = f.get_sharded("w.1", 1)
-            whole = f.get_tensor("norm")
+            part = f.get_sharded("big", -1)
+            whole = f.get_tensor("big")
             stats = f.group_stats()
         bad = []
         for k in mine:
@@ -218,9 +234,9 @@ def test_per_rank_keys_and_shards_on_dims_0_and_1_that_do_not_divide(h, model):
                 exp = torch.tensor_split(exp, world, shard[k])[rank].contiguous()
             if k not in got or not same(got[k], exp):
                 bad.append(k)
-        if not same(part, torch.tensor_split(expected["w.1"], world, 1)[rank].contiguous()):
+        if not same(part, torch.tensor_split(expected["big"], world, 1)[rank].contiguous()):
             bad.append("get_sharded")
-        if not same(whole, expected["norm"]):
+        if not same(whole, expected["big"]):
             bad.append("get_tensor")
         report(ok=not bad and sorted(got) == mine, bad=bad, got=sorted(got), stats=stats)
         """,
@@ -391,6 +407,54 @@ def test_a_rank_asking_for_a_tensor_that_is_not_there_fails_every_rank(h, model)
             report(ok=False)
         except weightlift.WeightliftError as e:
             report(ok="rank 0" in str(e) and "no rule" in str(e), msg=str(e))
+        """,
+        dir=str(model),
+    )
+    _ok(reports, world)
+
+
+def test_keys_on_one_rank_only_and_a_rank_that_stops_early(h, model):
+    world = 2
+    reports = run_group(
+        h,
+        world,
+        """
+        expected = {}
+        for f in sorted(os.listdir(args["dir"])):
+            if f.endswith(".safetensors"):
+                expected.update(st_load(os.path.join(args["dir"], f)))
+        keys = ["big", "norm"] if rank == 0 else None
+        with weightlift.safe_open(args["dir"], process_group=dist.group.WORLD, keys=keys) as f:
+            it = f.tensors()
+            got = {}
+            for name, t in it:
+                got[name] = t
+                if rank == 0:
+                    break          # rank 1 must still get everything
+            it.close()
+        want = ["big", "norm"][:1] if rank == 0 else sorted(expected)
+        bad = [k for k, t in got.items() if not same(t, expected[k])]
+        report(ok=not bad and (len(got) == 1 if rank == 0 else sorted(got) == want), got=sorted(got))
+        """,
+        dir=str(model),
+        round_bytes=64 << 10,
+    )
+    _ok(reports, world)
+
+
+def test_a_dtype_one_rank_cannot_represent_fails_every_rank_before_any_exchange(h, model):
+    world = 2
+    reports = run_group(
+        h,
+        world,
+        """
+        keys = ["w.0", "norm"] if rank == 0 else ["norm"]   # numpy has no bfloat16
+        try:
+            with weightlift.safe_open(args["dir"], "np", process_group=dist.group.WORLD, keys=keys) as f:
+                dict(f.tensors())
+            report(ok=False)
+        except weightlift.DtypeError as e:
+            report(ok="rank 0" in str(e) and "w.0" in str(e), msg=str(e))
         """,
         dir=str(model),
     )

@@ -297,25 +297,56 @@ class SafeOpen:
         mmap: bool = True,
         shard: Any = None,
     ) -> None:
+        self._group: Optional[_group.Group] = None
+        if process_group is not None:
+            # First, so that every check below that fails on one rank
+            # fails every rank, naming it, instead of leaving the others
+            # waiting in the group's first collective.
+            self._group = _group.Group(process_group)
+        error: Optional[BaseException] = None
+        try:
+            self._open(filenames, framework, device, backend, buffer_size, pinned_bytes, fill_threads, mmap, shard)
+            if keys is not None:
+                self._session.select(keys)
+        except Exception as e:
+            if self._group is None:
+                raise
+            error = e
+        if self._group is not None:
+            fingerprint = None if error is not None else self._session.fingerprint()
+            _group.check_same_checkpoint(self._group, fingerprint, error)
+        self._copy = bool(copy)
+        self._progress = bool(progress)
+        #: Staging memory for device copies, in bytes.
+        self.buffer_size: int = self._session.buffer_size
+        #: Bytes of the selected tensors.
+        self.total_tensor_size: int = self._session.total_bytes
+
+    def _open(
+        self,
+        filenames: Any,
+        framework: str,
+        device: Any,
+        backend: BackendArg,
+        buffer_size: Optional[int],
+        pinned_bytes: Optional[int],
+        fill_threads: Optional[int],
+        mmap: bool,
+        shard: Any,
+    ) -> None:
+        """Check the arguments and open the checkpoint."""
         self._framework = check_framework(framework)
         self._device = _device(device)
         if isinstance(self._device, _Gpu) and self._framework != "pt":
             raise SettingError(
                 f"framework={framework!r} holds host memory only; use framework='pt' for device {device!r}"
             )
+        if shard is not None and self._group is None:
+            raise SettingError("shard= splits tensors across a process_group; pass one")
         self._shard = _shard_rule(shard)
-        self._group: Optional[_group.Group] = None
         gpu = self._device
-        args = (
-            _sources(filenames),
-            _backend_names(backend),
-            buffer_size,
-            pinned_bytes,
-            fill_threads,
-        )
-        if process_group is None:
-            if shard is not None:
-                raise SettingError("shard= splits tensors across a process_group; pass one")
+        args = (_sources(filenames), _backend_names(backend), buffer_size, pinned_bytes, fill_threads)
+        if self._group is None:
             self._session = _weightlift._Session(
                 *args,
                 gpu.name if isinstance(gpu, _Gpu) else None,
@@ -325,31 +356,7 @@ class SafeOpen:
         else:
             # The group reads into host memory and exchanges; tensors are
             # then put where `device` says.
-            self._group = _group.Group(process_group)
-            session, error = None, None
-            try:
-                session = _weightlift._Session(*args, None, None, _flag("mmap", mmap))
-            except Exception as e:  # every rank learns of it
-                error = e
-            _group.check_same_checkpoint(self._group, None if error else session.fingerprint(), error)
-            self._session = session
-        if keys is not None:
-            if self._group is None:
-                self._session.select(keys)
-            else:
-                # Every rank learns whether any rank's keys were refused.
-                error = None
-                try:
-                    self._session.select(keys)
-                except Exception as e:
-                    error = e
-                self._group.agree(error, "selecting keys")
-        self._copy = bool(copy)
-        self._progress = bool(progress)
-        #: Staging memory for device copies, in bytes.
-        self.buffer_size: int = self._session.buffer_size
-        #: Bytes of the selected tensors.
-        self.total_tensor_size: int = self._session.total_bytes
+            self._session = _weightlift._Session(*args, None, None, _flag("mmap", mmap))
 
     def __enter__(self) -> "SafeOpen":
         return self
@@ -390,7 +397,7 @@ class SafeOpen:
         a process_group every rank must call it and run it to the end (a
         rank that stops early still takes part in the group's exchanges)."""
         if self._group is not None:
-            return self._group_load(lambda: [(k, self._shard(k)) for k in self.offset_keys()])
+            return self._group_load(lambda: [self._sharded_request(k, self._shard(k)) for k in self.offset_keys()])
         return self._tensors(self._copy)
 
     def _group_load(self, requests: Callable[[], List[Tuple[str, Optional[int]]]]) -> Iterator[Tuple[str, Any]]:
@@ -406,16 +413,16 @@ class SafeOpen:
         except Exception as e:
             error = e
         group.agree(error, "choosing this rank's tensors")
-        plan = _group.plan(self._session, group, made)
+        plan = _group.plan(self._session, group, made, self._target_device(), self._framework)
         self._group_plan = plan
-        return self._group_deliver(_group.run(plan, group, self._target_device()))
+        return self._group_deliver(_group.run(plan, group))
 
     def _group_deliver(self, loaded: Iterator[Tuple[str, Any]]) -> Iterator[Tuple[str, Any]]:
         bar = _progress(self._progress, self.total_tensor_size)
         try:
             for name, tensor in loaded:
                 bar.update(tensor.nbytes)
-                yield name, (tensor.numpy() if self._framework == "np" else tensor)
+                yield name, tensor
         finally:
             loaded.close()
             bar.close()
@@ -432,7 +439,7 @@ class SafeOpen:
         if plan is None:
             return None
         return [
-            {"read": r, "sent": s, "received": v, "local": l} for r, s, v, l in plan.stats()
+            {"read": r, "sent": s, "received": v, "local": l} for r, s, v, l in plan.load.stats()
         ]
 
     def get_sharded(self, name: str, dim: int) -> Any:
@@ -441,12 +448,26 @@ class SafeOpen:
         (contiguous, owning its memory). Collective: every rank of the
         group calls it (each with its own name and dim, if it likes).
         Without a process_group, the whole tensor."""
+        if self._group is None:
+            self._sharded_request(name, dim)
+            return self.get_tensor(name)
+        return dict(self._group_load(lambda: [self._sharded_request(name, dim)]))[name]
+
+    def _sharded_request(self, name: str, dim: Optional[int]) -> Tuple[str, Optional[int]]:
+        """`(name, dim)` checked: a selected tensor's name, and a dimension
+        (negative ones counted from the end, as torch does) or None."""
         _name(name)
+        if dim is None:
+            self._session.info(name)  # a selected tensor, or TensorNotFoundError
+            return name, None
         if isinstance(dim, bool) or not isinstance(dim, int):
             raise InvalidArgumentError(f"dim must be an int, not {type(dim).__name__} {dim!r}")
-        if self._group is None:
-            return self.get_tensor(name)
-        return dict(self._group_load(lambda: [(name, dim)]))[name]
+        rank = len(self._session.info(name)[1])
+        if dim < 0:
+            dim += rank
+        if not 0 <= dim < rank:
+            raise SettingError(f"tensor {name!r} has {rank} dimensions: no dimension {dim} to split along")
+        return name, dim
 
     def _tensors(self, copy: bool) -> Iterator[Tuple[str, Any]]:
         bar = _progress(self._progress, self.total_tensor_size)
@@ -497,9 +518,9 @@ class SafeOpen:
         a process_group it is collective: every rank of the group calls it
         (each with its own name, if it likes), and the group reads each
         byte once."""
-        _name(name)
         if self._group is not None:
-            return dict(self._group_load(lambda: [(name, None)]))[name]
+            return dict(self._group_load(lambda: [self._sharded_request(name, None)]))[name]
+        _name(name)
         gpu = self._device
         if isinstance(gpu, _Gpu):
             return self._session.get_into(name, gpu.stream())
@@ -876,22 +897,22 @@ def _load_into_group(
         error = None
         try:
             common, missing, unexpected = _match_targets(f, dests, strict)
-            requests = [(k, f._shard(k)) for k in common]
-        except WeightliftError as e:
+            requests = [f._sharded_request(k, f._shard(k)) for k in common]
+        except Exception as e:
             error = e
         group.agree(error, "checking load_into's targets")
-        plan = _group.plan(f._session, group, requests)
+        plan = _group.plan(f._session, group, requests, group.device, "pt")
         f._group_plan = plan
         error = None
         try:
-            for name, dtype, shape, _ in plan.outputs():
+            for name, dtype, shape, _ in plan.load.outputs():
                 file = os.fspath(f._session.info(name)[2])
                 _check_target(dests[name], name, dtype, shape, file)
-        except WeightliftError as e:
+        except Exception as e:
             error = e
         group.agree(error, "checking load_into's targets")
         with torch.no_grad():
-            for name, tensor in f._group_deliver(_group.run(plan, group, group.device)):
+            for name, tensor in f._group_deliver(_group.run(plan, group)):
                 dests[name].copy_(tensor)
     return IncompatibleKeys(missing, unexpected)
 

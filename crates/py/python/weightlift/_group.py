@@ -12,7 +12,7 @@ from typing import Any, Iterator, List, Optional, Sequence, Tuple
 
 from . import _errors
 from ._errors import SettingError, WeightliftError
-from ._frameworks import framework_shape, torch_dtype
+from ._frameworks import framework_shape, numpy_dtype, torch_dtype
 
 #: Bytes one rank reads in one round: the size of its round buffer.
 ROUND_BYTES = 256 << 20
@@ -82,22 +82,18 @@ class Group:
         text = "; ".join(f"rank {r}: {m}" for r, _, m in failed)
         raise cls(f"{what} failed on {len(failed)} of {self.size} ranks: {text}") from error
 
-    def exchange(self, send: Any, send_splits: List[int], recv_splits: List[int], what: str) -> Any:
+    def exchange(self, send: Any, recv: Any, send_splits: List[int], recv_splits: List[int], what: str) -> None:
         """One all-to-all: `send_splits[d]` bytes of `send` to each rank
-        `d`; returns the bytes from every rank, in rank order."""
-        import torch
+        `d`, and into `recv` the bytes from every rank, in rank order (both
+        on this group's device)."""
         import torch.distributed as dist
 
-        if send.device != self.device:
-            send = send.to(self.device)
-        recv = torch.empty(sum(recv_splits), dtype=torch.uint8, device=self.device)
         self._call(
             what,
             lambda: dist.all_to_all_single(
                 recv, send, output_split_sizes=recv_splits, input_split_sizes=send_splits, group=self.pg
             ),
         )
-        return recv
 
 
 def check_same_checkpoint(group: Group, fingerprint: Optional[int], error: Optional[BaseException]) -> None:
@@ -113,69 +109,101 @@ def check_same_checkpoint(group: Group, fingerprint: Optional[int], error: Optio
         )
 
 
-def plan(session: Any, group: Group, requests: Sequence[Request]) -> Any:
-    """The group's load of every rank's `requests` (a `_GroupLoad`, the
-    same schedule on every rank): gathers the requests, and agrees on
-    failures to plan (a tensor split along a dimension it lacks, say)."""
+class Plan:
+    """A group load made ready on this rank: the Rust `_GroupLoad`, and for
+    each of its outputs the memory it lands in and how it is viewed."""
+
+    def __init__(self, load: Any, device: Any, framework: str) -> None:
+        import torch
+
+        self.load = load
+        self.outputs = load.outputs()
+        self.framework = framework
+        self.views = []
+        for name, dtype, shape, _ in self.outputs:
+            if framework == "np":
+                numpy_dtype(dtype, name)  # DtypeError for one numpy lacks
+            self.views.append((torch_dtype(dtype, name), framework_shape(dtype, shape, name)))
+        self.buffers = [torch.empty(n, dtype=torch.uint8, device=device) for (_, _, _, n) in self.outputs]
+
+    def tensor(self, o: int) -> Tuple[str, Any]:
+        """Output `o`, viewed as its tensor (or numpy array)."""
+        import torch
+
+        dt, shape = self.views[o]
+        flat = self.buffers[o]
+        if dt != torch.uint8:
+            flat = flat.view(dt)
+        t = flat.reshape(shape)
+        return self.outputs[o][0], (t.numpy() if self.framework == "np" else t)
+
+
+def plan(session: Any, group: Group, requests: Sequence[Request], device: Any, framework: str) -> Plan:
+    """The group's load of every rank's `requests` (the same schedule on
+    every rank), with this rank's outputs allocated on `device`: gathers
+    the requests, and agrees on failures (a tensor split along a dimension
+    it lacks, a dtype torch lacks, no memory for the outputs) before any
+    exchange.
+
+    A round reads at most ROUND_BYTES / n per rank, so that what a rank
+    sends (its reads, to up to n ranks) and receives in a round stays about
+    ROUND_BYTES."""
     everyone = group.gather((list(requests), ROUND_BYTES), "gathering the requests")
     wants = [list(w) for w, _ in everyone]
-    round_bytes = min(b for _, b in everyone)
+    round_bytes = max(min(b for _, b in everyone) // group.size, 4096)
     made, error = None, None
     try:
-        made = session.group(wants, group.rank, round_bytes)
+        made = Plan(session.group(wants, group.rank, round_bytes), device, framework)
     except Exception as e:  # reported to every rank by agree
         error = e
     group.agree(error, "planning the group's load")
+    assert made is not None
     return made
 
 
-def run(plan: Any, group: Group, device: Any) -> Iterator[Tuple[str, Any]]:
-    """Run `plan` with the group: yields this rank's tensors (on `device`)
-    as each completes. Every rank must run it to the end; one that stops
-    early still takes part in the remaining exchanges (discarding what they
-    bring), so no peer waits for it."""
+def run(plan: Plan, group: Group) -> Iterator[Tuple[str, Any]]:
+    """Run `plan` with the group: yields this rank's tensors as each
+    completes. Every rank must run it to the end: one that stops early (its
+    iterator closed or dropped) still takes part in the remaining exchanges,
+    discarding what they bring, but one that keeps an unfinished iterator
+    keeps its peers waiting in the next exchange."""
     import torch
 
-    outputs = plan.outputs()
-    buffers = [torch.empty(n, dtype=torch.uint8, device=device) for (_, _, _, n) in outputs]
-
-    def tensor(o: int) -> Tuple[str, Any]:
-        name, dtype, shape, _ = outputs[o]
-        flat = buffers[o]
-        dt = torch_dtype(dtype, name)
-        if dt != torch.uint8:
-            flat = flat.view(dt)
-        return name, flat.reshape(framework_shape(dtype, shape, name))
+    load = plan.load
 
     def step(k: int) -> List[int]:
-        """Round `k`: read, agree, exchange, put the bytes in place; the
-        outputs it completes."""
-        error, packed = None, None
+        """Round `k`: read and pack, agree, exchange, put the bytes in
+        place; the outputs it completes."""
+        error, packed, send, recv = None, None, None, None
         try:
-            packed = plan.round(k)
+            packed = load.round(k)
+            send = torch.from_dlpack(packed[0])
+            if send.device != group.device:
+                send = send.to(group.device)
+            recv = torch.empty(sum(packed[2]), dtype=torch.uint8, device=group.device)
         except Exception as e:  # reported to every rank by agree
             error = e
         group.agree(error, f"reading round {k}")
-        send, send_splits, recv_splits, unpack, complete = packed
-        recv = group.exchange(torch.from_dlpack(send), send_splits, recv_splits, f"exchanging round {k}")
+        _, send_splits, recv_splits, unpack, complete = packed
+        group.exchange(send, recv, send_splits, recv_splits, f"exchanging round {k}")
         for o, at, n, recv_at in unpack:
-            buffers[o][at : at + n].copy_(recv[recv_at : recv_at + n])
+            plan.buffers[o][at : at + n].copy_(recv[recv_at : recv_at + n])
         return complete
 
     done = 0  # rounds run
     try:
-        for o, (_, _, _, n) in enumerate(outputs):
+        for o, (_, _, _, n) in enumerate(plan.outputs):
             if n == 0:
-                yield tensor(o)
-        while done < plan.rounds:
+                yield plan.tensor(o)
+        while done < load.rounds:
             complete = step(done)
             done += 1
             for o in complete:
-                yield tensor(o)
+                yield plan.tensor(o)
     except GeneratorExit:
         # Stopped early: take part in the rest, so that no peer waits for
         # this rank in an exchange.
-        while done < plan.rounds:
+        while done < load.rounds:
             step(done)
             done += 1
         raise
