@@ -414,7 +414,7 @@ class SafeOpen:
             error = e
         group.agree(error, "choosing this rank's tensors")
         plan = _group.plan(self._session, group, made, self._target_device(), self._framework)
-        self._group_plan = plan
+        self._group_stats = plan.load.stats()
         return self._group_deliver(_group.run(plan, group))
 
     def _group_deliver(self, loaded: Iterator[Tuple[str, Any]]) -> Iterator[Tuple[str, Any]]:
@@ -435,12 +435,10 @@ class SafeOpen:
         """With a process_group, after a load: per rank, the bytes it read
         from storage, sent to other ranks, received from them, and copied
         from its own reads. None before a group load."""
-        plan = getattr(self, "_group_plan", None)
-        if plan is None:
+        stats = getattr(self, "_group_stats", None)
+        if stats is None:
             return None
-        return [
-            {"read": r, "sent": s, "received": v, "local": l} for r, s, v, l in plan.load.stats()
-        ]
+        return [{"read": r, "sent": s, "received": v, "local": l} for r, s, v, l in stats]
 
     def get_sharded(self, name: str, dim: int) -> Any:
         """This rank's part of tensor `name` split along `dim` across the
@@ -902,7 +900,7 @@ def _load_into_group(
             error = e
         group.agree(error, "checking load_into's targets")
         plan = _group.plan(f._session, group, requests, group.device, "pt")
-        f._group_plan = plan
+        f._group_stats = plan.load.stats()
         error = None
         try:
             for name, dtype, shape, _ in plan.load.outputs():
