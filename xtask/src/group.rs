@@ -109,6 +109,7 @@ pub(crate) fn run(b: GroupBench) -> Result<()> {
         files: &files,
         device: &b.device,
         python: Some(&py),
+        raw: Vec::new(),
     };
     let ways = [Way::Alone, Way::All, Way::TensorParallel];
     let mut text = String::new();

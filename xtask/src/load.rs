@@ -19,7 +19,8 @@ use crate::args::Args;
 /// A way of loading the checkpoint.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Loader {
-    /// The storage limit: one stream of 16 MiB `O_DIRECT` reads into one buffer.
+    /// The storage ceiling: the files read as the best configuration of
+    /// the ceiling sweep found (see `ceiling`).
     Raw,
     /// weightlift through the Rust API into host memory (`None`: the
     /// automatic choice).
@@ -53,7 +54,7 @@ pub(crate) const PEERS: &[(&str, &str, &str)] = &[
 impl Loader {
     pub(crate) fn name(&self) -> String {
         match self {
-            Loader::Raw => "raw O_DIRECT (limit)".into(),
+            Loader::Raw => "storage ceiling (limit)".into(),
             Loader::Rust(None) => "weightlift auto (Rust)".into(),
             Loader::Rust(Some(b)) => format!("weightlift {b} (Rust)"),
             Loader::Python {
@@ -162,6 +163,9 @@ pub(crate) struct Target<'a> {
     pub device: &'a str,
     /// The Python with the wheel, torch and the peers (absent with `--no-python`).
     pub python: Option<&'a Path>,
+    /// How the storage-ceiling row reads: the sweep's best configurations,
+    /// each in turn, the fastest counting.
+    pub raw: Vec<crate::ceiling::Config>,
 }
 
 /// The script every Python loader runs in.
@@ -199,6 +203,10 @@ pub(crate) fn run_once(loader: &Loader, target: &Target<'_>, digest: bool) -> Re
             };
             c.args(["load-once", "--loader", &name, "--model"])
                 .arg(target.model);
+            if let Loader::Raw = loader {
+                let configs: Vec<String> = target.raw.iter().map(|c| c.arg()).collect();
+                c.args(["--raw", &configs.join(",")]);
+            }
             c
         }
     };
@@ -303,11 +311,14 @@ pub(crate) fn output_within(
     Ok(status.map(|s| (s, out, err)))
 }
 
-/// `xtask load-once --model P --loader auto|raw|NAME`: one load in this
-/// process, printed as one JSON line (the parent times nothing itself).
+/// `xtask load-once --model P --loader auto|raw|NAME [--raw WAY:BLOCK:DEPTH]`:
+/// one load in this process (for `raw`, the files read as the storage
+/// ceiling's configuration says), printed as one JSON line (the parent
+/// times nothing itself).
 pub(crate) fn load_once(args: &mut Args) -> Result<()> {
     let model = args.value("--model")?.context("--model is required")?;
     let loader = args.value("--loader")?.unwrap_or_else(|| "auto".into());
+    let raw = args.value("--raw")?;
     args.finish()?;
     let ckpt = Arc::new(Checkpoint::open(&model)?);
     let run = match loader.as_str() {
@@ -317,12 +328,30 @@ pub(crate) fn load_once(args: &mut Args) -> Result<()> {
                 .iter()
                 .map(|s| s.path().to_path_buf())
                 .collect();
-            let (bytes, d) = raw_direct_read(&files, false)?;
+            let configs = raw
+                .as_deref()
+                .context("--loader raw needs --raw WAY:BLOCK:DEPTH[,...]")?
+                .split(',')
+                .map(crate::ceiling::Config::parse)
+                .collect::<Result<Vec<_>>>()?;
+            // Each configuration reads every file cold (the caller evicted
+            // them for the first); the fastest is the ceiling of this run.
+            let mut best: Option<(u64, Duration, crate::ceiling::Config)> = None;
+            for (i, &config) in configs.iter().enumerate() {
+                if i > 0 {
+                    prepare(&files, Cache::Cold)?;
+                }
+                let (bytes, d) = crate::ceiling::read(&files, config, u64::MAX)?;
+                if best.as_ref().is_none_or(|b| d < b.1) {
+                    best = Some((bytes, d, config));
+                }
+            }
+            let (bytes, d, config) = best.context("--raw named no configuration")?;
             Run {
                 seconds: d.as_secs_f64(),
                 bytes,
                 tensors: None,
-                backend: "raw".into(),
+                backend: config.to_string(),
                 peak_rss: peak_rss(),
                 base_rss: None,
                 peak_gpu: None,
@@ -394,49 +423,6 @@ fn rss(key: &str) -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with(key))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
-}
-
-/// Read `files` start to end with 16 MiB direct reads, one at a time, into
-/// one reused buffer aligned for all of them (after evicting them and
-/// confirming they are cold, when `evict`). Returns the bytes read and the
-/// time.
-pub(crate) fn raw_direct_read(files: &[PathBuf], evict: bool) -> Result<(u64, Duration)> {
-    use weightlift_io::{AlignedBuf, OpenMode, ReadFile};
-    const CHUNK: usize = 16 << 20;
-    let mut opened = Vec::with_capacity(files.len());
-    for f in files {
-        if evict {
-            prepare(std::slice::from_ref(f), Cache::Cold)?;
-        }
-        let file = ReadFile::open(f, OpenMode::Direct)?;
-        if !file.alignment().reported {
-            eprintln!(
-                "note: {} does not report its direct-I/O alignment; assuming {}",
-                f.display(),
-                file.alignment().offset
-            );
-        }
-        opened.push(file);
-    }
-    let align = opened
-        .iter()
-        .map(|f| (f.alignment().offset as usize).max(f.alignment().memory))
-        .max()
-        .unwrap_or(4096)
-        .max(4096);
-    let mut buf = AlignedBuf::zeroed(CHUNK, align)?;
-    let mut bytes = 0u64;
-    let t = Instant::now();
-    for file in &opened {
-        let mut offset = 0;
-        while offset < file.size() {
-            let n = file.read_at(buf.as_mut_slice(), offset)?;
-            ensure!(n > 0, "{}: no progress at {offset}", file.path().display());
-            offset += n as u64;
-        }
-        bytes += offset;
-    }
-    Ok((bytes, t.elapsed()))
 }
 
 /// The memory bandwidth a copy out of the page cache is bounded by: `reps`

@@ -9,6 +9,7 @@
 
 mod args;
 mod bench;
+mod ceiling;
 mod fuzz;
 mod group;
 mod load;

@@ -353,8 +353,11 @@ paid for. Loaders run interleaved, rotating their order each repetition.
 Peak RSS is the loading process's high-water mark (`VmHWM`), the Python
 interpreter and torch included; in brackets, how far it rose above the
 resident set the process had when the clock started. The limits are measured in the same run:
-the storage's raw `O_DIRECT` sequential read of the same files into one
-reused buffer (cold), a memory copy over every core (warm, host), and the
+the storage's read ceiling (cold: a sweep of 24 ways to read the same
+files, `O_DIRECT` with io_uring and with threads and buffered with
+threads, at several depths and read sizes, whose three best each read
+every file again in every repetition, the fastest counting; as fio finds a
+ceiling), a memory copy over every core (warm, host), and the
 pinned host-to-device copy (warm, GPU). A loader that maps the page cache
 into host tensors copies nothing, so warm it can pass the memory-copy limit,
 which bounds the loaders that copy.
