@@ -166,14 +166,38 @@ pub(crate) fn read(files: &[PathBuf], config: Config, limit: u64) -> Result<(u64
 }
 
 fn uring(files: &[ReadFile], work: &[(usize, u64)], config: Config, align: usize) -> Result<u64> {
-    use std::os::fd::AsRawFd;
     let depth = config.depth.min(work.len()).max(1);
     let mut ring = IoUring::new(depth.next_power_of_two() as u32).context("io_uring_setup")?;
     let mut bufs = (0..depth)
         .map(|_| AlignedBuf::zeroed(config.block, align))
         .collect::<Result<Vec<_>, _>>()?;
-    let mut free: Vec<usize> = (0..depth).collect();
-    let (mut next, mut in_flight, mut bytes) = (0usize, 0usize, 0u64);
+    let mut in_flight = 0usize;
+    let result = drive(&mut ring, &mut bufs, &mut in_flight, files, work, config);
+    // On an error, reads may still be in flight: wait for them, and if that
+    // fails too, never free the buffers the kernel may still write.
+    while in_flight > 0 {
+        if ring.submit_and_wait(1).is_err() {
+            std::mem::forget(bufs);
+            break;
+        }
+        in_flight -= ring.completion().count();
+    }
+    result
+}
+
+/// Keep `config.depth` reads of `work` in flight on `ring` until all are
+/// done; `in_flight` says how many are submitted and not yet reaped.
+fn drive(
+    ring: &mut IoUring,
+    bufs: &mut [AlignedBuf],
+    in_flight: &mut usize,
+    files: &[ReadFile],
+    work: &[(usize, u64)],
+    config: Config,
+) -> Result<u64> {
+    use std::os::fd::AsRawFd;
+    let mut free: Vec<usize> = (0..bufs.len()).collect();
+    let (mut next, mut bytes) = (0usize, 0u64);
     loop {
         while next < work.len()
             && let Some(slot) = free.pop()
@@ -189,13 +213,13 @@ fn uring(files: &[ReadFile], work: &[(usize, u64)], config: Config, align: usize
             .build()
             .user_data(slot as u64);
             // SAFETY: the buffer stays allocated and untouched until its
-            // completion is reaped below (every read is reaped before the
-            // buffers are dropped), and the file stays open.
+            // completion is reaped (`uring` reaps every read before the
+            // buffers go, or leaks them), and the file stays open.
             unsafe { ring.submission().push(&entry) }.map_err(|_| anyhow::anyhow!("ring full"))?;
             next += 1;
-            in_flight += 1;
+            *in_flight += 1;
         }
-        if in_flight == 0 {
+        if *in_flight == 0 {
             return Ok(bytes);
         }
         ring.submit_and_wait(1).context("io_uring_enter")?;
@@ -203,15 +227,10 @@ fn uring(files: &[ReadFile], work: &[(usize, u64)], config: Config, align: usize
             .completion()
             .map(|c| (c.user_data(), c.result()))
             .collect();
+        *in_flight -= done.len();
         for (slot, res) in done {
-            in_flight -= 1;
             free.push(slot as usize);
             if res < 0 {
-                // Reap the rest before the buffers go.
-                while in_flight > 0 {
-                    ring.submit_and_wait(1)?;
-                    in_flight -= ring.completion().count();
-                }
                 bail!(
                     "{config}: read failed: {}",
                     std::io::Error::from_raw_os_error(-res)

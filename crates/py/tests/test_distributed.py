@@ -47,6 +47,14 @@ PRELUDE = textwrap.dedent(
 
     def report(**result):
         print("RESULT " + json.dumps(result), flush=True)
+
+    def reference(directory):
+        # Every tensor of the directory's .safetensors files, as safetensors reads them.
+        expected = {}
+        for name in sorted(os.listdir(directory)):
+            if name.endswith(".safetensors"):
+                expected.update(st_load(os.path.join(directory, name)))
+        return expected
     """
     % GROUP_TIMEOUT
 )
@@ -215,10 +223,7 @@ def test_per_rank_keys_and_shards_on_dims_0_and_1_that_do_not_divide(h, model):
         h,
         world,
         """
-        expected = {}
-        for f in sorted(os.listdir(args["dir"])):
-            if f.endswith(".safetensors"):
-                expected.update(st_load(os.path.join(args["dir"], f)))
+        expected = reference(args["dir"])
         shard = {"embed": 0, "w.0": 1, "w.1": 2, "big": 1, "head": 0}
         mine = [k for i, k in enumerate(sorted(expected)) if i % world != (rank + 1) % world] + ["big"]
         mine = sorted(set(mine))
@@ -419,10 +424,7 @@ def test_keys_on_one_rank_only_and_a_rank_that_stops_early(h, model):
         h,
         world,
         """
-        expected = {}
-        for f in sorted(os.listdir(args["dir"])):
-            if f.endswith(".safetensors"):
-                expected.update(st_load(os.path.join(args["dir"], f)))
+        expected = reference(args["dir"])
         keys = ["big", "norm"] if rank == 0 else None
         with weightlift.safe_open(args["dir"], process_group=dist.group.WORLD, keys=keys) as f:
             it = f.tensors()
