@@ -113,6 +113,17 @@ impl CuFile {
             }
         });
         let lib = lib.ok_or_else(|| unavailable(failures.join("; ")))?;
+        // Without the CUDA driver, cuFileDriverOpen does not fail: it spins
+        // (seen with libcufile 1.17 on a machine with no GPU). Ask for the
+        // driver first; where it is loaded already (any CUDA program) this
+        // only takes a reference.
+        // SAFETY: as above; the handle is dropped at once, and cuFile's own
+        // loading of the driver keeps it mapped.
+        if let Err(e) = unsafe { Library::new("libcuda.so.1") } {
+            return Err(unavailable(format!(
+                "libcufile was found, but cuFile needs the CUDA driver: {e}"
+            )));
+        }
         // SAFETY: each symbol is given its signature from cufile.h.
         let api = unsafe {
             Api {
