@@ -8,9 +8,11 @@ cache itself is the caller's to set up: cold or warm).
 
 Commands (the Rust side depends on them; each prints one JSON line, last):
 
-  load --loader NAME --device cpu|cuda:N [--backend B] [--digest] --model MODEL FILE [FILE ...]
+  load --loader NAME --device cpu|host|cuda:N [--backend B] [--digest] --model MODEL FILE [FILE ...]
       MODEL is the path the user gave (a file, a directory or an index);
-      FILEs are its shards, in order. NAME is one of LOADERS below.
+      FILEs are its shards, in order. NAME is one of LOADERS below. `host`
+      is weightlift's host-memory stand-in for a GPU (a wheel built with
+      the test hooks); the other loaders load to the CPU beside it.
       -> {"seconds", "bytes", "tensors", "backend", "peak_rss", "base_rss",
           "peak_gpu", "digest", "checksum"}
   group --ranks N --spec all|tp --device cpu|cuda:0 --model MODEL
@@ -20,9 +22,11 @@ Commands (the Rust side depends on them; each prints one JSON line, last):
       the clock runs from a barrier to each rank's last tensor
       -> {"seconds": the slowest rank's, "bytes": kept by all ranks,
           "ranks": [{"seconds", "storage_read", "kept", "stats", "checksum"}]}
-  h2d --device cuda:N [--bytes N]
-      pinned host-to-device copy bandwidth (1 warm-up + 5 timed copies)
-      -> {"rates": [GB/s per copy], "gbps_median", "gbps_min", "gbps_max", "bytes"}
+  h2d --device cuda:N [--sizes N,N,...] [--streams N,N,...]
+      host-to-device copy bandwidth, swept: for each size, pinned copies
+      split over each number of streams, and one pageable copy; each way
+      1 warm-up + 5 copies timed with CUDA events
+      -> {"ways": [{"pinned", "bytes", "streams", "rates": [GB/s per copy]}]}
   chart --input SPEC.json --output OUT.png
       horizontal GB/s bars (median, min-max error bars, a dashed limit line)
       -> {"output": OUT.png}
@@ -49,8 +53,8 @@ import argparse
 import hashlib
 import importlib
 import json
+import os
 import re
-import statistics
 import sys
 import threading
 import time
@@ -86,13 +90,27 @@ def _cuda_only(name, device):
 # `load()`, the timed part, which gives ({name: tensor}, backend description).
 
 
+def _host_standin():
+    """Make `device="host"` name weightlift's host-memory stand-in for a GPU,
+    as the wheel's own tests do: tensors torch allocates on the CPU, filled
+    through registered staging slots with streams and events as on a GPU.
+    The device exists only in a wheel built with the test hooks."""
+    from weightlift import _api
+
+    real = _api._device
+    standin = _api._Gpu(torch.device("cpu"), "host")
+    _api._device = lambda d: standin if d == "host" else real(d)
+
+
 def weightlift(a):
     wl = _require("weightlift", "weightlift")
+    if a.weightlift_device == "host":
+        _host_standin()
 
     def load():
         # The streaming API; `f.backend` then names the backend the load used.
         try:
-            f = wl.safe_open(a.model, device=a.device, backend=a.backend)
+            f = wl.safe_open(a.model, device=a.weightlift_device, backend=a.backend)
         except (wl.DeviceError, wl.UnsupportedError) as e:
             # Refused when opened: no CUDA driver or device here. (Running
             # out of memory during the load is a failure.)
@@ -271,17 +289,32 @@ def _settle(tensors, device):
 
 
 def _digest(tensors):
-    h = hashlib.blake2b(digest_size=16)
-    for name in sorted(tensors):
+    """A hash of every tensor: its name, dtype and shape, then its bytes (a
+    loader that returns the right bytes under the wrong type or shape
+    disagrees). The bytes are hashed tensor by tensor on every core
+    (hashlib lets go of the GIL), so checking a checkpoint of many GiB
+    costs seconds, not minutes."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(name):
         t = tensors[name]
-        # The name, the dtype and the shape, then the bytes: a loader that
-        # returns the right bytes under the wrong type or shape disagrees.
+        h = hashlib.blake2b(digest_size=16)
         h.update(f"{name}\0{t.dtype}\0{tuple(t.shape)}\0".encode("utf-8"))
         h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
-    return h.hexdigest()
+        return h.digest()
+
+    whole = hashlib.blake2b(digest_size=16)
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        for d in pool.map(one, sorted(tensors)):
+            whole.update(d)
+    return whole.hexdigest()
 
 
 def cmd_load(a):
+    a.weightlift_device = a.device
+    if a.device == "host":
+        # Every tensor the stand-in hands out is a CPU tensor.
+        a.device = "cpu"
     if a.device != "cpu":
         _cuda_ready(a.device, a.loader)
     load = LOADERS[a.loader](a)
@@ -308,21 +341,48 @@ def cmd_load(a):
     }
 
 
-def cmd_h2d(a):
-    _cuda_ready(a.device, "h2d")
-    host = torch.empty(a.bytes, dtype=torch.uint8, pin_memory=True).fill_(1)
-    dev = torch.empty(a.bytes, dtype=torch.uint8, device=a.device)
+def _copy_rates(device, size, streams, pinned, reps=6):
+    """GB/s of host-to-device copies of `size` bytes split over `streams`
+    streams, from pinned or pageable host memory, timed with CUDA events
+    (the first of `reps` is a warm-up)."""
+    host = torch.empty(size, dtype=torch.uint8, pin_memory=pinned).fill_(1)
+    dev = torch.empty(size, dtype=torch.uint8, device=device)
+    side = [torch.cuda.Stream(device) for _ in range(streams)]
+    current = torch.cuda.current_stream(device)
+    chunk = -(-size // streams)
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    gbps = []
-    for i in range(6):  # the first is a warm-up
-        start.record()
-        dev.copy_(host, non_blocking=True)
-        end.record()
+    rates = []
+    for i in range(reps):
+        start.record(current)
+        for k, s in enumerate(side):
+            s.wait_stream(current)
+            with torch.cuda.stream(s):
+                dev[k * chunk:(k + 1) * chunk].copy_(host[k * chunk:(k + 1) * chunk], non_blocking=True)
+        for s in side:
+            current.wait_stream(s)
+        end.record(current)
         end.synchronize()
         if i:
-            gbps.append(a.bytes / (start.elapsed_time(end) / 1e3) / 1e9)
-    return {"rates": gbps, "gbps_median": statistics.median(gbps), "gbps_min": min(gbps), "gbps_max": max(gbps),
-            "bytes": a.bytes}
+            rates.append(size / (start.elapsed_time(end) / 1e3) / 1e9)
+    if not torch.equal(dev[-1:].cpu(), host[-1:]):
+        raise RuntimeError("the copy did not arrive")
+    del host, dev
+    return rates
+
+
+def cmd_h2d(a):
+    """The host-to-device copy's limit, found as for storage: a sweep of
+    copy sizes and stream counts from pinned memory (and, for reference,
+    from pageable memory), every way's rates."""
+    _cuda_ready(a.device, "h2d")
+    ways = []
+    for size in a.sizes:
+        for streams in a.streams:
+            ways.append({"pinned": True, "bytes": size, "streams": streams,
+                         "rates": _copy_rates(a.device, size, streams, True)})
+        ways.append({"pinned": False, "bytes": size, "streams": 1,
+                     "rates": _copy_rates(a.device, size, 1, False)})
+    return {"ways": ways}
 
 
 def cmd_chart(a):
@@ -468,19 +528,38 @@ def _device(s):
     return s
 
 
+def _load_device(s):
+    # `host`: weightlift's host-memory stand-in for a GPU (a wheel built
+    # with the test hooks); the other loaders load to the CPU beside it.
+    return s if s == "host" else _device(s)
+
+
+def _list(kind):
+    def parse(s):
+        try:
+            values = [kind(v) for v in s.split(",")]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a comma-separated list, not {s!r}") from None
+        if not values or min(values) <= 0:
+            raise argparse.ArgumentTypeError(f"expected positive values, not {s!r}")
+        return values
+    return parse
+
+
 def _parser():
     p = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     sub = p.add_subparsers(dest="command", required=True)
     load = sub.add_parser("load", help="one measured load")
     load.add_argument("--loader", required=True, choices=sorted(LOADERS))
-    load.add_argument("--device", required=True, type=_device)
+    load.add_argument("--device", required=True, type=_load_device)
     load.add_argument("--backend", help="weightlift only: a backend name (default: its automatic choice)")
     load.add_argument("--digest", action="store_true", help="hash every tensor after the clock stops")
     load.add_argument("--model", required=True, help="the path the user gave")
     load.add_argument("files", nargs="+", help="the shard files, in order")
-    h2d = sub.add_parser("h2d", help="pinned host-to-device copy bandwidth")
+    h2d = sub.add_parser("h2d", help="host-to-device copy bandwidth: a sweep of sizes and streams")
     h2d.add_argument("--device", required=True, type=_device)
-    h2d.add_argument("--bytes", type=int, default=1 << 30)
+    h2d.add_argument("--sizes", type=_list(int), default=[1 << 20, 16 << 20, 256 << 20, 1 << 30])
+    h2d.add_argument("--streams", type=_list(int), default=[1, 2, 4])
     group = sub.add_parser("group", help="one measured load by a torch.distributed group on this machine")
     group.add_argument("--ranks", required=True, type=int)
     group.add_argument("--spec", required=True, choices=["all", "tp"])

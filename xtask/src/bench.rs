@@ -47,6 +47,10 @@ pub(crate) fn run(args: &mut Args) -> Result<()> {
             command,
         };
         args.finish()?;
+        ensure!(
+            b.device != "host",
+            "--ranks: the host stand-in is not a device of a process group; use cpu or cuda:0"
+        );
         return crate::group::run(b);
     }
     let quick = args.flag("--quick");
@@ -73,6 +77,7 @@ pub(crate) fn run(args: &mut Args) -> Result<()> {
         None => 2.0,
     };
     let python = args.value("--python")?.map(PathBuf::from);
+    let installed = args.flag("--installed");
     let no_python = args.flag("--no-python");
     let alignment = args.size("--alignment")?.unwrap_or(4096);
     let max_extent = args
@@ -81,6 +86,10 @@ pub(crate) fn run(args: &mut Args) -> Result<()> {
     let shares = args.number("--shares")?.unwrap_or(8).max(1) as u32;
     args.finish()?;
     ensure!(reps > 0, "--reps 0: nothing would be measured");
+    ensure!(
+        !(installed && python.is_none()),
+        "--installed uses the wheel already importable by --python PATH: name it"
+    );
     ensure!(
         !(no_python && device != "cpu"),
         "--device {device} loads through the wheel: drop --no-python"
@@ -119,7 +128,7 @@ pub(crate) fn run(args: &mut Args) -> Result<()> {
         if no_python {
             None
         } else {
-            Some(crate::py::bench_python(python, &peers).context(
+            Some(crate::py::bench_python(python, &peers, installed).context(
                 "setting up the Python loaders (--no-python measures the Rust API alone)",
             )?)
         };
@@ -161,6 +170,7 @@ pub(crate) fn run(args: &mut Args) -> Result<()> {
     };
     loaders.push(weightlift(None));
     let engine_backends = match backends {
+        Some(list) if list == "none" => Vec::new(),
         Some(list) => Backend::parse_list(&list)?,
         None if quick => Vec::new(),
         None => Backend::ALL
@@ -188,7 +198,7 @@ pub(crate) fn run(args: &mut Args) -> Result<()> {
         python: py.as_deref(),
         raw: raw.clone(),
     };
-    let warm_limit = if device == "cpu" {
+    let warm_limit = if on_host(&device) {
         Limit::new(
             "memcpy",
             "a 512 MiB memory copy split over every core, 5 times".into(),
@@ -196,7 +206,14 @@ pub(crate) fn run(args: &mut Args) -> Result<()> {
         )
         .context("memcpy measured nothing")?
     } else {
-        crate::py::h2d_limit(py.as_deref().expect("a GPU device needs Python"), &device)?
+        let (limit, sweep) =
+            crate::py::h2d_limit(py.as_deref().expect("a GPU device needs Python"), &device)?;
+        preamble.push(format!(
+            "host-to-device copy sweep (GB/s, median of 5): {}",
+            sweep.join("; ")
+        ));
+        println!("\n{}", preamble.last().expect("just pushed"));
+        limit
     };
     let mut sections = measure(
         &target,
@@ -267,7 +284,7 @@ pub(crate) fn run(args: &mut Args) -> Result<()> {
                 && match &r.stopped {
                     Some(Outcome::Failed(_)) => true,
                     Some(Outcome::Unavailable(_)) => {
-                        device == "cpu" && r.loader.is_weightlift_auto()
+                        on_host(&device) && r.loader.is_weightlift_auto()
                     }
                     _ => false,
                 }
@@ -294,16 +311,23 @@ fn checkpoint_name(path: &Path) -> String {
     )
 }
 
-/// `cpu`, `cuda` or `cuda:N` (as `cuda:N`).
+/// `cpu`, `host` (weightlift's host-memory stand-in for a GPU, in a wheel
+/// built with the test hooks), `cuda` or `cuda:N` (as `cuda:N`).
 fn device(s: &str) -> Result<String> {
     match s {
-        "cpu" => Ok("cpu".into()),
+        "cpu" | "host" => Ok(s.into()),
         "cuda" => Ok("cuda:0".into()),
         _ => match s.strip_prefix("cuda:").map(str::parse::<u32>) {
             Some(Ok(n)) => Ok(format!("cuda:{n}")),
-            _ => bail!("--device {s:?}: expected cpu, cuda or cuda:N"),
+            _ => bail!("--device {s:?}: expected cpu, host, cuda or cuda:N"),
         },
     }
+}
+
+/// Whether the tensors of a load onto `device` end in host memory, where
+/// a memory copy is the warm limit.
+fn on_host(device: &str) -> bool {
+    matches!(device, "cpu" | "host")
 }
 
 /// The loaders every Python run measures: the baseline for the speedups

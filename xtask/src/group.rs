@@ -94,7 +94,7 @@ pub(crate) fn run(b: GroupBench) -> Result<()> {
         (false, true, _) | (_, _, false) => vec![Cache::Warm],
         _ => vec![Cache::Cold, Cache::Warm],
     };
-    let py = crate::py::bench_python(b.python.clone(), &[])
+    let py = crate::py::bench_python(b.python.clone(), &[], false)
         .context("setting up Python with the wheel and torch")?;
     println!(
         "weightlift group bench: {} ({} tensors, {}), {} ranks on {}\n",

@@ -2,6 +2,7 @@
 //!
 //! - `test`: every check and test of the workspace (the README's test command);
 //! - `bench`: the main job: open, plan and load a checkpoint (generated when none is given), cold and warm, next to the storage limit and safetensors;
+//! - `device-bundle`: what a GPU machine needs to test and bench, with the script that does it;
 //! - `gen`: write a Llama-shaped checkpoint;
 //! - `corpus`: regenerate the hostile-header corpus in `tests/corpus`;
 //! - `fuzz`: a long run of a fuzz target (needs nightly and cargo-fuzz);
@@ -9,6 +10,7 @@
 
 mod args;
 mod bench;
+mod bundle;
 mod ceiling;
 mod fuzz;
 mod group;
@@ -28,7 +30,8 @@ usage: cargo xtask <command> [options]
 
 commands:
   test                    run every check and test (fmt, clippy, tests, doctests, docs,
-                          the wheel's pytest suite in target/venv, and fuzz-smoke)
+                          the wheel's pytest suite in target/venv, the device
+                          bundle's run.sh onto the host stand-in, and fuzz-smoke)
   bench [options]         load a checkpoint with weightlift (its automatic choice and
                           each backend), safetensors and the peers, cold and warm,
                           each load in a fresh process, next to the hardware's
@@ -40,9 +43,12 @@ commands:
       --tensors N         generate a mixture-of-experts-shaped checkpoint of N
                           tiny tensors instead (one shard per 2,500 tensors)
       --reps N            timed loads per loader and cache state (default 3)
-      --device DEV        cpu (default) or cuda:N
+      --device DEV        cpu (default), cuda:N, or host (weightlift onto its
+                          host-memory stand-in for a GPU, the others onto
+                          the CPU; needs a wheel built with the test hooks)
       --backends LIST     weightlift backends to time besides the automatic
-                          choice (default: all but CUFILE), such as URING,MMAP
+                          choice (default: all but CUFILE), such as URING,MMAP,
+                          or none
       --peers LIST        fastsafetensors, runai, instanttensor, all (default)
                           or none; safetensors, the baseline, always runs
       --cold | --warm     only cold (files evicted) or only warm loads
@@ -58,6 +64,9 @@ commands:
       --python PATH       a Python with torch and safetensors (default: made
                           in target/venv on first use); the wheel and the
                           peers are installed into it
+      --installed         with --python: weightlift and the peers are already
+                          importable there (a device bundle); build and
+                          install nothing
       --no-python         time weightlift through its Rust API alone (host
                           memory, no peers)
       --alignment N       read alignment in bytes (default 4096)
@@ -70,6 +79,15 @@ commands:
                           process alone; with --model, --size, --reps,
                           --device, --cold/--warm, --python and --out
                           (default results/<date>-<host>-ranksN)
+  device-bundle [--out DIR] [--test-hooks] [--no-peers] [--python PATH]
+                          build into DIR (default target/device-bundle), under
+                          64 MiB, all a GPU machine without Rust or a package
+                          index needs: the wheel, the peers' wheels for its
+                          CPython 3.12, the GPU crate's test binaries, the
+                          Rust example, the Python tests, the bench and
+                          run.sh, which tests and benches there in one
+                          command (see xtask/device/run.sh); --test-hooks
+                          builds the wheel with the host stand-in device
   gpu-test [--python PATH]
                           the GPU tests, with WEIGHTLIFT_REQUIRE_GPU=1 so that a
                           missing GPU fails them instead of skipping: the gpu
@@ -114,6 +132,17 @@ fn run() -> Result<()> {
         }
         "bench" => bench::run(&mut args),
         "load-once" => load::load_once(&mut args),
+        "device-bundle" => {
+            let b = bundle::Bundle::from_args(&mut args)?;
+            let size = bundle::build(&b)?;
+            println!(
+                "{} ({}): run it on a GPU machine with `bash {}/run.sh`",
+                b.out.display(),
+                bench::human(size),
+                b.out.display()
+            );
+            Ok(())
+        }
         "gen" => {
             let out = PathBuf::from(args.value("--out")?.context("gen needs --out DIR")?);
             let size = args.size("--size")?.unwrap_or(bench::DEFAULT_SIZE);
@@ -143,8 +172,13 @@ fn run() -> Result<()> {
     }
 }
 
-/// The workspace root (xtask lives one level below it).
+/// The workspace root (xtask lives one level below it), or
+/// `WEIGHTLIFT_ROOT`: a device bundle, which holds the benchmark's runner
+/// where the workspace does and is run where no workspace is.
 fn root() -> PathBuf {
+    if let Some(dir) = std::env::var_os("WEIGHTLIFT_ROOT") {
+        return PathBuf::from(dir);
+    }
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("xtask is inside the workspace")
@@ -286,6 +320,8 @@ fn test() -> Result<()> {
     let python = py::python(None)?;
     py::install_wheel(&python, py::Wheel::Tests)?;
     py::pytest(&python)?;
+    // The device bundle, built and run here onto the host stand-in.
+    bundle::check_here(&python)?;
     // A short run of every fuzz target, so that a parser change that
     // panics is caught here rather than by the next long run.
     fuzz::smoke(&fuzz::TARGETS, fuzz_seconds)?;

@@ -70,6 +70,26 @@ pub(crate) enum Wheel {
 /// Build the abi3 wheel with maturin (release) and install it into `py`'s
 /// environment, replacing any earlier build.
 pub(crate) fn install_wheel(py: &Path, wheel: Wheel) -> Result<PathBuf> {
+    let wheel = build_wheel(py, wheel)?;
+    step(
+        "pip install the wheel",
+        Command::new(py)
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--force-reinstall",
+                "--no-deps",
+            ])
+            .arg(&wheel),
+    )?;
+    Ok(wheel)
+}
+
+/// Build the abi3 wheel with maturin (release, by `py`) into
+/// `target/wheels`, replacing any earlier build; returns its path.
+pub(crate) fn build_wheel(py: &Path, wheel: Wheel) -> Result<PathBuf> {
     let out = root().join("target/wheels");
     if out.exists() {
         std::fs::remove_dir_all(&out).with_context(|| format!("clearing {}", out.display()))?;
@@ -88,24 +108,10 @@ pub(crate) fn install_wheel(py: &Path, wheel: Wheel) -> Result<PathBuf> {
         }
     };
     step(what, &mut build)?;
-    let wheel = std::fs::read_dir(&out)?
+    std::fs::read_dir(&out)?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .find(|p| p.extension().is_some_and(|x| x == "whl"))
-        .with_context(|| format!("maturin left no wheel in {}", out.display()))?;
-    step(
-        "pip install the wheel",
-        Command::new(py)
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--force-reinstall",
-                "--no-deps",
-            ])
-            .arg(&wheel),
-    )?;
-    Ok(wheel)
+        .with_context(|| format!("maturin left no wheel in {}", out.display()))
 }
 
 /// Run the Python test suite (`crates/py/tests`) with `py`.
@@ -128,9 +134,23 @@ const BENCH_EXTRAS: &[(&str, &str, &str)] = &[
 /// The benchmark's Python: [`python`] with the wheel built from this tree
 /// installed, and the selected peers installed from PyPI on first use. A
 /// package that does not install is reported and left out: its row says
-/// why it did not run.
-pub(crate) fn bench_python(explicit: Option<PathBuf>, peers: &[&str]) -> Result<PathBuf> {
+/// why it did not run. With `installed`, nothing is built or installed:
+/// `explicit` already imports weightlift and whichever peers it has (a
+/// device bundle's `PYTHONPATH`).
+pub(crate) fn bench_python(
+    explicit: Option<PathBuf>,
+    peers: &[&str],
+    installed: bool,
+) -> Result<PathBuf> {
     let py = python(explicit)?;
+    if installed {
+        ensure!(
+            importable(&py, "weightlift"),
+            "--installed: {} cannot `import weightlift`",
+            py.display()
+        );
+        return Ok(py);
+    }
     install_wheel(&py, Wheel::Release)?;
     for &(peer, module, pip) in BENCH_EXTRAS {
         if !peers.contains(&peer) || importable(&py, module) {
@@ -155,13 +175,21 @@ fn importable(py: &Path, modules: &str) -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
-/// The pinned host-to-device copy bandwidth of `device`, measured by the
-/// benchmark's runner with torch.
-pub(crate) fn h2d_limit(py: &Path, device: &str) -> Result<Limit> {
+/// The host-to-device copy limit of `device`, found by the benchmark's
+/// runner with torch as the storage ceiling is: a sweep of copy sizes and
+/// stream counts from pinned memory, the best median counting; with the
+/// sweep itself (pageable copies too), one line per way, for the report.
+pub(crate) fn h2d_limit(py: &Path, device: &str) -> Result<(Limit, Vec<String>)> {
+    #[derive(serde::Deserialize)]
+    struct Way {
+        pinned: bool,
+        bytes: u64,
+        streams: u32,
+        rates: Vec<f64>,
+    }
     #[derive(serde::Deserialize)]
     struct H2d {
-        rates: Vec<f64>,
-        bytes: u64,
+        ways: Vec<Way>,
     }
     let out = Command::new(py)
         .arg(crate::load::runner())
@@ -176,13 +204,40 @@ pub(crate) fn h2d_limit(py: &Path, device: &str) -> Result<Limit> {
         String::from_utf8_lossy(&out.stderr).trim()
     );
     let h: H2d = serde_json::from_str(last).with_context(|| format!("h2d printed {last:?}"))?;
-    Limit::new(
+    let name = |w: &Way| {
+        format!(
+            "{} {} on {} stream{}",
+            if w.pinned { "pinned" } else { "pageable" },
+            crate::bench::human(w.bytes),
+            w.streams,
+            if w.streams == 1 { "" } else { "s" }
+        )
+    };
+    let median = |w: &Way| crate::report::Stats::of(w.rates.iter().copied()).map(|s| s.median);
+    let sweep = h
+        .ways
+        .iter()
+        .map(|w| match median(w) {
+            Some(m) => format!("{}: {m:.2}", name(w)),
+            None => format!("{}: nothing measured", name(w)),
+        })
+        .collect();
+    let best = h
+        .ways
+        .iter()
+        .filter(|w| w.pinned)
+        .filter_map(|w| Some((median(w)?, w)))
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, w)| w)
+        .context("h2d measured nothing")?;
+    let limit = Limit::new(
         "pinned H2D",
         format!(
-            "copies of {} of pinned host memory to {device}, one in flight",
-            crate::bench::human(h.bytes)
+            "the best of a sweep of host-to-device copies from pinned memory (sizes 1 MiB to 1 GiB, 1, 2 or 4 streams; pageable copies beside them): {}, 5 copies timed with CUDA events",
+            name(best)
         ),
-        h.rates,
+        best.rates.clone(),
     )
-    .context("h2d measured nothing")
+    .context("h2d measured nothing")?;
+    Ok((limit, sweep))
 }
