@@ -19,6 +19,7 @@ const PACKAGES: &[&str] = &[
     "pytest",
     "maturin",
     "matplotlib",
+    "transformers",
 ];
 
 /// A Python with [`PACKAGES`] (each imports under its own name): `explicit`,

@@ -291,6 +291,27 @@ def test_load_into_with_shards_writes_each_ranks_part_in_place(h, model):
     _ok(reports, world)
 
 
+def test_dtype_converts_each_ranks_floats_after_the_exchange(h, model):
+    world = 2
+    reports = run_group(
+        h,
+        world,
+        """
+        expected = reference(args["dir"])
+        half = lambda t: t.to(torch.float16) if t.is_floating_point() else t
+        got = weightlift.load_file(args["dir"], process_group=dist.group.WORLD, shard={"big": 1}, dtype=torch.float16)
+        bad = [k for k, t in expected.items()
+               if not same(got[k], half(torch.tensor_split(t, world, 1)[rank].contiguous() if k == "big" else t))]
+        target = {k: torch.empty_like(half(t)) for k, t in expected.items()}
+        weightlift.load_into(target, args["dir"], process_group=dist.group.WORLD, dtype=torch.float16)
+        bad += [k + " (load_into)" for k, t in expected.items() if not same(target[k], half(t))]
+        report(ok=not bad, bad=bad)
+        """,
+        dir=str(model),
+    )
+    _ok(reports, world)
+
+
 def test_a_target_of_the_wrong_shape_on_one_rank_fails_every_rank(h, model):
     world = 2
     reports = run_group(

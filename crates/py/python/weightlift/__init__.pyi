@@ -12,6 +12,7 @@ Sources = Union[PathLike, Sequence[PathLike]]
 Device = Union[str, int, Any]  # "cpu", "cuda:N", N, or a torch.device
 Keys = Union[Collection[str], Callable[[str], bool], None]
 Shard = Union[Mapping[str, int], Callable[[str], Optional[int]], None]
+DtypeArg = Union[Any, str, None]  # a floating-point torch.dtype or its name
 
 class Backend(enum.Enum):
     """A way of reading the files. Names match InstantTensor's."""
@@ -118,6 +119,7 @@ class SafeOpen:
         fill_threads: Optional[int] = None,
         mmap: bool = True,
         shard: Shard = None,
+        dtype: DtypeArg = None,
     ) -> None: ...
     @property
     def backend(self) -> Optional[str]: ...
@@ -150,6 +152,7 @@ def safe_open(
     fill_threads: Optional[int] = None,
     mmap: bool = True,
     shard: Shard = None,
+    dtype: DtypeArg = None,
 ) -> SafeOpen: ...
 def load_file(
     filename: Sources,
@@ -163,6 +166,7 @@ def load_file(
     mmap: bool = True,
     process_group: Any = None,
     shard: Shard = None,
+    dtype: DtypeArg = None,
 ) -> Dict[str, Any]: ...
 def load(path: Sources, device: Device = "cpu", **options: Any) -> Dict[str, Any]:
     """load_file's: `options` are its keyword arguments."""
@@ -182,4 +186,5 @@ def load_into(
     fill_threads: Optional[int] = None,
     process_group: Any = None,
     shard: Shard = None,
+    dtype: DtypeArg = None,
 ) -> IncompatibleKeys: ...

@@ -17,6 +17,7 @@ from . import _group, _weightlift
 from ._errors import (
     BackendError,
     DeviceError,
+    DtypeError,
     InvalidArgumentError,
     MismatchError,
     SettingError,
@@ -144,6 +145,35 @@ def _sources(filenames: Any) -> List[str]:
     if not paths:
         raise SettingError("no files given")
     return paths
+
+
+def _cast_dtype(dtype: Any) -> Any:
+    """`dtype=` as a floating-point torch.dtype (a torch.dtype or its name,
+    such as "float16"), or None."""
+    if dtype is None:
+        return None
+    try:
+        import torch
+    except ImportError:
+        raise SettingError("dtype= converts torch tensors and needs torch") from None
+    found = getattr(torch, dtype, None) if isinstance(dtype, str) else dtype
+    if not isinstance(found, torch.dtype) or not found.is_floating_point:
+        raise InvalidArgumentError(
+            f"dtype must be a floating-point torch.dtype (such as torch.float16) or its name, not {dtype!r}"
+        )
+    return found
+
+
+def _cast(tensor: Any, dtype: Any, name: str, file: Any) -> Any:
+    """`tensor` converted to `dtype` when it is floating point and of
+    another dtype (torch's own `.to`, so byte for byte what `.to(dtype)`
+    of the reference gives); anything else as it is."""
+    if dtype is None or tensor.dtype == dtype or not tensor.is_floating_point():
+        return tensor
+    try:
+        return tensor.to(dtype)
+    except (RuntimeError, TypeError) as e:
+        raise DtypeError(f"{os.fspath(file)}: tensor {name!r}: cannot convert {tensor.dtype} to {dtype}: {e}") from e
 
 
 class _Gpu(NamedTuple):
@@ -296,8 +326,10 @@ class SafeOpen:
         fill_threads: Optional[int] = None,
         mmap: bool = True,
         shard: Any = None,
+        dtype: Any = None,
     ) -> None:
         self._group: Optional[_group.Group] = None
+        self._dtype: Any = None
         if process_group is not None:
             # First, so that every check below that fails on one rank
             # fails every rank, naming it, instead of leaving the others
@@ -306,6 +338,9 @@ class SafeOpen:
         error: Optional[BaseException] = None
         try:
             self._open(filenames, framework, device, backend, buffer_size, pinned_bytes, fill_threads, mmap, shard)
+            self._dtype = _cast_dtype(dtype)
+            if self._dtype is not None and self._framework != "pt":
+                raise SettingError(f"dtype= converts torch tensors; framework={framework!r} does not make them")
             if keys is not None:
                 self._session.select(keys)
         except Exception as e:
@@ -391,6 +426,12 @@ class SafeOpen:
     def _convert(self, name: str, dtype: str, shape: Sequence[int], buf: Any) -> Any:
         return to_framework(self._framework, buf, dtype, shape, name)
 
+    def _cast(self, name: str, tensor: Any) -> Any:
+        """`tensor` in the handle's `dtype=` (floating point only)."""
+        if self._dtype is None:
+            return tensor
+        return _cast(tensor, self._dtype, name, self._session.info(name)[2])
+
     def tensors(self) -> Iterator[Tuple[str, Any]]:
         """Yield `(name, tensor)` for every selected tensor as it completes
         (completion order). Each call is a new pass over all of them. With
@@ -422,7 +463,7 @@ class SafeOpen:
         try:
             for name, tensor in loaded:
                 bar.update(tensor.nbytes)
-                yield name, tensor
+                yield name, self._cast(name, tensor)
         finally:
             loaded.close()
             bar.close()
@@ -475,7 +516,7 @@ class SafeOpen:
             try:
                 for name, tensor in stream:
                     bar.update(tensor.nbytes)
-                    yield name, tensor
+                    yield name, self._cast(name, tensor)
             finally:
                 bar.close()
             return
@@ -500,14 +541,15 @@ class SafeOpen:
             upload = self._session.upload(
                 gpu.name, _allocator(gpu), gpu.stream(), (buf, buf.data_ptr(), buf.numel())
             )
-            yield from _uploaded(upload, bar, buf)
+            for name, tensor in _uploaded(upload, bar, buf):
+                yield name, self._cast(name, tensor)
             return
         stream = self._session.stream()
         try:
             for name, dtype, shape, buf in stream:
                 tensor = self._convert(name, dtype, shape, buf)
                 bar.update(len(buf))
-                yield name, tensor
+                yield name, self._cast(name, tensor)
         finally:
             bar.close()
 
@@ -521,9 +563,9 @@ class SafeOpen:
         _name(name)
         gpu = self._device
         if isinstance(gpu, _Gpu):
-            return self._session.get_into(name, gpu.stream())
+            return self._cast(name, self._session.get_into(name, gpu.stream()))
         dtype, shape, buf = self._session.get(name)
-        return self._convert(name, dtype, shape, buf)
+        return self._cast(name, self._convert(name, dtype, shape, buf))
 
     def get_tensors(self) -> Dict[str, Any]:
         """Every selected tensor, by name (in sorted order); each owns its
@@ -606,7 +648,7 @@ class TensorSlice:
         if isinstance(h._device, _Gpu):
             # A slice is read into host memory, then copied on its own.
             part = part.to(h._device.torch)
-        return part
+        return h._cast(self._name, part)
 
 
 def safe_open(
@@ -624,6 +666,7 @@ def safe_open(
     fill_threads: Optional[int] = None,
     mmap: bool = True,
     shard: Any = None,
+    dtype: Any = None,
 ) -> SafeOpen:
     """Open a checkpoint for loading, as safetensors' and InstantTensor's
     `safe_open` do.
@@ -686,6 +729,14 @@ def safe_open(
             a function name -> dimension or None. Rank r then receives
             torch.tensor_split(tensor, n, dim)[r] (contiguous, owning its
             memory) and nothing else of it; tensors not named arrive whole.
+        dtype: a floating-point torch.dtype (or its name): floating-point
+            tensors are converted to it as they are handed out (on a GPU,
+            on the device after the copy), with torch's own `.to(dtype)`,
+            so each holds exactly what `.to(dtype)` of the stored tensor
+            gives; integer, bool and complex tensors are left as they are.
+            Each conversion holds the tensor in both dtypes for a moment:
+            one tensor's worth of extra memory at a time. framework="pt"
+            only. None: tensors keep the checkpoint's dtypes.
     """
     return SafeOpen(
         filenames,
@@ -701,6 +752,7 @@ def safe_open(
         fill_threads=fill_threads,
         mmap=mmap,
         shard=shard,
+        dtype=dtype,
     )
 
 
@@ -716,13 +768,14 @@ def load_file(
     mmap: bool = True,
     process_group: Any = None,
     shard: Any = None,
+    dtype: Any = None,
 ) -> Dict[str, Any]:
     """Load every tensor of a checkpoint into a dict of torch tensors, as
     `safetensors.torch.load_file` does. `filename` may also be a list of
     files, a directory or an index; the other arguments are safe_open's
     (mmap=False for host tensors independent of the files; with a
     process_group every rank calls it, and shard= gives each rank its
-    parts)."""
+    parts; dtype= converts floating-point tensors as they land)."""
     with safe_open(
         filename,
         "pt",
@@ -735,6 +788,7 @@ def load_file(
         pinned_bytes=pinned_bytes,
         fill_threads=fill_threads,
         mmap=mmap,
+        dtype=dtype,
     ) as f:
         return f.get_tensors()
 
@@ -766,6 +820,7 @@ def load_into(
     fill_threads: Optional[int] = None,
     process_group: Any = None,
     shard: Any = None,
+    dtype: Any = None,
 ) -> IncompatibleKeys:
     """Copy a checkpoint's tensors into preallocated tensors, as each
     completes, and return the names found on one side only.
@@ -783,6 +838,15 @@ def load_into(
             MismatchError; with False they are returned and the rest loaded.
             A shape or dtype that differs is always an error, raised before
             anything is read.
+        dtype: a floating-point torch.dtype (or its name): floating-point
+            tensors are converted to it as they are written, so their
+            targets must be of that dtype (integer and bool tensors are
+            written as they are, into targets of their own dtype). Each is
+            converted by the copy into its target (`copy_`, the conversion
+            `.to(dtype)` does): on the host as it is placed; on a GPU the
+            tensor lands in device memory of its own and is converted into
+            its target there, one tensor's worth of extra device memory at
+            a time. None: every target has its tensor's dtype.
         backend, progress, pinned_bytes, fill_threads: as for safe_open.
         process_group, shard: as for safe_open: every rank of the group
             calls load_into with its own target, the group reads each byte
@@ -791,6 +855,7 @@ def load_into(
     """
     import torch
 
+    cast = _cast_dtype(dtype)
     if isinstance(target, torch.nn.Module):
         dests = target.state_dict(keep_vars=True)
     elif isinstance(target, Mapping):
@@ -806,6 +871,7 @@ def load_into(
             strict,
             process_group,
             shard,
+            cast,
             backend=backend,
             progress=progress,
             pinned_bytes=pinned_bytes,
@@ -817,19 +883,27 @@ def load_into(
         common, missing, unexpected = _match_targets(f, dests, strict)
         f._session.select(common)
         for name in common:
-            dtype, shape, file, *_ = f._session.info(name)
-            _check_target(dests[name], name, dtype, shape, os.fspath(file))
+            stored, shape, file, *_ = f._session.info(name)
+            _check_target(dests[name], name, stored, shape, os.fspath(file), cast)
         gpu = _pipeline_for([dests[k] for k in common])
         if gpu is not None:
-            def alloc(name: str, *_: Any) -> Tuple[Any, int, int]:
+            def alloc(name: str, stored: str, shape: List[int], *_: Any) -> Tuple[Any, int, int]:
                 t = dests[name]
+                dt = torch_dtype(stored, name)
+                if t.dtype != dt:
+                    # To be converted: lands in memory of its own first.
+                    t = torch.empty(framework_shape(stored, shape, name), dtype=dt, device=t.device)
                 return t, t.data_ptr(), t.nbytes
 
             bar = _progress(progress, f.total_tensor_size)
             for name, tensor in _uploaded(f._session.upload(gpu.name, alloc, gpu.stream()), bar):
-                # Written behind autograd's back, as copy_ under no_grad
-                # would have been: bump the version it checks.
-                torch.autograd.graph.increment_version(tensor)
+                if tensor is dests[name]:
+                    # Written behind autograd's back, as copy_ under no_grad
+                    # would have been: bump the version it checks.
+                    torch.autograd.graph.increment_version(tensor)
+                else:
+                    with torch.no_grad():
+                        dests[name].copy_(tensor)
         else:
             with torch.no_grad():
                 for name, tensor in f.tensors():
@@ -865,20 +939,25 @@ def _match_targets(f: SafeOpen, dests: Dict[str, Any], strict: bool) -> Tuple[Li
     return common, missing, unexpected
 
 
-def _check_target(dest: Any, name: str, dtype: str, shape: Sequence[int], file: str) -> None:
+def _check_target(dest: Any, name: str, dtype: str, shape: Sequence[int], file: str, cast: Any = None) -> None:
     """A MismatchError unless `dest` has the dtype and shape the
-    checkpoint's `name` (or this rank's part of it) has."""
+    checkpoint's `name` (or this rank's part of it) has, floating-point
+    tensors converted to `cast` when it is given."""
     want = torch_dtype(dtype, name)
+    converted = cast is not None and want.is_floating_point and want != cast
+    if converted:
+        want = cast
     want_shape = framework_shape(dtype, shape, name)
     if dest.dtype != want or tuple(dest.shape) != want_shape:
+        as_cast = f" (to be converted to {cast} by dtype=)" if converted else ""
         raise MismatchError(
-            f"tensor {name!r} in {file} is {dtype} {list(want_shape)}, "
+            f"tensor {name!r} in {file} is {dtype} {list(want_shape)}{as_cast}, "
             f"but the target's is {dest.dtype} {list(dest.shape)}"
         )
 
 
 def _load_into_group(
-    dests: Dict[str, Any], filenames: Any, strict: bool, process_group: Any, shard: Any, **options: Any
+    dests: Dict[str, Any], filenames: Any, strict: bool, process_group: Any, shard: Any, cast: Any, **options: Any
 ) -> IncompatibleKeys:
     """load_into with a process_group: each check is agreed by the group
     before the next collective, so a mismatch on one rank is an error on
@@ -905,7 +984,7 @@ def _load_into_group(
         try:
             for name, dtype, shape, _ in plan.load.outputs():
                 file = os.fspath(f._session.info(name)[2])
-                _check_target(dests[name], name, dtype, shape, file)
+                _check_target(dests[name], name, dtype, shape, file, cast)
         except Exception as e:
             error = e
         group.agree(error, "checking load_into's targets")
