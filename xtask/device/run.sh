@@ -278,4 +278,7 @@ pack
 rm -rf "$SHM_DIR" "$DISK_DIR"
 echo
 cat "$OUT/summary.md"
+# Let tee write the last lines to run.log before leaving.
+exec >&- 2>&-
+wait
 exit $failed
