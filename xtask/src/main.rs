@@ -32,6 +32,9 @@ commands:
   test                    run every check and test (fmt, clippy, tests, doctests, docs,
                           the wheel's pytest suite in target/venv, the device
                           bundle's run.sh onto the host stand-in, and fuzz-smoke)
+      --integrations      instead: vLLM itself (a multi-GB install, in
+                          target/venv-integrations) loading its model classes
+                          on the CPU through --load-format weightlift
   bench [options]         load a checkpoint with weightlift (its automatic choice and
                           each backend), safetensors and the peers, cold and warm,
                           each load in a fresh process, next to the hardware's
@@ -122,8 +125,13 @@ fn run() -> Result<()> {
     };
     match cmd.as_str() {
         "test" => {
+            let integrations = args.flag("--integrations");
             args.finish()?;
-            test()
+            if integrations {
+                py::integrations()
+            } else {
+                test()
+            }
         }
         "gpu-test" => {
             let python = args.value("--python")?.map(PathBuf::from);

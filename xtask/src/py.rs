@@ -242,3 +242,43 @@ pub(crate) fn h2d_limit(py: &Path, device: &str) -> Result<(Limit, Vec<String>)>
     .context("h2d measured nothing")?;
     Ok((limit, sweep))
 }
+
+/// `cargo xtask test --integrations`: vLLM, too large for the default
+/// environment, in an environment of its own (`target/venv-integrations`,
+/// made on first use), with the wheel built from this tree; then the tests
+/// that run vLLM's own loader machinery with `--load-format weightlift`
+/// (`crates/py/tests/test_vllm.py`), required to find vLLM.
+pub(crate) fn integrations() -> Result<()> {
+    let venv = root().join("target/venv-integrations");
+    let py = venv.join("bin/python");
+    const NEEDS: &[&str] = &["vllm", "pytest", "maturin"];
+    if !(py.exists() && importable(&py, &NEEDS.join(", "))) {
+        if !py.exists() {
+            step(
+                &format!("python3 -m venv {}", venv.display()),
+                Command::new("python3").args(["-m", "venv"]).arg(&venv),
+            )?;
+        }
+        step(
+            "pip install vllm pytest maturin (vLLM and its torch are a large download)",
+            Command::new(&py)
+                .args(["-m", "pip", "install", "--quiet", "--upgrade"])
+                .args(NEEDS),
+        )?;
+    }
+    install_wheel(&py, Wheel::Release)?;
+    step(
+        "pytest crates/py/tests/test_vllm.py (WEIGHTLIFT_REQUIRE_VLLM=1)",
+        Command::new(&py)
+            .current_dir(root().join("crates/py"))
+            .args([
+                "-m",
+                "pytest",
+                "-q",
+                "-p",
+                "no:cacheprovider",
+                "tests/test_vllm.py",
+            ])
+            .env("WEIGHTLIFT_REQUIRE_VLLM", "1"),
+    )
+}
