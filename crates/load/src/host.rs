@@ -321,6 +321,11 @@ pub(crate) fn check_unchanged(ckpt: &Checkpoint, files: &[ReadFile]) -> Result<(
         if let Some(what) = shard.stamp().and_then(|s| s.change(file.stamp())) {
             return Err(changed(what));
         }
+        // A file without a header (a ServerlessLLM partition) has no
+        // length prefix to compare.
+        let Some(header_len) = shard.header_len() else {
+            continue;
+        };
         let align = file
             .alignment()
             .memory
@@ -329,7 +334,7 @@ pub(crate) fn check_unchanged(ckpt: &Checkpoint, files: &[ReadFile]) -> Result<(
         let mut buf = AlignedBuf::zeroed(align, align)?;
         let n = file.read_at(buf.as_mut_slice(), 0)?;
         // The length prefix: the header's length, little-endian.
-        let expected = (shard.data_start() - 8).to_le_bytes();
+        let expected = header_len.to_le_bytes();
         if n < 8 || buf.as_slice()[..8] != expected {
             return Err(changed("header length"));
         }
