@@ -397,6 +397,17 @@ impl Checkpoint {
         self.metadata.as_ref()
     }
 
+    /// The tensor before `id` whose bytes `id` shares, if any: two names
+    /// for one record, as a ServerlessLLM checkpoint writes tied weights
+    /// (a safetensors header cannot). Such tensors are neighbours in
+    /// [`TensorId`] order. Empty tensors share no bytes.
+    pub fn alias_of(&self, id: TensorId) -> Option<TensorId> {
+        let t = self.tensors.get(id.index())?;
+        let prev = TensorId(id.0.checked_sub(1)?);
+        let p = &self.tensors[prev.index()];
+        (!t.is_empty() && p.file == t.file && p.range == t.range).then_some(prev)
+    }
+
     /// The index file the checkpoint was opened through, if any: a
     /// `model.safetensors.index.json`, or a ServerlessLLM checkpoint's
     /// `tensor_index.json`.

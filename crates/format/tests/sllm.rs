@@ -482,6 +482,11 @@ fn records_are_placed_in_partitions_without_overlap() {
     };
     assert_eq!(at("a"), (0, 0, 64));
     assert_eq!(at("tied"), (0, 0, 64));
+    let id = |n: &str| ckpt.id(n).unwrap();
+    assert_eq!(ckpt.alias_of(id("tied")), Some(id("a")));
+    assert_eq!(ckpt.alias_of(id("a")), None);
+    // Empty tensors at one offset share no bytes.
+    assert_eq!(ckpt.alias_of(id("b")), None);
     assert_eq!(at("z"), (1, 0, 0));
     assert_eq!(at("b"), (1, 0, 4));
     assert_eq!(at("end"), (1, 64, 64));

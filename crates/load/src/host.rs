@@ -298,6 +298,33 @@ pub fn load(
     })
 }
 
+/// `t`, or, when its bytes are also another tensor's (two names for one
+/// record: tied weights in a ServerlessLLM checkpoint), a copy of them in
+/// memory of its own, so that writing one tensor leaves the other as read,
+/// as with separate tensors. The earlier name keeps the view.
+fn unaliased(ckpt: &Checkpoint, t: HostTensor) -> Result<HostTensor, Error> {
+    if ckpt.alias_of(t.id).is_none() {
+        return Ok(t);
+    }
+    let region = Region::anonymous(t.len).map_err(|source| {
+        Error::Io(weightlift_io::Error::Map {
+            file: None,
+            len: t.len,
+            source,
+        })
+    })?;
+    // SAFETY: `region` is a fresh writable mapping of `t.len` bytes that
+    // nothing else refers to yet, and `t.bytes()` is `t.len` bytes of
+    // other memory.
+    unsafe { std::ptr::copy_nonoverlapping(t.bytes().as_ptr(), region.as_ptr(), t.len) };
+    Ok(HostTensor {
+        id: t.id,
+        memory: Arc::new(region),
+        offset: 0,
+        len: t.len,
+    })
+}
+
 fn log_debug(line: &str) {
     log::debug!(target: "weightlift", "{line}");
 }
@@ -459,7 +486,7 @@ fn start_in_place(job: Job) -> Result<Vec<JoinHandle<()>>, Error> {
                                 offset,
                                 len: ckpt.tensor(p.tensor).len() as usize,
                             };
-                            if tx.send(Ok(t)).is_err() {
+                            if tx.send(unaliased(&ckpt, t)).is_err() {
                                 return Err(weightlift_io::Error::Cancelled);
                             }
                         }
@@ -579,12 +606,15 @@ impl Mapped {
             for p in self.job.plan.pieces(e) {
                 if self.job.counts.land(p.tensor) {
                     let t = self.job.ckpt.tensor(p.tensor);
-                    let sent = tx.send(Ok(HostTensor {
-                        id: p.tensor,
-                        memory: self.maps[t.file.index()].clone(),
-                        offset: t.range.start as usize,
-                        len: t.len() as usize,
-                    }));
+                    let sent = tx.send(unaliased(
+                        &self.job.ckpt,
+                        HostTensor {
+                            id: p.tensor,
+                            memory: self.maps[t.file.index()].clone(),
+                            offset: t.range.start as usize,
+                            len: t.len() as usize,
+                        },
+                    ));
                     if sent.is_err() {
                         self.job.cancel.store(true, Ordering::Relaxed);
                         return;
