@@ -18,3 +18,4 @@
 
 pub mod corpus;
 pub mod fixtures;
+pub mod sllm_corpus;

@@ -110,6 +110,19 @@ pub(crate) fn run(args: &mut Args) -> Result<()> {
         println!("{line}");
     }
 
+    // The peers, safetensors the reference among them, read safetensors
+    // files only.
+    let sllm = ckpt.is_sllm();
+    ensure!(
+        !(sllm && verify),
+        "--verify (which --quick implies) compares with safetensors, which cannot read the ServerlessLLM checkpoint {}",
+        path.display()
+    );
+    if sllm && !no_python {
+        println!(
+            "\na ServerlessLLM checkpoint: the peers read safetensors files only, so weightlift runs without them"
+        );
+    }
     let (files, on_disk) = files_on_disk(&ckpt)?;
     let states: Vec<Cache> = match (only_cold, only_warm, on_disk) {
         (true, false, false) => bail!(
@@ -179,7 +192,7 @@ pub(crate) fn run(args: &mut Args) -> Result<()> {
             .collect(),
     };
     loaders.extend(engine_backends.into_iter().map(|b| weightlift(Some(b))));
-    if py.is_some() {
+    if py.is_some() && !sllm {
         loaders.extend(
             PEERS
                 .iter()

@@ -99,7 +99,7 @@ commands:
   gen --out DIR [--size SIZE | --tensors N] [--shards N] [--seed N]
                           write a Llama-shaped (or, with --tensors, a
                           mixture-of-experts-shaped) checkpoint with an index
-  corpus                  regenerate tests/corpus from tests/src/corpus.rs
+  corpus                  regenerate tests/corpus from tests/src/corpus.rs and sllm_corpus.rs
   fuzz [TARGET] [--seconds N]
                           run a fuzz target with cargo-fuzz, nightly and AddressSanitizer
                           (header, checkpoint or index; default header, 600 s)
@@ -166,6 +166,10 @@ fn run() -> Result<()> {
             args.finish()?;
             let dir = root().join("tests/corpus");
             weightlift_tests::corpus::write_all(&dir)
+                .with_context(|| format!("writing {}", dir.display()))?;
+            println!("wrote {}", dir.display());
+            let dir = root().join("tests/corpus/sllm");
+            weightlift_tests::sllm_corpus::write_all(&dir)
                 .with_context(|| format!("writing {}", dir.display()))?;
             println!("wrote {}", dir.display());
             Ok(())

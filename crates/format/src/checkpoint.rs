@@ -9,7 +9,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use crate::fs::{Fs, Stamp, StdFs, read_full_at};
 use crate::header::{FIRST_READ_LEN, Metadata, memory_estimate};
 use crate::index::{INDEX_SUFFIX, IndexFile, read_index};
-use crate::{ByteRange, Dtype, Error, FileId, Header, HeaderError, PREFIX_LEN, Parsed, TensorId};
+use crate::sllm::{SLLM_INDEX, SLLM_PARTITION_PREFIX, SllmIndex, partition_number};
+use crate::{
+    ByteRange, Dtype, Error, FileId, Header, HeaderError, PREFIX_LEN, Parsed, SllmError, TensorId,
+};
 
 /// One shard (file) of a checkpoint.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,6 +23,7 @@ pub struct Shard {
     metadata: Option<Metadata>,
     tensors: Range<usize>,
     stamp: Option<Stamp>,
+    has_header: bool,
 }
 
 impl Shard {
@@ -33,9 +37,35 @@ impl Shard {
         self.size
     }
 
-    /// Absolute offset of the data section (the length prefix plus the header).
+    /// Absolute offset of the data section (the length prefix plus the
+    /// header); 0 for a file without a header (a ServerlessLLM partition).
     pub fn data_start(&self) -> u64 {
         self.data_start
+    }
+
+    /// The length of the file's safetensors header as its 8-byte prefix
+    /// states it, or `None` for a file that has no header (a ServerlessLLM
+    /// partition, whose tensors' bytes are all it holds).
+    pub fn header_len(&self) -> Option<u64> {
+        self.has_header
+            .then(|| self.data_start - crate::PREFIX_LEN as u64)
+    }
+
+    /// A shard without a header, its tensors set later.
+    pub(crate) fn raw(path: PathBuf, size: u64) -> Shard {
+        Shard {
+            path,
+            size,
+            data_start: 0,
+            metadata: None,
+            tensors: 0..0,
+            stamp: None,
+            has_header: false,
+        }
+    }
+
+    pub(crate) fn set_tensors(&mut self, tensors: Range<usize>) {
+        self.tensors = tensors;
     }
 
     /// The version of the file its header was read from, where the
@@ -123,8 +153,13 @@ pub enum Source {
     ///
     /// A directory holding exactly one `*.safetensors.index.json` is opened
     /// through that index (so a `consolidated.safetensors` beside the shards
-    /// is left alone); otherwise it is every `*.safetensors` file in it, in
-    /// name order. Several index files in one directory are an error.
+    /// is left alone); otherwise, one holding a `tensor_index.json` beside
+    /// `tensor.data_<n>` files is a ServerlessLLM checkpoint (see
+    /// [`Checkpoint::from_sllm`]); otherwise it is every `*.safetensors`
+    /// file in it, in name order (or, when there is none, a ServerlessLLM
+    /// checkpoint missing its partitions if it has a `tensor_index.json`).
+    /// Several index files in one directory are an error. A file named
+    /// `tensor_index.json` opens the ServerlessLLM checkpoint beside it.
     Path(PathBuf),
     /// These `.safetensors` files, in this order.
     Files(Vec<PathBuf>),
@@ -182,6 +217,8 @@ impl Checkpoint {
                 };
                 if fs.is_dir(path).map_err(io)? {
                     open_dir(fs, path)
+                } else if path.file_name().is_some_and(|n| n == SLLM_INDEX) {
+                    open_sllm(fs, path, None)
                 } else if path.extension().is_some_and(|e| e == "json") {
                     open_index(fs, path)
                 } else {
@@ -297,6 +334,7 @@ impl Checkpoint {
                 metadata,
                 tensors: first..out.tensors.len(),
                 stamp: None,
+                has_header: true,
             });
         }
         Ok(out)
@@ -359,9 +397,48 @@ impl Checkpoint {
         self.metadata.as_ref()
     }
 
-    /// The index file the checkpoint was opened through, if any.
+    /// The tensor before `id` whose bytes `id` shares, if any: two names
+    /// for one record, as a ServerlessLLM checkpoint writes tied weights
+    /// (a safetensors header cannot). Such tensors are neighbours in
+    /// [`TensorId`] order. Empty tensors share no bytes.
+    pub fn alias_of(&self, id: TensorId) -> Option<TensorId> {
+        let t = self.tensors.get(id.index())?;
+        let prev = TensorId(id.0.checked_sub(1)?);
+        let p = &self.tensors[prev.index()];
+        (!t.is_empty() && p.file == t.file && p.range == t.range).then_some(prev)
+    }
+
+    /// The index file the checkpoint was opened through, if any: a
+    /// `model.safetensors.index.json`, or a ServerlessLLM checkpoint's
+    /// `tensor_index.json`.
     pub fn index_path(&self) -> Option<&Path> {
         self.index.as_deref()
+    }
+
+    /// Whether this is a ServerlessLLM checkpoint (its shards are the data
+    /// partitions, without headers).
+    pub fn is_sllm(&self) -> bool {
+        self.shards.first().is_some_and(|s| !s.has_header)
+            || self
+                .index
+                .as_deref()
+                .is_some_and(|p| p.file_name().is_some_and(|n| n == SLLM_INDEX))
+    }
+
+    /// A checkpoint from parts already checked (by [`Checkpoint::from_sllm`]).
+    pub(crate) fn assembled(
+        shards: Vec<Shard>,
+        tensors: Vec<Tensor>,
+        by_name: HashMap<String, TensorId>,
+        index: Option<PathBuf>,
+    ) -> Checkpoint {
+        Checkpoint {
+            shards,
+            tensors,
+            by_name,
+            metadata: None,
+            index,
+        }
     }
 }
 
@@ -529,6 +606,18 @@ fn open_dir(fs: &dyn Fs, dir: &Path) -> Result<Checkpoint, Error> {
             });
         }
     }
+    // A ServerlessLLM checkpoint: its index beside its partitions.
+    let is_named = |p: &Path, name: &str| p.file_name().is_some_and(|n| n == name);
+    let sllm_index = entries.iter().find(|p| is_named(p, SLLM_INDEX)).cloned();
+    if let Some(index) = &sllm_index {
+        let partitioned = entries.iter().any(|p| {
+            p.file_name()
+                .is_some_and(|n| partition_number(n.as_encoded_bytes()).is_some())
+        });
+        if partitioned {
+            return open_sllm(fs, index, Some(entries));
+        }
+    }
     let mut files = Vec::new();
     for p in entries {
         if !name_ends(&p, ".safetensors") {
@@ -543,12 +632,84 @@ fn open_dir(fs: &dyn Fs, dir: &Path) -> Result<Checkpoint, Error> {
         }
     }
     if files.is_empty() {
+        // An index without partitions: say which partition is missing.
+        if let Some(index) = sllm_index {
+            return open_sllm(fs, &index, None);
+        }
         return Err(Error::NoShards {
             dir: dir.to_path_buf(),
         });
     }
     files.sort();
     from_read(read_headers(fs, &files)?)
+}
+
+/// Open a ServerlessLLM checkpoint through its `tensor_index.json`; its
+/// partitions are the `tensor.data_<n>` files beside it (`entries`: the
+/// directory's, when already listed).
+fn open_sllm(
+    fs: &dyn Fs,
+    index_path: &Path,
+    entries: Option<Vec<PathBuf>>,
+) -> Result<Checkpoint, Error> {
+    let bytes = read_index(fs, index_path)?;
+    let index = SllmIndex::parse(&bytes).map_err(|source| Error::Sllm {
+        file: index_path.to_path_buf(),
+        source,
+    })?;
+    drop(bytes);
+    let dir = index_path.parent().unwrap_or(Path::new(""));
+    let entries = match entries {
+        Some(e) => e,
+        // `Path::parent` of a bare name is "", which lists as ".".
+        None => fs
+            .list_dir(if dir.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                dir
+            })
+            .map_err(|source| Error::Io {
+                file: dir.to_path_buf(),
+                source,
+            })?,
+    };
+    let mut numbered: Vec<(u64, PathBuf)> = entries
+        .into_iter()
+        .filter_map(|p| {
+            let n = partition_number(p.file_name()?.as_encoded_bytes())?;
+            Some((n, dir.join(p.file_name()?)))
+        })
+        .collect();
+    numbered.sort();
+    // Numbered from 0 without a gap: ServerlessLLM's reader stops at the
+    // first missing number, which would silently drop the rest.
+    for (i, (n, path)) in numbered.iter().enumerate() {
+        if *n != i as u64 {
+            return Err(Error::Sllm {
+                file: index_path.to_path_buf(),
+                source: SllmError::PartitionGap {
+                    missing: dir.join(format!("{SLLM_PARTITION_PREFIX}{i}")),
+                    found: path.clone(),
+                },
+            });
+        }
+    }
+    let mut partitions = Vec::with_capacity(numbered.len());
+    let mut stamps = Vec::with_capacity(numbered.len());
+    for (_, path) in numbered {
+        let io = |source| Error::Io {
+            file: path.clone(),
+            source,
+        };
+        let file = fs.open(&path).map_err(io)?;
+        stamps.push(file.stamp().map_err(io)?);
+        partitions.push((path.clone(), file.size().map_err(io)?));
+    }
+    let mut ckpt = Checkpoint::from_sllm(index_path.to_path_buf(), index, partitions)?;
+    for (shard, stamp) in ckpt.shards.iter_mut().zip(stamps) {
+        shard.stamp = stamp;
+    }
+    Ok(ckpt)
 }
 
 fn open_index(fs: &dyn Fs, index_path: &Path) -> Result<Checkpoint, Error> {

@@ -318,6 +318,271 @@ impl std::error::Error for HeaderError {
     }
 }
 
+/// Why a ServerlessLLM checkpoint (`tensor_index.json` and its
+/// `tensor.data_*` partitions) was rejected. Offsets are into the
+/// partitions laid end to end, as the index writes them.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum SllmError {
+    /// The index is not UTF-8.
+    NotUtf8 {
+        /// Offset of the first invalid byte.
+        offset: u64,
+    },
+    /// The index is not well-formed JSON, or not a JSON object.
+    Json {
+        /// The parser's error, with line and column.
+        source: serde_json::Error,
+    },
+    /// A tensor's entry is not `[offset, size, shape, stride, dtype]` of
+    /// non-negative integers that fit 64 bits, lists of them, and a string
+    /// (or its offset plus size overflows 64 bits).
+    InvalidEntry {
+        /// The tensor.
+        tensor: String,
+        /// What the entry parser found.
+        source: serde_json::Error,
+    },
+    /// A name appears twice in the index.
+    DuplicateTensor {
+        /// The repeated name.
+        tensor: String,
+    },
+    /// A dtype that is not a torch dtype name with a safetensors equivalent.
+    UnknownDtype {
+        /// The tensor.
+        tensor: String,
+        /// The dtype as written.
+        dtype: String,
+    },
+    /// The product of the shape, or its size in bytes, overflows 64 bits.
+    ShapeOverflow {
+        /// The tensor.
+        tensor: String,
+        /// Its shape.
+        shape: Vec<u64>,
+        /// Its dtype.
+        dtype: Dtype,
+    },
+    /// The stride has not one entry per dimension.
+    StrideRank {
+        /// The tensor.
+        tensor: String,
+        /// Its shape.
+        shape: Vec<u64>,
+        /// Its stride.
+        stride: Vec<u64>,
+    },
+    /// The stride is not that of a contiguous tensor of the shape.
+    NotContiguous {
+        /// The tensor.
+        tensor: String,
+        /// Its shape.
+        shape: Vec<u64>,
+        /// Its stride.
+        stride: Vec<u64>,
+    },
+    /// The record's size differs from shape × dtype width.
+    SizeMismatch {
+        /// The tensor.
+        tensor: String,
+        /// Bytes that its shape and dtype need.
+        expected: u64,
+        /// The size the index gives.
+        found: u64,
+    },
+    /// A record overlaps another (two names for the very same record are
+    /// allowed: tied weights).
+    Overlap {
+        /// The later tensor, in offset order.
+        tensor: String,
+        /// The tensor it overlaps.
+        previous: String,
+        /// Where the later one starts.
+        start: u64,
+        /// Where the earlier one ends.
+        previous_end: u64,
+    },
+    /// A record ends past the end of the last partition.
+    PastPartitions {
+        /// The tensor.
+        tensor: String,
+        /// Where its record ends.
+        end: u64,
+        /// The partitions' sizes added up.
+        total: u64,
+        /// How many partitions there are.
+        partitions: usize,
+    },
+    /// A record starts in one partition and ends in the next (the format's
+    /// writer never does this).
+    SpansPartitions {
+        /// The tensor.
+        tensor: String,
+        /// Where its record starts.
+        start: u64,
+        /// Where its record ends.
+        end: u64,
+        /// The partition it starts in.
+        partition: PathBuf,
+        /// Where that partition ends.
+        partition_end: u64,
+    },
+    /// The index lists tensors but the first partition does not exist.
+    MissingPartition {
+        /// The first tensor (in offset order).
+        tensor: String,
+        /// The partition that is missing.
+        partition: PathBuf,
+    },
+    /// A partition is missing from the numbering while a later one exists.
+    PartitionGap {
+        /// The missing partition.
+        missing: PathBuf,
+        /// A later partition that exists.
+        found: PathBuf,
+    },
+    /// The partitions' sizes add up to more than 64 bits.
+    PartitionsTooLarge {
+        /// The partition at which the sum overflowed.
+        partition: PathBuf,
+    },
+    /// Memory for the index's entries could not be allocated.
+    OutOfMemory {
+        /// The index's length in bytes.
+        index_len: u64,
+    },
+}
+
+impl SllmError {
+    /// The tensor this error is about, if it is about one.
+    pub fn tensor(&self) -> Option<&str> {
+        use SllmError::*;
+        match self {
+            InvalidEntry { tensor, .. }
+            | DuplicateTensor { tensor }
+            | UnknownDtype { tensor, .. }
+            | ShapeOverflow { tensor, .. }
+            | StrideRank { tensor, .. }
+            | NotContiguous { tensor, .. }
+            | SizeMismatch { tensor, .. }
+            | Overlap { tensor, .. }
+            | PastPartitions { tensor, .. }
+            | SpansPartitions { tensor, .. }
+            | MissingPartition { tensor, .. } => Some(tensor),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for SllmError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use SllmError::*;
+        match self {
+            NotUtf8 { offset } => write!(f, "index is not UTF-8 (invalid byte at offset {offset})"),
+            Json { source } => write!(f, "index is not a valid JSON object: {source}"),
+            InvalidEntry { tensor, source } => write!(
+                f,
+                "tensor {tensor:?}: invalid entry (expected [offset, size, shape, stride, dtype]): {source}"
+            ),
+            DuplicateTensor { tensor } => write!(f, "tensor {tensor:?} appears twice in the index"),
+            UnknownDtype { tensor, dtype } => {
+                write!(f, "tensor {tensor:?}: unknown dtype {dtype:?}")
+            }
+            ShapeOverflow {
+                tensor,
+                shape,
+                dtype,
+            } => write!(
+                f,
+                "tensor {tensor:?}: shape {shape:?} of {dtype} overflows 64 bits"
+            ),
+            StrideRank {
+                tensor,
+                shape,
+                stride,
+            } => write!(
+                f,
+                "tensor {tensor:?}: stride {stride:?} does not have one entry per dimension of shape {shape:?}"
+            ),
+            NotContiguous {
+                tensor,
+                shape,
+                stride,
+            } => write!(
+                f,
+                "tensor {tensor:?}: stride {stride:?} is not contiguous for shape {shape:?} (only contiguous tensors are supported)"
+            ),
+            SizeMismatch {
+                tensor,
+                expected,
+                found,
+            } => write!(
+                f,
+                "tensor {tensor:?}: size {found} but shape and dtype need {expected} bytes"
+            ),
+            Overlap {
+                tensor,
+                previous,
+                start,
+                previous_end,
+            } => write!(
+                f,
+                "tensor {tensor:?}: data starts at {start}, overlapping {previous:?} which ends at {previous_end}"
+            ),
+            PastPartitions {
+                tensor,
+                end,
+                total,
+                partitions,
+            } => write!(
+                f,
+                "tensor {tensor:?}: data ends at {end}, past the end of the {partitions} partition(s) ({total} bytes): a partition is missing or truncated"
+            ),
+            SpansPartitions {
+                tensor,
+                start,
+                end,
+                partition,
+                partition_end,
+            } => write!(
+                f,
+                "tensor {tensor:?}: data [{start}, {end}) runs past the end of {} at {partition_end} into the next partition",
+                partition.display()
+            ),
+            MissingPartition { tensor, partition } => write!(
+                f,
+                "tensor {tensor:?}: partition {} does not exist",
+                partition.display()
+            ),
+            PartitionGap { missing, found } => write!(
+                f,
+                "partition {} is missing, but {} exists",
+                missing.display(),
+                found.display()
+            ),
+            PartitionsTooLarge { partition } => write!(
+                f,
+                "the partitions' sizes overflow 64 bits at {}",
+                partition.display()
+            ),
+            OutOfMemory { index_len } => write!(
+                f,
+                "no memory for the entries of an index of {index_len} bytes"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for SllmError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            SllmError::Json { source } | SllmError::InvalidEntry { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
 /// An error opening a checkpoint: a bad header, an unreadable file, or
 /// shards and an index that do not agree. Every variant names the file.
 #[derive(Debug)]
@@ -418,6 +683,13 @@ pub enum Error {
         /// The shard whose header holds the tensor, if any does.
         found: Option<PathBuf>,
     },
+    /// A ServerlessLLM checkpoint was rejected.
+    Sllm {
+        /// Its `tensor_index.json`.
+        file: PathBuf,
+        /// Why.
+        source: SllmError,
+    },
     /// More shards or tensors than a 32-bit id can number.
     TooMany {
         /// The file where the limit was reached.
@@ -442,6 +714,7 @@ impl Error {
             | IndexDuplicate { file, .. }
             | IndexEmpty { file }
             | IndexMismatch { file, .. }
+            | Sllm { file, .. }
             | TooMany { file, .. } => file,
             NoShards { dir } | AmbiguousIndex { dir, .. } => dir,
             DuplicateTensor { second, .. } => second,
@@ -452,6 +725,7 @@ impl Error {
     pub fn tensor(&self) -> Option<&str> {
         match self {
             Error::Header { source, .. } => source.tensor(),
+            Error::Sllm { source, .. } => source.tensor(),
             Error::DuplicateTensor { tensor, .. }
             | Error::IndexDuplicate { tensor, .. }
             | Error::IndexPath { tensor, .. }
@@ -539,6 +813,7 @@ impl fmt::Display for Error {
                     (None, None) => write!(f, "is inconsistent"),
                 }
             }
+            Sllm { file, source } => write!(f, "{}: {source}", file.display()),
             TooMany { file, what } => {
                 write!(
                     f,
@@ -556,6 +831,7 @@ impl std::error::Error for Error {
             Error::Header { source, .. } => Some(source),
             Error::Io { source, .. } => Some(source),
             Error::Index { source, .. } => Some(source),
+            Error::Sllm { source, .. } => Some(source),
             _ => None,
         }
     }

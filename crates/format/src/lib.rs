@@ -45,11 +45,12 @@ mod fs;
 mod header;
 mod index;
 mod range;
+mod sllm;
 mod write;
 
 pub use checkpoint::{Checkpoint, Shard, ShardHeader, Source, Tensor};
 pub use dtype::{Dtype, UnknownDtype};
-pub use error::{Error, HeaderError};
+pub use error::{Error, HeaderError, SllmError};
 pub use fs::{FileAt, Fs, Stamp, StdFs, open_regular};
 pub use header::{
     FIRST_READ_LEN, Header, MAX_HEADER_LEN, MEMORY_FIXED, MEMORY_PER_HEADER_BYTE,
@@ -58,4 +59,8 @@ pub use header::{
 };
 pub use index::MAX_INDEX_LEN;
 pub use range::{ByteRange, FileId, TensorId};
+pub use sllm::{
+    SLLM_INDEX, SLLM_PARTITION_PREFIX, SllmEntry, SllmIndex, partition_number, torch_dtype,
+    torch_name,
+};
 pub use write::{EncodedHeader, TensorSpec, encode_header};

@@ -298,6 +298,33 @@ pub fn load(
     })
 }
 
+/// `t`, or, when its bytes are also another tensor's (two names for one
+/// record: tied weights in a ServerlessLLM checkpoint), a copy of them in
+/// memory of its own, so that writing one tensor leaves the other as read,
+/// as with separate tensors. The earlier name keeps the view.
+fn unaliased(ckpt: &Checkpoint, t: HostTensor) -> Result<HostTensor, Error> {
+    if ckpt.alias_of(t.id).is_none() {
+        return Ok(t);
+    }
+    let region = Region::anonymous(t.len).map_err(|source| {
+        Error::Io(weightlift_io::Error::Map {
+            file: None,
+            len: t.len,
+            source,
+        })
+    })?;
+    // SAFETY: `region` is a fresh writable mapping of `t.len` bytes that
+    // nothing else refers to yet, and `t.bytes()` is `t.len` bytes of
+    // other memory.
+    unsafe { std::ptr::copy_nonoverlapping(t.bytes().as_ptr(), region.as_ptr(), t.len) };
+    Ok(HostTensor {
+        id: t.id,
+        memory: Arc::new(region),
+        offset: 0,
+        len: t.len,
+    })
+}
+
 fn log_debug(line: &str) {
     log::debug!(target: "weightlift", "{line}");
 }
@@ -321,6 +348,11 @@ pub(crate) fn check_unchanged(ckpt: &Checkpoint, files: &[ReadFile]) -> Result<(
         if let Some(what) = shard.stamp().and_then(|s| s.change(file.stamp())) {
             return Err(changed(what));
         }
+        // A file without a header (a ServerlessLLM partition) has no
+        // length prefix to compare.
+        let Some(header_len) = shard.header_len() else {
+            continue;
+        };
         let align = file
             .alignment()
             .memory
@@ -329,7 +361,7 @@ pub(crate) fn check_unchanged(ckpt: &Checkpoint, files: &[ReadFile]) -> Result<(
         let mut buf = AlignedBuf::zeroed(align, align)?;
         let n = file.read_at(buf.as_mut_slice(), 0)?;
         // The length prefix: the header's length, little-endian.
-        let expected = (shard.data_start() - 8).to_le_bytes();
+        let expected = header_len.to_le_bytes();
         if n < 8 || buf.as_slice()[..8] != expected {
             return Err(changed("header length"));
         }
@@ -454,7 +486,7 @@ fn start_in_place(job: Job) -> Result<Vec<JoinHandle<()>>, Error> {
                                 offset,
                                 len: ckpt.tensor(p.tensor).len() as usize,
                             };
-                            if tx.send(Ok(t)).is_err() {
+                            if tx.send(unaliased(&ckpt, t)).is_err() {
                                 return Err(weightlift_io::Error::Cancelled);
                             }
                         }
@@ -574,12 +606,15 @@ impl Mapped {
             for p in self.job.plan.pieces(e) {
                 if self.job.counts.land(p.tensor) {
                     let t = self.job.ckpt.tensor(p.tensor);
-                    let sent = tx.send(Ok(HostTensor {
-                        id: p.tensor,
-                        memory: self.maps[t.file.index()].clone(),
-                        offset: t.range.start as usize,
-                        len: t.len() as usize,
-                    }));
+                    let sent = tx.send(unaliased(
+                        &self.job.ckpt,
+                        HostTensor {
+                            id: p.tensor,
+                            memory: self.maps[t.file.index()].clone(),
+                            offset: t.range.start as usize,
+                            len: t.len() as usize,
+                        },
+                    ));
                     if sent.is_err() {
                         self.job.cancel.store(true, Ordering::Relaxed);
                         return;

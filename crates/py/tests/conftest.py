@@ -34,6 +34,7 @@ from safetensors.torch import save_file
 
 # No skip here: a package that fails to import must fail the suite.
 import weightlift
+import weightlift._api  # noqa: F401  (the standin fixture patches it)
 
 CORPUS_DIR = Path(__file__).resolve().parents[3] / "tests" / "corpus"
 
@@ -142,6 +143,47 @@ def write_raw(path: Path, entries, metadata: Optional[dict] = None, *, header_le
         for _, _, _, data in entries:
             fh.write(data)
     return path
+
+
+def write_sllm(d: Path, state_dict: Dict[str, torch.Tensor], partition_limit: int = 10 << 30) -> Path:
+    """Write ``state_dict`` as ServerlessLLM's ``save_dict`` does: the
+    tensors' storages as records in ``tensor.data_<n>`` partitions (each
+    record padded to 8 bytes; a new partition before a record that would take
+    the current one past ``partition_limit``; each partition padded to 4096
+    bytes when closed), a storage shared by several names written once, and
+    ``tensor_index.json`` mapping each name to ``[offset, size, shape,
+    stride, str(dtype)]`` with offsets into the partitions laid end to end."""
+    d.mkdir(parents=True, exist_ok=True)
+    parts: List[bytearray] = []
+    closed = 0
+    offsets: Dict[int, int] = {}
+    index = {}
+
+    def close_last() -> None:
+        nonlocal closed
+        if parts:
+            last = parts[-1]
+            last.extend(b"\0" * (-len(last) % 4096))
+            closed += len(last)
+
+    for name, t in state_dict.items():
+        storage = t.untyped_storage()
+        size = storage.nbytes()
+        key = storage.data_ptr()
+        if key not in offsets or size == 0:
+            if not parts or len(parts[-1]) + size > partition_limit:
+                close_last()
+                parts.append(bytearray())
+            offsets[key] = closed + len(parts[-1])
+            raw = torch.empty(0, dtype=torch.uint8).set_(storage, 0, (size,))
+            parts[-1].extend(raw.numpy().tobytes())
+            parts[-1].extend(b"\0" * (-size % 8))
+        index[name] = [offsets[key], size, list(t.shape), list(t.stride()), str(t.dtype)]
+    close_last()
+    for i, p in enumerate(parts):
+        (d / f"tensor.data_{i}").write_bytes(bytes(p))
+    (d / "tensor_index.json").write_text(json.dumps(index))
+    return d
 
 
 def random_tensor(dtype: str, shape: Sequence[int], gen: torch.Generator) -> torch.Tensor:
@@ -592,6 +634,7 @@ HELPERS = types.SimpleNamespace(
     Ckpt=Ckpt,
     write_raw=write_raw,
     write_sharded=write_sharded,
+    write_sllm=write_sllm,
     random_tensor=random_tensor,
     random_bytes=random_bytes,
     nbytes_of=nbytes_of,
@@ -614,6 +657,35 @@ HELPERS = types.SimpleNamespace(
 def h():
     """The helpers of this file, as a namespace."""
     return HELPERS
+
+
+@pytest.fixture
+def standin(monkeypatch):
+    """Map GPU devices (and load_into's CPU targets) to the host-memory
+    device; returns a setter for its options ("host:delay_us=N,fail=N")."""
+    real_device = weightlift._api._device
+
+    def use(spec: str = "host") -> None:
+        gpu = weightlift._api._Gpu(torch.device("cpu"), spec)
+
+        def names_a_gpu(d) -> bool:
+            if isinstance(d, bool):
+                return False
+            if isinstance(d, int):
+                return d >= 0
+            name = d if isinstance(d, str) else str(d)
+            try:
+                return weightlift._weightlift.placement(name)[0] == "cuda"
+            except weightlift.DeviceError:
+                return False
+
+        monkeypatch.setattr(weightlift._api, "_device", lambda d: gpu if names_a_gpu(d) else real_device(d))
+        monkeypatch.setattr(
+            weightlift._api, "_pipeline_for", lambda targets: gpu if weightlift._api._straight_device(targets) is not None else None
+        )
+
+    use()
+    return use
 
 
 @pytest.fixture(scope="session")

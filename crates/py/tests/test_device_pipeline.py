@@ -24,35 +24,6 @@ from weightlift import _api, _weightlift
 
 
 @pytest.fixture
-def standin(monkeypatch):
-    """Map GPU devices (and load_into's CPU targets) to the host-memory
-    device; returns a setter for its options ("host:delay_us=N,fail=N")."""
-    real_device = _api._device
-
-    def use(spec: str = "host") -> None:
-        gpu = _api._Gpu(torch.device("cpu"), spec)
-
-        def names_a_gpu(d) -> bool:
-            if isinstance(d, bool):
-                return False
-            if isinstance(d, int):
-                return d >= 0
-            name = d if isinstance(d, str) else str(d)
-            try:
-                return _weightlift.placement(name)[0] == "cuda"
-            except weightlift.DeviceError:
-                return False
-
-        monkeypatch.setattr(_api, "_device", lambda d: gpu if names_a_gpu(d) else real_device(d))
-        monkeypatch.setattr(
-            _api, "_pipeline_for", lambda targets: gpu if _api._straight_device(targets) is not None else None
-        )
-
-    use()
-    return use
-
-
-@pytest.fixture
 def small_staging(monkeypatch):
     """Two 4 KiB staging slots: every checkpoint needs many launches and slot reuse."""
     # 8192 bytes of budget: slots of max(8192 / 4, 4096) bytes, two of them.
