@@ -96,7 +96,7 @@ def test_s3_file_through_every_api(s3, checkpoint):
         assert torch.equal(f.get_slice(k)[3:9], want[k][3:9])
         _same(dict(f.tensors()), want)
     targets = {k: torch.empty_like(v) for k, v in want.items()}
-    weightlift.load_into(url, targets)
+    weightlift.load_into(targets, url)
     _same(targets, want)
 
 
