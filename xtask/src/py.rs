@@ -20,9 +20,19 @@ const PACKAGES: &[&str] = &[
     "maturin",
     "matplotlib",
     "transformers",
+    "moto",
 ];
 
-/// A Python with [`PACKAGES`] (each imports under its own name): `explicit`,
+/// The pip requirement for an import name, where the two differ: the
+/// remote-checkpoint tests run moto's S3 server, which needs its extra.
+fn requirement(module: &str) -> &str {
+    match module {
+        "moto" => "moto[server]",
+        m => m,
+    }
+}
+
+/// A Python with [`PACKAGES`] (import names; pip's are [`requirement`]): `explicit`,
 /// `WEIGHTLIFT_PYTHON`, or the project's virtual environment
 /// (`target/venv`), made and filled on first use.
 pub(crate) fn python(explicit: Option<PathBuf>) -> Result<PathBuf> {
@@ -44,11 +54,15 @@ pub(crate) fn python(explicit: Option<PathBuf>) -> Result<PathBuf> {
     step(
         &format!(
             "pip install {} (torch is a large download)",
-            PACKAGES.join(" ")
+            PACKAGES
+                .iter()
+                .map(|m| requirement(m))
+                .collect::<Vec<_>>()
+                .join(" ")
         ),
         Command::new(&py)
             .args(["-m", "pip", "install", "--quiet", "--upgrade"])
-            .args(PACKAGES),
+            .args(PACKAGES.iter().map(|m| requirement(m))),
     )?;
     ensure!(
         importable(&py, &modules),

@@ -35,6 +35,10 @@ pub enum Backend {
     /// GPUDirect Storage (cuFile), straight into device memory. Provided by
     /// the GPU crate; this crate's engine rejects it.
     Cufile,
+    /// Ranged reads of remote files ([`RemoteFiles`](crate::RemoteFiles)),
+    /// on threads. Not chosen by name (and not in [`Backend::ALL`]): it is
+    /// how files the options hold as remote are read, and only those.
+    Remote,
 }
 
 /// A named group of backends, as accepted wherever backend names are.
@@ -98,6 +102,7 @@ impl Backend {
             Backend::PreadBuffered => "PREAD_BUFFERED",
             Backend::Mmap => "MMAP",
             Backend::Cufile => "CUFILE",
+            Backend::Remote => "REMOTE",
         }
     }
 
@@ -406,6 +411,7 @@ fn probe(backend: Backend, files: &[ReadFile], staged: bool) -> Result<(), Strin
             if staged { probe_vm_readv() } else { Ok(()) }
         }
         Backend::Cufile => Err(CUFILE_REASON.into()),
+        Backend::Remote => Err("reads remote files only".into()),
     }
 }
 

@@ -28,6 +28,9 @@
 //! - [`Backend`]s: io_uring, Linux AIO, a `pread` thread pool (each with
 //!   `O_DIRECT` or through the page cache) and `mmap`, tried in order by
 //!   [`choose`], which says why each rejected candidate cannot be used;
+//! - [`RemoteFiles`]: files read by ranges from elsewhere (implemented by
+//!   the `weightlift-remote` crate for S3 and HTTP), which the engine reads
+//!   with [`Backend::Remote`] on threads, into the same destinations;
 //! - the [`Engine`], which executes a `weightlift_plan::ReadPlan` with many
 //!   reads in flight, either into a [`Ring`] of staging slots handed to a
 //!   [`Sink`] (the path to a GPU) or straight into their final place; its
@@ -66,6 +69,7 @@ mod file;
 mod progress;
 mod queue;
 mod region;
+mod remote;
 
 pub use backend::{Backend, BackendPolicy, Chosen, Residence, choose};
 pub use buf::AlignedBuf;
@@ -78,3 +82,4 @@ pub use progress::{ReadFailure, ReadProgress, Resume, Verdict};
 #[cfg(feature = "test-hooks")]
 pub use queue::aio::{aio_contexts_destroyed, aio_contexts_set_up};
 pub use region::Region;
+pub use remote::{RangeRead, RemoteFiles};

@@ -25,6 +25,9 @@ pub enum Error {
     /// The selection cannot be planned: it names a tensor the checkpoint
     /// lacks, say.
     Select(weightlift_plan::Error),
+    /// A remote location or its settings (the errors of reads are
+    /// [`Error::Io`], naming the URL, with the remote cause as source).
+    Remote(weightlift_remote::Error),
     /// Requests a group cannot be scheduled for (a split of a tensor that
     /// has no such dimension, say).
     Group(weightlift_dist::Error),
@@ -229,6 +232,7 @@ impl fmt::Display for Error {
             Error::Device(e) => e.fmt(f),
             Error::Select(e) => e.fmt(f),
             Error::Group(e) => e.fmt(f),
+            Error::Remote(e) => e.fmt(f),
             Error::Changed { file, what } => write!(
                 f,
                 "{}: {what} changed since its header was read (the file was replaced or rewritten)",
@@ -311,6 +315,7 @@ impl std::error::Error for Error {
             Error::Device(e) => e.source(),
             Error::Select(e) => e.source(),
             Error::Group(e) => e.source(),
+            Error::Remote(e) => e.source(),
             Error::Tensor { source, .. } => Some(&**source),
             Error::Destinations(e) => Some(&**e),
             Error::Spawn { source, .. } => Some(source),

@@ -45,11 +45,13 @@ mod error;
 pub mod group;
 pub mod host;
 mod options;
+pub mod remote;
 pub mod session;
 
 pub use error::Error;
 pub use host::{HostLoad, HostTensor};
 pub use options::{ENV_VARS, LoadOptions, StagingOptions};
+pub use remote::open_checkpoint;
 pub use session::{Host, Pass, Session, Source, Wait};
 pub use weightlift_format::{Checkpoint, TensorId};
 pub use weightlift_io::Backend;

@@ -55,7 +55,7 @@ use std::time::Duration;
 use weightlift_format::{Checkpoint, TensorId};
 use weightlift_plan::Selection;
 
-use weightlift_io::{Backend, OpenMode, ReadFile, Region};
+use weightlift_io::{Backend, OpenMode, ReadFile, Region, RemoteFiles};
 
 use crate::host::{self, HostLoad, HostTensor, check_unchanged};
 use crate::{Error, LoadOptions};
@@ -414,7 +414,8 @@ impl<S: Source> Session<S> {
                 self.describe = Some(self.source.describe_alone());
             }
             let (ckpt, files) = (&self.ckpt, &mut self.files);
-            let mut read = || read_alone(ckpt, files, id, 0..ckpt.tensor(id).len());
+            let remote = self.options.engine.remote.as_ref();
+            let mut read = || read_alone(ckpt, files, remote, id, 0..ckpt.tensor(id).len());
             return self.source.alone(&self.ckpt, id, &mut read, wait);
         }
         let s = self
@@ -461,7 +462,8 @@ impl<S: Source> Session<S> {
             }
             .about(&self.ckpt, id));
         }
-        read_alone(&self.ckpt, &mut self.files, id, range)
+        let remote = self.options.engine.remote.as_ref();
+        read_alone(&self.ckpt, &mut self.files, remote, id, range)
     }
 
     /// A new pass over every selected tensor.
@@ -631,10 +633,12 @@ impl<S: Source> Session<S> {
 }
 
 /// Read bytes `range` of tensor `id` on their own, through the page cache,
-/// into fresh memory, with `files` (opened and checked on first use).
+/// into fresh memory, with `files` (opened and checked on first use); or
+/// by one ranged read of its remote file.
 fn read_alone(
     ckpt: &Arc<Checkpoint>,
     files: &mut Option<Vec<ReadFile>>,
+    remote: Option<&RemoteFiles>,
     id: TensorId,
     range: Range<u64>,
 ) -> Result<HostTensor, Error> {
@@ -642,6 +646,37 @@ fn read_alone(
     let len = (range.end - range.start) as usize;
     let start = t.range.start + range.start;
     let named = |e: Error| e.about(ckpt, id);
+    if let Some(file) = remote.and_then(|r| r.get(ckpt.shard(t.file).path())) {
+        let region = Region::anonymous(len).map_err(|source| {
+            named(Error::Io(weightlift_io::Error::Map {
+                file: None,
+                len,
+                source,
+            }))
+        })?;
+        if len > 0 {
+            // SAFETY: the region was just created and is not shared yet.
+            let dst = unsafe { std::slice::from_raw_parts_mut(region.as_ptr(), len) };
+            let n = file.read_at(dst, start).map_err(|source| {
+                named(Error::Io(weightlift_io::Error::Read {
+                    file: file.path().to_path_buf(),
+                    offset: start,
+                    len,
+                    source,
+                }))
+            })?;
+            if n < len {
+                return Err(named(Error::Io(weightlift_io::Error::Truncated {
+                    file: file.path().to_path_buf(),
+                    at: start + n as u64,
+                    size: file.size(),
+                })));
+            }
+        }
+        // SAFETY: the region holds the bytes just read, and nothing else
+        // has it.
+        return Ok(unsafe { HostTensor::new(id, Arc::new(region), 0, len) });
+    }
     if files.is_none() {
         let opened = ckpt
             .shards()

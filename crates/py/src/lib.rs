@@ -278,11 +278,10 @@ impl PySession {
         }
         options.engine.map = map;
         options.check().map_err(load_err)?;
-        let opened = py.detach(|| match sources.as_slice() {
-            [one] => Checkpoint::open(one),
-            many => Checkpoint::open_files(many),
-        });
-        let ckpt = Arc::new(opened.map_err(|e| load_err(e.into()))?);
+        // Local paths, or s3:// and http(s):// locations (whose objects
+        // go into the options, for every load of this handle).
+        let opened = py.detach(|| weightlift::open_checkpoint(&sources, &mut options));
+        let ckpt = Arc::new(opened.map_err(load_err)?);
         let device = device.zip(alloc);
         let this = Self {
             ckpt,

@@ -18,16 +18,16 @@ use crate::backend::{Chosen, Residence, choose, queue_files};
 use crate::error::Rejected;
 use crate::queue::Queue;
 use crate::queue::aio::Aio;
-use crate::queue::pool::{MappedCopy, Pool, Pread};
+use crate::queue::pool::{Fetch, MappedCopy, Pool, Pread};
 use crate::queue::uring::Uring;
 use crate::region::Region;
-use crate::{Backend, Error, PlanMismatch, ReadFile};
+use crate::{Backend, Error, PlanMismatch, RangeRead, ReadFile, RemoteFiles};
 
 pub use options::EngineOptions;
 #[cfg(feature = "test-hooks")]
 pub use options::InjectedFault;
 use options::check_options;
-use reader::Reader;
+use reader::{Files, Reader};
 pub use sink::{Release, Sink};
 pub use staging::{InPlace, Ring};
 
@@ -36,6 +36,8 @@ pub use staging::{InPlace, Ring};
 #[derive(Debug)]
 pub struct Engine {
     chosen: Chosen,
+    /// With [`Backend::Remote`], the files (`chosen.files` is empty).
+    remote: Vec<Arc<dyn RangeRead>>,
     options: EngineOptions,
     alignment: u64,
 }
@@ -46,6 +48,11 @@ impl Engine {
     /// place or to views of a mapping.
     pub fn open(paths: &[PathBuf], options: &EngineOptions, staged: bool) -> Result<Self, Error> {
         check_options(options)?;
+        if let Some(remote) = &options.remote
+            && paths.iter().any(|p| remote.get(p).is_some())
+        {
+            return Self::open_remote(paths, remote, options);
+        }
         let chosen = choose(paths, options.backends.as_deref(), staged, options.map)?;
         // Direct reads need the strictest alignment of any file, for file
         // offsets and for memory; 4096 otherwise keeps reads page-sized.
@@ -68,9 +75,61 @@ impl Engine {
         }
         Ok(Self {
             chosen,
+            remote: Vec::new(),
             options: options.clone(),
             alignment,
         })
+    }
+
+    /// Read remote files: every path must be one of `remote`.
+    fn open_remote(
+        paths: &[PathBuf],
+        remote: &RemoteFiles,
+        options: &EngineOptions,
+    ) -> Result<Self, Error> {
+        let files = paths
+            .iter()
+            .map(|p| remote.get(p).cloned())
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| Error::NoBackend {
+                rejected: vec![Rejected {
+                    backend: Backend::Remote,
+                    reason: "the files are some remote and some local; one load reads one kind"
+                        .into(),
+                }],
+            })?;
+        let alignment = 4096;
+        if !(options.slot_size as u64).is_multiple_of(alignment) {
+            return Err(Error::Setting {
+                name: "slot_size",
+                value: options.slot_size as u64,
+                reason: "must be a multiple of 4096",
+            });
+        }
+        Ok(Self {
+            chosen: Chosen {
+                backend: Backend::Remote,
+                files: Vec::new(),
+                rejected: Vec::new(),
+                residence: None,
+            },
+            remote: files,
+            options: options.clone(),
+            alignment,
+        })
+    }
+
+    /// The remote files, when the backend is [`Backend::Remote`] (then
+    /// [`Engine::files`] is empty).
+    pub fn remote_files(&self) -> &[Arc<dyn RangeRead>] {
+        &self.remote
+    }
+
+    fn file_count(&self) -> usize {
+        match self.chosen.backend {
+            Backend::Remote => self.remote.len(),
+            _ => self.chosen.files.len(),
+        }
     }
 
     /// The backend in use.
@@ -191,6 +250,14 @@ impl Engine {
                     threads,
                 )?)
             }
+            Backend::Remote => {
+                // Each thread holds one request (one connection) at a time.
+                let fetch = Fetch {
+                    files: self.remote.clone(),
+                    errors: Default::default(),
+                };
+                Box::new(Pool::new(fetch, depth)?)
+            }
             Backend::Cufile => {
                 return Err(Error::NoBackend {
                     rejected: vec![Rejected {
@@ -206,7 +273,11 @@ impl Engine {
         } else {
             1
         };
-        let reader = Reader::new(queue, backend, files, step, depth, keep);
+        let table = match backend {
+            Backend::Remote => Files::Remote(&self.remote),
+            _ => Files::Local(files),
+        };
+        let reader = Reader::new(queue, backend, table, step, depth, keep);
         #[cfg(feature = "test-hooks")]
         let reader = reader.with_fault(self.options.fault);
         Ok(reader)
@@ -223,11 +294,11 @@ impl Engine {
         if let Some(e) = plan
             .extents()
             .iter()
-            .find(|e| e.file.index() >= self.chosen.files.len())
+            .find(|e| e.file.index() >= self.file_count())
         {
             return Err(Error::Plan(PlanMismatch::UnknownFile {
                 index: e.file.index(),
-                files: self.chosen.files.len(),
+                files: self.file_count(),
             }));
         }
         Ok(())
@@ -323,12 +394,12 @@ impl Engine {
         cancel: Option<&AtomicBool>,
     ) -> Result<(), Error> {
         self.check_plan(plan)?;
-        if dst.at.len() != plan.extents().len() || dst.regions.len() > self.chosen.files.len() {
+        if dst.at.len() != plan.extents().len() || dst.regions.len() > self.file_count() {
             return Err(Error::Plan(PlanMismatch::OtherLayout {
                 extents: plan.extents().len(),
                 laid_out: dst.at.len(),
                 regions: dst.regions.len(),
-                files: self.chosen.files.len(),
+                files: self.file_count(),
             }));
         }
         let mut reader = self.reader(dst.regions.clone(), None)?;

@@ -1,6 +1,6 @@
 //! Settings of the engine, and their checks.
 
-use crate::{Backend, Error};
+use crate::{Backend, Error, RemoteFiles};
 
 /// Settings of the engine. Every field has a default measured on real
 /// storage (see docs/ARCHITECTURE.md); `Default` gives them.
@@ -25,6 +25,10 @@ pub struct EngineOptions {
     /// `false` reads into memory of the load's own, independent of the
     /// files once the load returns.
     pub map: bool,
+    /// Files read by ranges from elsewhere: paths found here are read with
+    /// [`Backend::Remote`] (whatever `backends` says, which is for local
+    /// files), on `queue_depth` threads.
+    pub remote: Option<RemoteFiles>,
     /// Test hook: make one read fail. Only with the `test-hooks` feature.
     #[cfg(feature = "test-hooks")]
     pub fault: Option<InjectedFault>,
@@ -82,6 +86,7 @@ impl Default for EngineOptions {
             ring_bytes: Self::DEFAULT_RING_BYTES,
             threads: std::thread::available_parallelism().map_or(4, |n| n.get().clamp(2, 16)),
             map: true,
+            remote: None,
             #[cfg(feature = "test-hooks")]
             fault: None,
         }

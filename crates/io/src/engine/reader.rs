@@ -10,7 +10,49 @@ use weightlift_plan::Extent;
 use super::InjectedFault;
 use crate::queue::{Cqe, Op, Queue};
 use crate::region::Region;
-use crate::{Backend, Error, PlanMismatch, ReadFile, ReadProgress, Verdict};
+use crate::{
+    Backend, Error, PlanMismatch, RangeRead, ReadFailure, ReadFile, ReadProgress, Verdict,
+};
+
+/// The files a reader reads: local ones, or remote ones read by ranges.
+#[derive(Clone, Copy)]
+pub(super) enum Files<'a> {
+    Local(&'a [ReadFile]),
+    Remote(&'a [Arc<dyn RangeRead>]),
+}
+
+impl Files<'_> {
+    #[cfg(feature = "test-hooks")]
+    fn len(&self) -> usize {
+        match self {
+            Files::Local(f) => f.len(),
+            Files::Remote(f) => f.len(),
+        }
+    }
+
+    fn size(&self, i: usize) -> u64 {
+        match self {
+            Files::Local(f) => f[i].size(),
+            Files::Remote(f) => f[i].size(),
+        }
+    }
+
+    fn path(&self, i: usize) -> &std::path::Path {
+        match self {
+            Files::Local(f) => f[i].path(),
+            Files::Remote(f) => f[i].path(),
+        }
+    }
+
+    /// A local file's stamp is checked after reads; a remote file checks
+    /// its version on every range itself.
+    fn check_unchanged(&self, i: usize, offset: u64) -> Result<(), Error> {
+        match self {
+            Files::Local(f) => f[i].check_unchanged(offset),
+            Files::Remote(_) => Ok(()),
+        }
+    }
+}
 
 /// A read in flight.
 #[derive(Debug, Clone, Copy)]
@@ -39,7 +81,7 @@ struct Pending {
 pub(super) struct Reader<'a> {
     queue: Option<Box<dyn Queue>>,
     backend: Backend,
-    files: &'a [ReadFile],
+    files: Files<'a>,
     step: u64,
     pub(super) depth: usize,
     pending: Vec<Option<Pending>>,
@@ -65,7 +107,7 @@ impl<'a> Reader<'a> {
     pub(super) fn new(
         queue: Box<dyn Queue>,
         backend: Backend,
-        files: &'a [ReadFile],
+        files: Files<'a>,
         step: u64,
         depth: usize,
         keep: Vec<Arc<Region>>,
@@ -125,7 +167,7 @@ impl<'a> Reader<'a> {
         let len = usize::try_from(extent.len)
             .map_err(|_| Error::Plan(PlanMismatch::TooLong { len: extent.len }))?;
         let file = extent.file.index();
-        let size = self.files[file].size();
+        let size = self.files.size(file);
         let p = Pending {
             file: file as u32,
             dst,
@@ -224,7 +266,7 @@ impl<'a> Reader<'a> {
             // check per file per batch.
             for i in 0..self.finished.len() {
                 let (file, offset) = self.finished[i];
-                if let Err(e) = self.files[file as usize].check_unchanged(offset) {
+                if let Err(e) = self.files.check_unchanged(file as usize, offset) {
                     self.finished.clear();
                     return Err(self.fail(e));
                 }
@@ -240,7 +282,12 @@ impl<'a> Reader<'a> {
         let mut p = self.pending[tag]
             .take()
             .expect("completion of a pending read");
-        match self.account(&mut p, c.res) {
+        // A queue may hold more than the errno (a remote read's URL and status).
+        let detail = match (c.res < 0, self.queue.as_mut()) {
+            (true, Some(q)) => q.take_error(c.tag),
+            _ => None,
+        };
+        match self.account(&mut p, c.res, detail) {
             Ok(None) => {
                 self.pending[tag] = Some(p);
                 // SAFETY: the destination is the one `start` was given for
@@ -264,7 +311,12 @@ impl<'a> Reader<'a> {
 
     /// Apply result `res` (bytes, or a negated `errno`) to `p`: the bytes
     /// read when the read is finished, `None` when the rest must be read.
-    fn account(&self, p: &mut Pending, res: i64) -> Result<Option<usize>, Error> {
+    fn account(
+        &self,
+        p: &mut Pending,
+        res: i64,
+        detail: Option<std::io::Error>,
+    ) -> Result<Option<usize>, Error> {
         #[cfg(feature = "test-hooks")]
         let res = match p.inject.take() {
             Some(errno) => -i64::from(errno),
@@ -273,7 +325,17 @@ impl<'a> Reader<'a> {
         match p.progress.feed_raw(res) {
             Verdict::Finished(n) => Ok(Some(n)),
             Verdict::Resume(_) => Ok(None),
-            Verdict::Failed(f) => Err(f.into_error(self.files[p.file as usize].path())),
+            Verdict::Failed(f) => {
+                let f = match (f, detail) {
+                    (ReadFailure::Read { offset, len, .. }, Some(source)) => ReadFailure::Read {
+                        offset,
+                        len,
+                        source,
+                    },
+                    (f, _) => f,
+                };
+                Err(f.into_error(self.files.path(p.file as usize)))
+            }
         }
     }
 

@@ -73,6 +73,13 @@ pub(crate) trait Queue: Send {
 
     /// Describe how it is set up, for logs (registered buffers, fixed files).
     fn describe(&self) -> String;
+
+    /// The full error behind a failed completion with `tag`, where the
+    /// queue has more to say than an `errno` (a remote read's URL and HTTP
+    /// status). Taken once.
+    fn take_error(&mut self, _tag: u64) -> Option<io::Error> {
+        None
+    }
 }
 
 /// Convert a syscall's `-1`-and-`errno` result to a `Result`, retrying on

@@ -1,6 +1,7 @@
 //! A pool of threads, each performing one blocking read at a time: `pread`
 //! (buffered or direct), or a copy out of a mapping of the file.
 
+use std::collections::HashMap;
 use std::io;
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex};
@@ -8,6 +9,7 @@ use std::thread::JoinHandle;
 
 use super::{Cqe, Op, Queue, QueueFile, neg_errno};
 use crate::Error;
+use crate::RangeRead;
 use crate::region::Region;
 
 /// What a worker does with an op: transfer and return the bytes moved, or
@@ -15,6 +17,49 @@ use crate::region::Region;
 pub(crate) trait Exec: Send + Sync + 'static {
     fn exec(&self, op: &Op) -> i64;
     fn name(&self) -> &'static str;
+    /// The full error of a failed op, kept by [`Exec::exec`].
+    fn take_error(&self, _tag: u64) -> Option<io::Error> {
+        None
+    }
+}
+
+/// Ranged reads of remote files: the one place an extent is fetched
+/// instead of read from a descriptor. The file's own `read_at` retries
+/// and bounds its waits; a failure is kept whole (URL, status) for the
+/// reader, and the op reports `EIO`.
+pub(crate) struct Fetch {
+    pub files: Vec<Arc<dyn RangeRead>>,
+    pub errors: Mutex<HashMap<u64, io::Error>>,
+}
+
+impl Exec for Fetch {
+    fn exec(&self, op: &Op) -> i64 {
+        let f = &self.files[op.file as usize];
+        // SAFETY: the pusher guarantees `dst` is valid for `len` bytes and
+        // untouched by anyone else until this op completes.
+        let dst = unsafe { std::slice::from_raw_parts_mut(op.dst, op.len as usize) };
+        match f.read_at(dst, op.offset) {
+            Ok(n) => n as i64,
+            Err(e) => {
+                self.errors
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(op.tag, e);
+                -i64::from(libc::EIO)
+            }
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        "ranged fetch"
+    }
+
+    fn take_error(&self, tag: u64) -> Option<io::Error> {
+        self.errors
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&tag)
+    }
 }
 
 /// Reads with `pread(2)`.
@@ -93,6 +138,7 @@ impl Exec for MappedCopy {
 
 /// The thread pool.
 pub(crate) struct Pool {
+    exec: Arc<dyn Exec>,
     tx: Option<Sender<Op>>,
     rx: Receiver<Cqe>,
     workers: Vec<JoinHandle<()>>,
@@ -106,7 +152,7 @@ impl Pool {
     /// wrong); when none starts, that is the error.
     pub(crate) fn new(exec: impl Exec, threads: usize) -> Result<Self, Error> {
         let name = exec.name();
-        let exec = Arc::new(exec);
+        let exec: Arc<dyn Exec> = Arc::new(exec);
         let (tx, jobs) = mpsc::channel::<Op>();
         let jobs = Arc::new(Mutex::new(jobs));
         let (done_tx, rx) = mpsc::channel();
@@ -117,6 +163,7 @@ impl Pool {
                 .spawn(move || worker(&*exec, &jobs, &done))
         })?;
         Ok(Self {
+            exec,
             tx: Some(tx),
             rx,
             workers,
@@ -201,6 +248,10 @@ impl Queue for Pool {
 
     fn describe(&self) -> String {
         format!("{} on {} threads", self.name, self.workers.len())
+    }
+
+    fn take_error(&mut self, tag: u64) -> Option<io::Error> {
+        self.exec.take_error(tag)
     }
 }
 

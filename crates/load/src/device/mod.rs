@@ -316,7 +316,9 @@ impl Onto {
             .engine
             .backends
             .as_ref()
-            .is_some_and(|b| b.first() == Some(&Backend::Cufile));
+            .is_some_and(|b| b.first() == Some(&Backend::Cufile))
+            // Remote files come through staging: cuFile reads local files.
+            && options.engine.remote.is_none();
         Ok(Onto {
             target: Target::open(name)?,
             options,

@@ -1,0 +1,394 @@
+//! Remote checkpoints over HTTP, against a server on loopback that this
+//! test runs itself: byte-equal loads of a file and of shards with an
+//! index, and faults (a 503 storm, connections reset mid-body, stalls, a
+//! lying Content-Length, an ignored Range, an object replaced mid-load),
+//! each a successful retry or a clear error, never wrong bytes or a hang.
+
+mod common;
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{load_host, load_staged, scratch, write_shard};
+use weightlift::LoadOptions;
+use weightlift::remote::open_remote;
+use weightlift_format::Checkpoint;
+use weightlift_io::EngineOptions;
+use weightlift_plan::Selection;
+use weightlift_remote::{Client, Limits};
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Fault {
+    None,
+    /// 503 SlowDown to this many GETs.
+    Storm(usize),
+    /// Half the body, then the connection closed, for this many GETs.
+    Reset(usize),
+    /// Headers, then silence, for this many GETs.
+    Stall(usize),
+    /// A Content-Length 100 bytes longer than what is sent.
+    Lie,
+    /// 200 and the whole object, whatever the Range.
+    IgnoreRange,
+    /// After this many faulted GETs, every object gets a new version.
+    Replace(usize),
+}
+
+struct State {
+    files: HashMap<String, (Vec<u8>, u32)>,
+    fault: Fault,
+    /// GETs served before faults start (the opening ones).
+    skip: usize,
+    gets: usize,
+}
+
+struct Server {
+    port: u16,
+    state: Arc<Mutex<State>>,
+}
+
+impl Server {
+    fn start(files: HashMap<String, Vec<u8>>, fault: Fault, skip: usize) -> Server {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let state = Arc::new(Mutex::new(State {
+            files: files.into_iter().map(|(k, v)| (k, (v, 1))).collect(),
+            fault,
+            skip,
+            gets: 0,
+        }));
+        let s = state.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(conn) = conn else { return };
+                let s = s.clone();
+                std::thread::spawn(move || serve(conn, &s));
+            }
+        });
+        Server { port, state }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}/{path}", self.port)
+    }
+}
+
+fn serve(conn: TcpStream, state: &Mutex<State>) {
+    let mut w = conn.try_clone().unwrap();
+    let mut r = BufReader::new(conn);
+    loop {
+        let mut line = String::new();
+        if r.read_line(&mut line).unwrap_or(0) == 0 {
+            return;
+        }
+        let path = line.split_whitespace().nth(1).unwrap_or("/")[1..].to_owned();
+        let mut headers = HashMap::new();
+        loop {
+            let mut h = String::new();
+            if r.read_line(&mut h).unwrap_or(0) == 0 {
+                return;
+            }
+            let h = h.trim_end();
+            if h.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = h.split_once(':') {
+                headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_owned());
+            }
+        }
+        let (fault, data, etag) = {
+            let mut st = state.lock().unwrap();
+            st.gets += 1;
+            let faulted = st.gets > st.skip;
+            let mut fault = if faulted { st.fault } else { Fault::None };
+            match &mut st.fault {
+                Fault::Storm(n) | Fault::Reset(n) | Fault::Stall(n) if faulted => {
+                    if *n == 0 {
+                        fault = Fault::None;
+                    } else {
+                        *n -= 1;
+                    }
+                }
+                Fault::Replace(n) if faulted => {
+                    if *n == 0 {
+                        for (bytes, v) in st.files.values_mut() {
+                            bytes.iter_mut().for_each(|b| *b = b.wrapping_add(1));
+                            *v += 1;
+                        }
+                    } else {
+                        *n -= 1;
+                    }
+                    fault = Fault::None;
+                }
+                _ => {}
+            }
+            match st.files.get(&path) {
+                Some((d, v)) => (fault, d.clone(), format!("\"v{v}\"")),
+                None => {
+                    let _ = w.write_all(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n");
+                    continue;
+                }
+            }
+        };
+        if fault == Fault::Storm(0) || matches!(fault, Fault::Storm(_)) {
+            let body = "<Error><Code>SlowDown</Code></Error>";
+            let _ = write!(
+                w,
+                "HTTP/1.1 503 Service Unavailable\r\ncontent-length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            continue;
+        }
+        if headers.get("if-match").is_some_and(|m| *m != etag) {
+            let _ = w.write_all(b"HTTP/1.1 412 Precondition Failed\r\ncontent-length: 0\r\n\r\n");
+            continue;
+        }
+        let size = data.len() as u64;
+        let range = headers.get("range").and_then(|r| {
+            let (a, b) = r.strip_prefix("bytes=")?.split_once('-')?;
+            let a: u64 = a.parse().ok()?;
+            let b: u64 = b.parse::<u64>().ok()?.min(size.saturating_sub(1));
+            Some((a, b))
+        });
+        let (status, start, end) = match range {
+            Some((a, b)) if fault != Fault::IgnoreRange && a <= b => {
+                ("206 Partial Content", a, b + 1)
+            }
+            _ => ("200 OK", 0, size),
+        };
+        let body = &data[start as usize..end as usize];
+        let announced = if fault == Fault::Lie {
+            body.len() + 100
+        } else {
+            body.len()
+        };
+        let mut head = format!(
+            "HTTP/1.1 {status}\r\ncontent-length: {announced}\r\netag: {etag}\r\naccept-ranges: bytes\r\n"
+        );
+        if status.starts_with("206") {
+            head += &format!("content-range: bytes {start}-{}/{size}\r\n", end - 1);
+        }
+        head += "\r\n";
+        if w.write_all(head.as_bytes()).is_err() {
+            return;
+        }
+        match fault {
+            Fault::Reset(_) => {
+                let _ = w.write_all(&body[..body.len() / 2]);
+                let _ = w.shutdown(std::net::Shutdown::Both);
+                return;
+            }
+            Fault::Stall(_) => {
+                std::thread::sleep(Duration::from_secs(5));
+                return;
+            }
+            Fault::Lie => {
+                let _ = w.write_all(body);
+                let _ = w.shutdown(std::net::Shutdown::Both);
+                return;
+            }
+            _ => {
+                if w.write_all(body).is_err() {
+                    return;
+                }
+            }
+        }
+        // Drain nothing: requests have no body.
+        let _ = r.get_ref().peek(&mut [0u8; 0]);
+    }
+}
+
+fn limits() -> Limits {
+    Limits {
+        connect_timeout: Duration::from_secs(2),
+        read_timeout: Duration::from_millis(400),
+        retry_for: Duration::from_secs(4),
+        attempts: 8,
+        backoff: Duration::from_millis(10),
+    }
+}
+
+fn engine() -> EngineOptions {
+    EngineOptions {
+        queue_depth: 4,
+        slot_size: 64 << 10,
+        ring_bytes: 256 << 10,
+        ..EngineOptions::default()
+    }
+}
+
+const SIZES: &[u64] = &[100_000, 3, 250_000, 77_777, 0, 40_000];
+
+/// A local checkpoint in one file, and its bytes.
+fn one_file(tag: &str) -> (PathBuf, Vec<u8>, common::Scratch) {
+    let dir = scratch(tag);
+    let path = dir.0.join("model.safetensors");
+    let bytes = write_shard(&path, "t.", SIZES, 7);
+    (path, bytes, dir)
+}
+
+fn open(urls: &[String]) -> Result<(Arc<Checkpoint>, LoadOptions), weightlift::Error> {
+    let mut options = LoadOptions {
+        engine: engine(),
+        ..LoadOptions::default()
+    };
+    let ckpt = open_remote(urls, &mut options, Arc::new(Client::new(limits())))?;
+    Ok((Arc::new(ckpt), options))
+}
+
+fn expected(path: &PathBuf) -> HashMap<String, Vec<u8>> {
+    let ckpt = Arc::new(Checkpoint::open(path).unwrap());
+    load_host(&ckpt, &Selection::All, &engine()).unwrap()
+}
+
+#[test]
+fn a_file_loads_byte_equal_in_place_staged_and_alone() {
+    let (path, bytes, _dir) = one_file("remote-one");
+    let want = expected(&path);
+    let server = Server::start(
+        HashMap::from([("m/model.safetensors".to_owned(), bytes)]),
+        Fault::None,
+        0,
+    );
+    let (ckpt, options) = open(&[server.url("m/model.safetensors")]).unwrap();
+    assert_eq!(server.state.lock().unwrap().gets, 1, "one GET opens a file");
+    let got = load_host(&ckpt, &Selection::All, &options.engine).unwrap();
+    assert_eq!(got, want);
+    let staged = load_staged(&ckpt, &Selection::All, &options.engine, 3).unwrap();
+    assert_eq!(staged, want);
+    let mut session = weightlift::Session::<weightlift::Host>::new(
+        ckpt.clone(),
+        &Selection::All,
+        options.clone(),
+    )
+    .unwrap();
+    let t = session.get("t.2", &mut || true).unwrap();
+    assert_eq!(t.bytes(), &want["t.2"][..]);
+    let part = session.get_range("t.2", 1000..70_000).unwrap();
+    assert_eq!(part.bytes(), &want["t.2"][1000..70_000]);
+}
+
+#[test]
+fn shards_with_an_index_resolve_beside_it() {
+    let dir = scratch("remote-index");
+    let a = write_shard(&dir.0.join("a.safetensors"), "a.", SIZES, 1);
+    let b = write_shard(&dir.0.join("b.safetensors"), "b.", &[5, 70_000], 2);
+    let mut map = serde_json::Map::new();
+    for i in 0..SIZES.len() {
+        map.insert(format!("a.{i}"), "a.safetensors".into());
+    }
+    map.insert("b.0".into(), "./b.safetensors".into());
+    map.insert("b.1".into(), "b.safetensors".into());
+    let index = serde_json::json!({"metadata": {}, "weight_map": map}).to_string();
+    let index_path = dir.0.join("model.safetensors.index.json");
+    std::fs::write(&index_path, &index).unwrap();
+    let want = expected(&index_path);
+    let server = Server::start(
+        HashMap::from([
+            ("x/a.safetensors".to_owned(), a),
+            ("x/b.safetensors".to_owned(), b),
+            (
+                "x/model.safetensors.index.json".to_owned(),
+                index.into_bytes(),
+            ),
+        ]),
+        Fault::None,
+        0,
+    );
+    let (ckpt, options) = open(&[server.url("x/model.safetensors.index.json")]).unwrap();
+    assert_eq!(ckpt.shards().len(), 2);
+    assert_eq!(
+        load_host(&ckpt, &Selection::All, &options.engine).unwrap(),
+        want
+    );
+}
+
+/// Tensors by name.
+type Bytes = HashMap<String, Vec<u8>>;
+
+/// Load the one-file checkpoint with `fault` starting after the opening
+/// GET: the bytes loaded, or the error, and how long it took.
+fn faulted(tag: &str, fault: Fault) -> (Result<Bytes, String>, Bytes, Duration) {
+    let (path, bytes, _dir) = one_file(tag);
+    let want = expected(&path);
+    let server = Server::start(
+        HashMap::from([("model.safetensors".to_owned(), bytes)]),
+        fault,
+        1,
+    );
+    let (ckpt, options) = open(&[server.url("model.safetensors")]).unwrap();
+    let start = Instant::now();
+    let got =
+        load_host(&ckpt, &Selection::All, &options.engine).map_err(|e| weightlift_io::chain(&e));
+    (got, want, start.elapsed())
+}
+
+#[test]
+fn a_503_storm_is_retried() {
+    let (got, want, _) = faulted("remote-storm", Fault::Storm(5));
+    assert_eq!(got.unwrap(), want);
+}
+
+#[test]
+fn connections_reset_mid_body_are_retried() {
+    let (got, want, _) = faulted("remote-reset", Fault::Reset(4));
+    assert_eq!(got.unwrap(), want);
+}
+
+#[test]
+fn a_stall_times_out_and_is_retried() {
+    let (got, want, _) = faulted("remote-stall", Fault::Stall(2));
+    assert_eq!(got.unwrap(), want);
+}
+
+#[test]
+fn a_server_that_never_answers_fails_within_the_bound() {
+    let (got, _, took) = faulted("remote-stall-forever", Fault::Stall(usize::MAX));
+    let e = got.unwrap_err();
+    assert!(e.contains("gave up after"), "{e}");
+    assert!(e.contains("model.safetensors"), "{e}");
+    assert!(e.contains("tensor"), "{e}");
+    // Retries stop starting after 4 s; one more stall at most, per reader.
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+}
+
+#[test]
+fn a_storm_that_does_not_end_names_the_status() {
+    let (got, _, _) = faulted("remote-storm-forever", Fault::Storm(usize::MAX));
+    let e = got.unwrap_err();
+    assert!(e.contains("503") && e.contains("SlowDown"), "{e}");
+}
+
+#[test]
+fn a_lying_content_length_is_never_wrong_bytes() {
+    let (got, _, _) = faulted("remote-lie", Fault::Lie);
+    let e = got.unwrap_err();
+    assert!(e.contains("announced"), "{e}");
+}
+
+#[test]
+fn an_ignored_range_is_a_clear_error() {
+    let (got, _, _) = faulted("remote-ignore", Fault::IgnoreRange);
+    let e = got.unwrap_err();
+    assert!(e.contains("ignores Range"), "{e}");
+}
+
+#[test]
+fn an_object_replaced_mid_load_is_an_error_naming_it() {
+    let (got, _, _) = faulted("remote-replace", Fault::Replace(2));
+    let e = got.unwrap_err();
+    assert!(e.contains("changed since it was opened"), "{e}");
+    assert!(e.contains("model.safetensors"), "{e}");
+}
+
+#[test]
+fn a_missing_object_names_its_url_and_status() {
+    let server = Server::start(HashMap::new(), Fault::None, 0);
+    let e = open(&[server.url("nope.safetensors")]).unwrap_err();
+    let e = weightlift_io::chain(&e);
+    assert!(e.contains("nope.safetensors") && e.contains("404"), "{e}");
+}
