@@ -210,32 +210,25 @@ bench() {
         --reps "$REPS" --verify --out "$WORK/$name" "$@"
 }
 
-shm() {
-    "$XTASK" gen --out "$SHM_DIR/llama" --size "$SHM_SIZE" >/dev/null || return 1
-    bench shm "$SHM_DIR/llama" --warm --backends CUFILE
-    local rc=$?
-    rm -rf "$SHM_DIR/llama"
+# generated NAME DIR "GEN ARGS" BENCH ARGS...: write a checkpoint into DIR
+# (`xtask gen` with GEN ARGS), bench it as NAME, and remove it.
+generated() {
+    local name=$1 dir=$2 gen=$3 rc
+    shift 3
+    # shellcheck disable=SC2086 # GEN ARGS are words
+    "$XTASK" gen --out "$dir" $gen >/dev/null || return 1
+    bench "$name" "$dir" "$@"
+    rc=$?
+    rm -rf "$dir"
     return $rc
 }
 
-per_tensor() {
-    "$XTASK" gen --out "$SHM_DIR/tensors" --tensors "$TENSORS" >/dev/null || return 1
-    bench tensors "$SHM_DIR/tensors" --warm --backends none
-    local rc=$?
-    rm -rf "$SHM_DIR/tensors"
-    return $rc
-}
-
-disk() {
-    "$XTASK" gen --out "$DISK_DIR/llama" --size "$DISK_SIZE" >/dev/null || return 1
-    bench disk "$DISK_DIR/llama" --cold --backends CUFILE
-    local rc=$?
-    rm -rf "$DISK_DIR/llama"
-    return $rc
-}
+shm() { generated shm "$SHM_DIR/llama" "--size $SHM_SIZE" --warm --backends CUFILE; }
+per_tensor() { generated tensors "$SHM_DIR/tensors" "--tensors $TENSORS" --warm --backends none; }
+disk() { generated disk "$DISK_DIR/llama" "--size $DISK_SIZE" --cold --backends CUFILE; }
 
 export BUNDLE OUT DEVICE PY SHM_DIR DISK_DIR SHM_SIZE DISK_SIZE TENSORS REPS WORK XTASK
-export -f install rust_tests py_tests tests bench shm per_tensor disk
+export -f install rust_tests py_tests tests bench generated shm per_tensor disk
 
 echo "weightlift device run: bundle $BUNDLE, device $DEVICE, stages: $STAGES, out $OUT"
 stage install 120 install || {

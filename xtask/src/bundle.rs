@@ -336,6 +336,12 @@ pub(crate) fn check_here(python: &Path) -> Result<()> {
             .env("WL_TENSORS", "3000")
             .env("WL_REPS", "1")
             .env("WL_SHM_DIR", "/dev/shm/weightlift-ci")
+            // The stage limits fit a GPU machine's lease; here, on a busy
+            // machine, a slow stage is not a broken one.
+            .env("WL_LIMIT_TESTS", "900")
+            .env("WL_LIMIT_SHM", "900")
+            .env("WL_LIMIT_TENSORS", "900")
+            .env("WL_LIMIT_DISK", "900")
             .env("WL_DISK_DIR", root().join("target/device-bundle-ci-disk")),
     )?;
     for f in ["summary.md", "machine.txt", "run.log", "results.tar.gz"] {

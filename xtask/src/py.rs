@@ -39,34 +39,42 @@ pub(crate) fn python(explicit: Option<PathBuf>) -> Result<PathBuf> {
     if let Some(p) = explicit.or_else(|| std::env::var_os("WEIGHTLIFT_PYTHON").map(PathBuf::from)) {
         return Ok(p);
     }
-    let venv = root().join("target/venv");
-    let py = venv.join("bin/python");
-    let modules = PACKAGES.join(", ");
-    if py.exists() && importable(&py, &modules) {
+    venv(
+        &root().join("target/venv"),
+        PACKAGES,
+        "torch is a large download",
+    )
+}
+
+/// The virtual environment `dir` (made on first use) able to import
+/// `modules`: what it lacks is installed with pip, what it has is left as
+/// it is.
+fn venv(dir: &Path, modules: &[&str], why_slow: &str) -> Result<PathBuf> {
+    let py = dir.join("bin/python");
+    let imports = modules.join(", ");
+    if py.exists() && importable(&py, &imports) {
         return Ok(py);
     }
     if !py.exists() {
         step(
-            &format!("python3 -m venv {}", venv.display()),
-            Command::new("python3").args(["-m", "venv"]).arg(&venv),
+            &format!("python3 -m venv {}", dir.display()),
+            Command::new("python3").args(["-m", "venv"]).arg(dir),
         )?;
     }
+    let missing: Vec<&str> = modules
+        .iter()
+        .filter(|m| !importable(&py, m))
+        .map(|m| requirement(m))
+        .collect();
     step(
-        &format!(
-            "pip install {} (torch is a large download)",
-            PACKAGES
-                .iter()
-                .map(|m| requirement(m))
-                .collect::<Vec<_>>()
-                .join(" ")
-        ),
+        &format!("pip install {} ({why_slow})", missing.join(" ")),
         Command::new(&py)
-            .args(["-m", "pip", "install", "--quiet", "--upgrade"])
-            .args(PACKAGES.iter().map(|m| requirement(m))),
+            .args(["-m", "pip", "install", "--quiet"])
+            .args(&missing),
     )?;
     ensure!(
-        importable(&py, &modules),
-        "{} still cannot `import {modules}` after installing",
+        importable(&py, &imports),
+        "{} still cannot `import {imports}` after installing",
         py.display()
     );
     Ok(py)
@@ -263,23 +271,11 @@ pub(crate) fn h2d_limit(py: &Path, device: &str) -> Result<(Limit, Vec<String>)>
 /// that run vLLM's own loader machinery with `--load-format weightlift`
 /// (`crates/py/tests/test_vllm.py`), required to find vLLM.
 pub(crate) fn integrations() -> Result<()> {
-    let venv = root().join("target/venv-integrations");
-    let py = venv.join("bin/python");
-    const NEEDS: &[&str] = &["vllm", "pytest", "maturin"];
-    if !(py.exists() && importable(&py, &NEEDS.join(", "))) {
-        if !py.exists() {
-            step(
-                &format!("python3 -m venv {}", venv.display()),
-                Command::new("python3").args(["-m", "venv"]).arg(&venv),
-            )?;
-        }
-        step(
-            "pip install vllm pytest maturin (vLLM and its torch are a large download)",
-            Command::new(&py)
-                .args(["-m", "pip", "install", "--quiet", "--upgrade"])
-                .args(NEEDS),
-        )?;
-    }
+    let py = venv(
+        &root().join("target/venv-integrations"),
+        &["vllm", "pytest", "maturin"],
+        "vLLM and its torch are a large download",
+    )?;
     install_wheel(&py, Wheel::Release)?;
     step(
         "pytest crates/py/tests/test_vllm.py (WEIGHTLIFT_REQUIRE_VLLM=1)",
