@@ -173,6 +173,30 @@ class Bar:
             self.bar.close()
 
 
+def device_of(model: Any) -> Any:
+    """Where the model's parameters are: tensors are loaded there."""
+    for p in model.parameters():
+        if p.device.type == "cuda":
+            return p.device
+        break
+    return "cpu"
+
+
+def tp_group(options: LoaderOptions, distributed: str) -> Any:
+    """The framework's tensor-parallel group to load with, from its
+    `distributed` module (imported here), or None (one rank, or group
+    "none")."""
+    if options.group == "none":
+        return None
+    import importlib
+
+    d = importlib.import_module(distributed)
+    if d.get_tensor_model_parallel_world_size() <= 1:
+        return None
+    tp = d.get_tp_group()
+    return tp.device_group if options.group == "device" else tp.cpu_group
+
+
 def first_rank() -> bool:
     """True unless torch.distributed runs and this is not rank 0."""
     try:

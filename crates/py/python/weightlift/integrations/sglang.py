@@ -18,7 +18,7 @@ access, which imports SGLang.
 
 from typing import Any, Iterator, Optional, Tuple
 
-from ._weights import Bar, LoaderOptions, checkpoint_files, first_rank, weights
+from ._weights import Bar, LoaderOptions, checkpoint_files, device_of, first_rank, tp_group, weights
 
 _CLASS: Optional[type] = None
 
@@ -62,7 +62,8 @@ def loader_class() -> type:
 
         def _get_all_weights(self, model_config: Any, model: Any) -> Iterator[Tuple[str, Any]]:
             files = checkpoint_files(self._folder(model_config))
-            yield from weights(files, self.options, _device_of(model), self._bar, _tp_group(self.options))
+            group = tp_group(self.options, "sglang.srt.distributed")
+            yield from weights(files, self.options, device_of(model), self._bar, group)
 
         def _bar(self, total: int) -> Bar:
             show = self.options.progress
@@ -72,25 +73,6 @@ def loader_class() -> type:
 
     _CLASS = WeightliftModelLoader
     return _CLASS
-
-
-def _device_of(model: Any) -> Any:
-    for p in model.parameters():
-        if p.device.type == "cuda":
-            return p.device
-        break
-    return "cpu"
-
-
-def _tp_group(options: LoaderOptions) -> Any:
-    if options.group == "none":
-        return None
-    from sglang.srt.distributed import get_tensor_model_parallel_world_size, get_tp_group
-
-    if get_tensor_model_parallel_world_size() <= 1:
-        return None
-    tp = get_tp_group()
-    return tp.device_group if options.group == "device" else tp.cpu_group
 
 
 def __getattr__(name: str) -> Any:

@@ -23,7 +23,7 @@ loaders then narrow to the rank's part.
 
 from typing import Any, Iterator, List, Optional, Tuple
 
-from ._weights import Bar, LoaderOptions, checkpoint_files, first_rank, weights
+from ._weights import Bar, LoaderOptions, checkpoint_files, device_of, first_rank, tp_group, weights
 
 #: The name users pass as --load-format.
 LOAD_FORMAT = "weightlift"
@@ -66,7 +66,8 @@ def loader_class() -> type:
 
         def weights_iterator(self, model_config: Any, model: Any) -> Iterator[Tuple[str, Any]]:
             files = self._files(model_config)
-            return weights(files, self.options, _device_of(model), self._bar, _tp_group(self.options))
+            group = tp_group(self.options, "vllm.distributed")
+            return weights(files, self.options, device_of(model), self._bar, group)
 
         def _bar(self, total: int) -> Bar:
             show = self.options.progress
@@ -111,28 +112,6 @@ def _local_folder(model_config: Any, load_config: Any) -> str:
         getattr(model_config, "revision", None),
         ignore_patterns=getattr(load_config, "ignore_patterns", None),
     )
-
-
-def _device_of(model: Any) -> Any:
-    """Where the model's parameters are: tensors are loaded there."""
-    for p in model.parameters():
-        if p.device.type == "cuda":
-            return p.device
-        break
-    return "cpu"
-
-
-def _tp_group(options: LoaderOptions) -> Any:
-    """vLLM's tensor-parallel group to load with, or None (one rank, or
-    group "none")."""
-    if options.group == "none":
-        return None
-    from vllm.distributed import get_tensor_model_parallel_world_size, get_tp_group
-
-    if get_tensor_model_parallel_world_size() <= 1:
-        return None
-    tp = get_tp_group()
-    return tp.device_group if options.group == "device" else tp.cpu_group
 
 
 def __getattr__(name: str) -> Any:
