@@ -48,6 +48,9 @@ impl Object {
                         ));
                     }
                 },
+                // An empty object has no byte 0: servers answer 416 with
+                // `Content-Range: bytes */0`.
+                416 if r.content_range.as_deref().map(str::trim) == Some("bytes */0") => 0,
                 s => {
                     return Err(Error::Status {
                         url: url.clone(),
