@@ -243,8 +243,16 @@ fn one_file(tag: &str) -> (PathBuf, Vec<u8>, common::Scratch) {
 }
 
 fn open(urls: &[String]) -> Result<(Arc<Checkpoint>, LoadOptions), weightlift::Error> {
+    open_cached(urls, None)
+}
+
+fn open_cached(
+    urls: &[String],
+    cache_dir: Option<&std::path::Path>,
+) -> Result<(Arc<Checkpoint>, LoadOptions), weightlift::Error> {
     let mut options = LoadOptions {
         engine: engine(),
+        cache_dir: cache_dir.map(|d| d.to_path_buf()),
         ..LoadOptions::default()
     };
     let ckpt = open_remote(urls, &mut options, Arc::new(Client::new(limits())))?;
@@ -632,5 +640,136 @@ fn the_safetensors_corpus_over_http_gives_the_errors_a_local_open_gives() {
                 ),
             }
         }
+    }
+}
+
+/// The cache directory's file names, sorted.
+fn listing(dir: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|r| {
+            r.map(|e| e.unwrap().file_name().into_string().unwrap())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+#[test]
+fn a_cache_keeps_whole_shards_that_later_loads_read_until_the_object_changes() {
+    let (path, bytes, dir) = one_file("remote-cache");
+    let want = expected(&path);
+    let cache = dir.0.join("cache");
+    let server = Server::start(
+        HashMap::from([("m/model.safetensors".to_owned(), bytes.clone())]),
+        Fault::None,
+        0,
+    );
+    let url = server.url("m/model.safetensors");
+    let gets = || server.state.lock().unwrap().gets;
+    let load = |ckpt: &Arc<Checkpoint>, options: &LoadOptions| {
+        load_host(ckpt, &Selection::All, &options.engine).unwrap()
+    };
+
+    // The first open fetches the object whole; the load reads the copy.
+    let (ckpt, options) = open_cached(std::slice::from_ref(&url), Some(&cache)).unwrap();
+    let fetched = gets();
+    assert!(fetched > 1, "the object was fetched");
+    assert_eq!(load(&ckpt, &options), want);
+    assert_eq!(gets(), fetched, "the load read the local copy");
+    let names = listing(&cache);
+    assert_eq!(names.len(), 2, "{names:?}");
+    let copy = cache.join(&names[0]);
+    assert!(names[0].ends_with("-model.safetensors") && names[1].ends_with(".meta"));
+    assert_eq!(std::fs::read(&copy).unwrap(), bytes);
+    let meta = std::fs::read_to_string(cache.join(&names[1])).unwrap();
+    assert!(meta.contains(&format!("url={url}\n")) && meta.contains("etag=\"v1\"\n"));
+    assert!(meta.contains(&format!("size={}\n", bytes.len())));
+
+    // The next open asks only for the header (to check the version).
+    let (ckpt, options) = open_cached(std::slice::from_ref(&url), Some(&cache)).unwrap();
+    assert_eq!(gets(), fetched + 1);
+    assert_eq!(load(&ckpt, &options), want);
+    assert_eq!(gets(), fetched + 1);
+
+    // A copy cut short, or a record that does not match, is not used.
+    for damage in ["truncate", "meta"] {
+        match damage {
+            "truncate" => std::fs::File::options()
+                .write(true)
+                .open(&copy)
+                .unwrap()
+                .set_len(1000)
+                .unwrap(),
+            _ => std::fs::write(cache.join(&names[1]), "url=elsewhere\n").unwrap(),
+        }
+        let before = gets();
+        let (ckpt, options) = open_cached(std::slice::from_ref(&url), Some(&cache)).unwrap();
+        assert!(gets() > before + 1, "{damage}: fetched again");
+        assert_eq!(load(&ckpt, &options), want, "{damage}");
+        assert_eq!(std::fs::read(&copy).unwrap(), bytes, "{damage}");
+        assert_eq!(listing(&cache), names, "{damage}");
+    }
+
+    // The object replaced: its new version is fetched, the old copy goes.
+    let other = dir.0.join("other.safetensors");
+    let new_bytes = write_shard(&other, "t.", SIZES, 8);
+    {
+        let mut st = server.state.lock().unwrap();
+        let entry = st.files.get_mut("m/model.safetensors").unwrap();
+        *entry = (new_bytes.clone(), entry.1 + 1);
+    }
+    let (ckpt, options) = open_cached(std::slice::from_ref(&url), Some(&cache)).unwrap();
+    assert_eq!(load(&ckpt, &options), expected(&other));
+    let now = listing(&cache);
+    assert_eq!(now.len(), 2, "{now:?}");
+    assert!(!now.contains(&names[0]), "the old copy is removed: {now:?}");
+    assert_eq!(std::fs::read(cache.join(&now[0])).unwrap(), new_bytes);
+}
+
+#[test]
+fn a_fetch_into_the_cache_that_fails_leaves_nothing_behind() {
+    let (_, bytes, dir) = one_file("remote-cache-fail");
+    let cache = dir.0.join("cache");
+    let server = Server::start(
+        HashMap::from([("model.safetensors".to_owned(), bytes)]),
+        Fault::Storm(usize::MAX),
+        1,
+    );
+    let e = open_cached(&[server.url("model.safetensors")], Some(&cache)).unwrap_err();
+    let e = weightlift_io::chain(&e);
+    assert!(e.contains("model.safetensors") && e.contains("503"), "{e}");
+    assert_eq!(listing(&cache), Vec::<String>::new());
+}
+
+#[test]
+fn a_serverlessllm_checkpoint_is_cached_partition_by_partition() {
+    let dir = scratch("remote-sllm-cache");
+    let tensors: Vec<(String, Vec<u8>)> = SIZES
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| (format!("s.{i}"), vec![i as u8 + 1; n as usize]))
+        .collect();
+    let files = write_sllm(&dir.0, &tensors, 128 << 10);
+    let partitions = files.len() - 1;
+    let want = expected(&dir.0);
+    let server = Server::start(
+        files
+            .into_iter()
+            .map(|(k, v)| (format!("sl/{k}"), v))
+            .collect(),
+        Fault::None,
+        0,
+    );
+    let cache = dir.0.join("cache");
+    for round in 0..2 {
+        let (ckpt, options) =
+            open_cached(&[server.url("sl/tensor_index.json")], Some(&cache)).unwrap();
+        assert_eq!(
+            load_host(&ckpt, &Selection::All, &options.engine).unwrap(),
+            want,
+            "round {round}"
+        );
+        assert_eq!(listing(&cache).len(), 2 * partitions, "round {round}");
     }
 }

@@ -434,3 +434,67 @@ def test_the_corpus_from_a_server_that_lies_about_content_length(remote_limits):
                 weightlift.safe_open(url)
             assert url in str(e.value), str(e.value)
 
+
+# cache_dir=: local copies of remote shards.
+
+
+class _Counting(_Ranges):
+    """Records each GET's path and Range."""
+
+    seen: list = []
+
+    def do_GET(self):
+        _Counting.seen.append((self.path, self.headers.get("Range")))
+        super().do_GET()
+
+
+def test_cache_dir_keeps_shards_that_later_loads_read_locally(checkpoint, sllm, tmp_path, h):
+    cache = tmp_path / "cache"
+    _, want = sllm
+    with _serving(checkpoint, _Counting) as root:
+        url = f"{root}/sllm/tensor_index.json"
+        _Counting.seen.clear()
+        h.assert_same_dict(weightlift.load_file(url, cache_dir=cache), want, "first load")
+        parts = sorted(p.name for p in (checkpoint / "sllm").glob("tensor.data_*"))
+        copies = sorted(p.name for p in cache.iterdir())
+        assert len(copies) == 2 * len(parts) and not any(".part-" in c for c in copies), copies
+        # Partitions longer than the first range were fetched past it.
+        assert any(r != "bytes=0-65535" for _, r in _Counting.seen), _Counting.seen
+        # Later: one ranged GET of each partition's start (its version),
+        # the index, and the probe past the last partition; nothing else.
+        _Counting.seen.clear()
+        with weightlift.safe_open(url, cache_dir=cache) as f:
+            h.assert_same_dict(h.collect_tensors(f.tensors()), want, "tensors() from the cache")
+            k = "layer.4.2.weight"
+            h.assert_same_tensor(f.get_tensor(k), want[k], "get_tensor from the cache")
+        ranges = [r for _, r in _Counting.seen]
+        assert all(r == "bytes=0-65535" for r in ranges), _Counting.seen
+        assert len(ranges) == len(parts) + 3, _Counting.seen
+        targets = {k: torch.zeros_like(v) for k, v in want.items()}
+        weightlift.load_into(targets, url, cache_dir=cache)
+        h.assert_same_dict(targets, want, "load_into from the cache")
+
+
+def test_cache_dir_from_the_environment_and_a_replaced_object(s3, checkpoint, tmp_path, monkeypatch, h):
+    cache = tmp_path / "env-cache"
+    monkeypatch.setenv("WEIGHTLIFT_CACHE_DIR", str(cache))
+    url = "s3://models/cached/model.safetensors"
+    first = checkpoint / "model.safetensors"
+    second = checkpoint / "model-00001-of-00002.safetensors"
+    s3.upload_file(str(first), "models", "cached/model.safetensors")
+    h.assert_same_dict(weightlift.load_file(url), st_load_file(str(first)), "first version")
+    copies = sorted(p.name for p in cache.iterdir())
+    assert len(copies) == 2 and copies[0].endswith("-model.safetensors"), copies
+    assert (cache / copies[0]).read_bytes() == first.read_bytes()
+    meta = (cache / copies[1]).read_text()
+    assert f"url={url}\n" in meta and f"size={first.stat().st_size}\n" in meta, meta
+    # Replaced remotely: the copy of the old version is not used, and goes.
+    s3.upload_file(str(second), "models", "cached/model.safetensors")
+    h.assert_same_dict(weightlift.load_file(url), st_load_file(str(second)), "second version")
+    now = sorted(p.name for p in cache.iterdir())
+    assert len(now) == 2 and copies[0] not in now, now
+    assert (cache / now[0]).read_bytes() == second.read_bytes()
+    # A copy cut short is fetched again.
+    (cache / now[0]).write_bytes(second.read_bytes()[:100])
+    h.assert_same_dict(weightlift.load_file(url), st_load_file(str(second)), "after truncation")
+    assert (cache / now[0]).read_bytes() == second.read_bytes()
