@@ -288,7 +288,7 @@ def test_http_serverlessllm_missing_partition_names_its_url(checkpoint, sllm, tm
     assert f"{root}/m/tensor_index.json" in msg, msg
 
 
-def test_a_group_of_two_loads_a_remote_checkpoint(s3, http_root, checkpoint, sllm, h):
+def test_a_group_of_two_loads_a_remote_checkpoint(s3, http_root, checkpoint, sllm, h, tmp_path):
     """gloo, two ranks: each reads its part of the remote objects and the
     group exchanges, as with local files."""
     sharded = ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"]
@@ -299,8 +299,11 @@ def test_a_group_of_two_loads_a_remote_checkpoint(s3, http_root, checkpoint, sll
         want = {}
         for name in args["sharded"]:
             want.update(st_load(os.path.join(args["dir"], name)))
-        got = weightlift.load_file(args["s3"], process_group=dist.group.WORLD)
+        # Both ranks fill one cache directory at once, then read from it.
+        got = weightlift.load_file(args["s3"], process_group=dist.group.WORLD, cache_dir=args["cache"])
         bad = [k for k in want if k not in got or not same(got[k], want[k])]
+        got = weightlift.load_file(args["s3"], process_group=dist.group.WORLD, cache_dir=args["cache"])
+        bad += [k for k in want if k not in got or not same(got[k], want[k])]
         sllm = st_load(args["sllm_ref"])
         shard = {"layer.4.0.weight": 0, "layer.4.3.weight": 1}
         with weightlift.safe_open(args["http"], process_group=dist.group.WORLD, shard=shard) as f:
@@ -320,9 +323,12 @@ def test_a_group_of_two_loads_a_remote_checkpoint(s3, http_root, checkpoint, sll
         s3="s3://models/sharded/",
         http=f"{http_root}/sllm/tensor_index.json",
         sllm_ref=str(checkpoint / "sllm.safetensors.ref"),
+        cache=str(tmp_path / "shared-cache"),
     )
     for r, rep in enumerate(reports):
         assert rep.get("ok") is True, f"rank {r}: {rep}"
+    copies = sorted(p.name for p in (tmp_path / "shared-cache").iterdir())
+    assert len(copies) == 4 and not any(".part-" in c for c in copies), copies
 
 
 # The hostile corpora over HTTP and S3: the outcome of every call is the
