@@ -754,14 +754,25 @@ const MAX_PROBED_PARTITIONS: u64 = 1 << 16;
 /// found; then the next number is tried too, so that a gap is the same
 /// error as where the directory is listed (a gap of one number: a listing
 /// sees any later partition, this the next one only).
+///
+/// A refusal counts as not found: a bucket that may not be listed answers
+/// 403 for a key that does not exist. A partition that exists but is
+/// refused therefore ends the partitions, and the records in it or past
+/// it are reported as past the partitions; none is read from elsewhere.
 fn probed_partitions(fs: &dyn Fs, index_path: &Path, dir: &Path) -> Result<Vec<Measured>, Error> {
+    let absent = |e: &io::Error| {
+        matches!(
+            e.kind(),
+            io::ErrorKind::NotFound | io::ErrorKind::PermissionDenied
+        )
+    };
     let name = |i: u64| dir.join(format!("{SLLM_PARTITION_PREFIX}{i}"));
     let mut found = Vec::new();
     for i in 0..MAX_PROBED_PARTITIONS {
         let path = name(i);
         match fs.open(&path) {
             Ok(file) => found.push(measured(path, &*file)?),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            Err(e) if absent(&e) => {
                 let next = name(i + 1);
                 return match fs.open(&next) {
                     Ok(_) => Err(Error::Sllm {
@@ -771,7 +782,7 @@ fn probed_partitions(fs: &dyn Fs, index_path: &Path, dir: &Path) -> Result<Vec<M
                             found: next,
                         },
                     }),
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(found),
+                    Err(e) if absent(&e) => Ok(found),
                     Err(source) => Err(Error::Io { file: next, source }),
                 };
             }

@@ -288,12 +288,19 @@ fn an_index_without_partitions_or_safetensors_names_the_missing_partition() {
     assert!(ckpt.is_empty() && ckpt.is_sllm());
 }
 
-/// The local file system as a server without listings sees it.
-struct Unlisted;
+/// The local file system as a server without listings sees it; with
+/// `true`, a missing file is refused (403), as by a bucket that may not
+/// be listed.
+struct Unlisted(bool);
 
 impl Fs for Unlisted {
     fn open(&self, path: &Path) -> std::io::Result<Box<dyn FileAt + '_>> {
-        StdFs.open(path)
+        match StdFs.open(path) {
+            Err(e) if self.0 && e.kind() == std::io::ErrorKind::NotFound => {
+                Err(std::io::ErrorKind::PermissionDenied.into())
+            }
+            r => r,
+        }
     }
     fn is_dir(&self, path: &Path) -> std::io::Result<bool> {
         StdFs.is_dir(path)
@@ -310,16 +317,18 @@ impl Fs for Unlisted {
 fn without_a_listing_partitions_are_found_in_turn_with_the_same_errors() {
     let dir = Scratch::new("probe");
     let index = dir.0.join("tensor_index.json");
-    let unlisted = || Checkpoint::open_in(&Unlisted, &Source::Path(index.clone()));
+    let unlisted = || Checkpoint::open_in(&Unlisted(false), &Source::Path(index.clone()));
+    let refusing = || Checkpoint::open_in(&Unlisted(true), &Source::Path(index.clone()));
     let specs = vec![
         spec("a", Dtype::U8, &[4000]),
         spec("b", Dtype::U8, &[4000]),
         spec("c", Dtype::U8, &[4000]),
     ];
     let contents = write(&dir.0, &specs, 4096);
-    let ckpt = unlisted().unwrap();
-    assert_eq!(ckpt.shards().len(), 3);
-    check_contents(&ckpt, &specs, &contents);
+    for ckpt in [unlisted().unwrap(), refusing().unwrap()] {
+        assert_eq!(ckpt.shards().len(), 3);
+        check_contents(&ckpt, &specs, &contents);
+    }
     // A gap of one number, the last partition missing, and none at all:
     // what a listing gives.
     for gone in [&[1][..], &[2], &[0, 1, 2], &[0]] {
@@ -333,6 +342,10 @@ fn without_a_listing_partitions_are_found_in_turn_with_the_same_errors() {
             panic!("{gone:?}: both must be errors")
         };
         assert_eq!(format!("{l:?}"), format!("{r:?}"), "{gone:?}");
+        let Err(Error::Sllm { source: r, .. }) = refusing() else {
+            panic!("{gone:?}: must be an error")
+        };
+        assert_eq!(format!("{l:?}"), format!("{r:?}"), "{gone:?} (refused)");
     }
 }
 
