@@ -114,6 +114,7 @@ def test_s3_file_through_every_api(s3, checkpoint):
     want = st_load_file(str(checkpoint / "model.safetensors"))
     url = "s3://models/one/model.safetensors"
     _same(weightlift.load_file(url), want)
+    _same(weightlift.load(url), want)
     with weightlift.safe_open(url, framework="pt") as f:
         assert sorted(f.keys()) == sorted(want)
         assert f.metadata() == {"format": "pt"}
@@ -233,6 +234,7 @@ def test_http_file_and_index(http_root, checkpoint):
     for name in ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"]:
         want.update(st_load_file(str(checkpoint / name)))
     _same(weightlift.load_file(f"{http_root}/model.safetensors.index.json"), want)
+    _same(weightlift.load(f"{http_root}/model.safetensors.index.json"), want)
 
 
 def test_http_onto_a_device_through_staging(http_root, checkpoint, standin):
