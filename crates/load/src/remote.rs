@@ -128,9 +128,17 @@ pub fn open_remote<P: AsRef<Path>>(
         objects.push(object);
     }
     let copies = match &options.cache_dir {
-        Some(dir) => Cache::new(dir)
-            .fill(&objects, options.engine.queue_depth)
-            .map_err(Error::Remote)?,
+        Some(dir) => {
+            // Each thread holds one chunk: within the host staging budget.
+            let threads = options
+                .engine
+                .queue_depth
+                .min(options.engine.ring_bytes / Cache::FETCH_CHUNK as usize)
+                .max(1);
+            Cache::new(dir)
+                .fill(&objects, threads)
+                .map_err(Error::Remote)?
+        }
         None => objects.iter().map(|_| None).collect(),
     };
     let files = objects.into_iter().zip(copies).map(|(object, copy)| {

@@ -29,10 +29,10 @@ pub struct Cache {
     dir: PathBuf,
 }
 
-/// The bytes one fetching thread asks for at a time.
-const FETCH_CHUNK: u64 = 8 << 20;
-
 impl Cache {
+    /// The bytes one fetching thread asks for, and holds, at a time.
+    pub const FETCH_CHUNK: u64 = 8 << 20;
+
     /// Copies kept in `dir` (created when first written to).
     pub fn new(dir: impl Into<PathBuf>) -> Cache {
         Cache { dir: dir.into() }
@@ -159,7 +159,8 @@ impl Cache {
             .iter()
             .enumerate()
             .flat_map(|(p, (i, ..))| {
-                (0..objects[*i].size().div_ceil(FETCH_CHUNK)).map(move |c| (p, c * FETCH_CHUNK))
+                (0..objects[*i].size().div_ceil(Self::FETCH_CHUNK))
+                    .map(move |c| (p, c * Self::FETCH_CHUNK))
             })
             .collect();
         let next = AtomicUsize::new(0);
@@ -176,7 +177,7 @@ impl Cache {
                         };
                         let (i, _, temp, file) = &parts[p];
                         let object = &objects[*i];
-                        let len = (object.size() - offset).min(FETCH_CHUNK) as usize;
+                        let len = (object.size() - offset).min(Self::FETCH_CHUNK) as usize;
                         buf.resize(len, 0);
                         let done = match object.read_at(&mut buf, offset) {
                             Ok(n) if n == len => file
