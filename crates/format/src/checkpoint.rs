@@ -2,11 +2,12 @@
 
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
+use std::io;
 use std::ops::Range;
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use crate::fs::{Fs, Stamp, StdFs, read_full_at};
+use crate::fs::{FileAt, Fs, Stamp, StdFs, read_full_at};
 use crate::header::{FIRST_READ_LEN, Metadata, memory_estimate};
 use crate::index::{INDEX_SUFFIX, IndexFile, read_index};
 use crate::sllm::{SLLM_INDEX, SLLM_PARTITION_PREFIX, SllmIndex, partition_number};
@@ -659,20 +660,63 @@ fn open_sllm(
     })?;
     drop(bytes);
     let dir = index_path.parent().unwrap_or(Path::new(""));
-    let entries = match entries {
-        Some(e) => e,
-        // `Path::parent` of a bare name is "", which lists as ".".
-        None => fs
-            .list_dir(if dir.as_os_str().is_empty() {
-                Path::new(".")
-            } else {
-                dir
-            })
-            .map_err(|source| Error::Io {
+    // `Path::parent` of a bare name is "", which lists as ".".
+    let listed = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    let opened = if entries.is_some() || fs.can_list(listed) {
+        let entries = match entries {
+            Some(e) => e,
+            None => fs.list_dir(listed).map_err(|source| Error::Io {
                 file: dir.to_path_buf(),
                 source,
             })?,
+        };
+        listed_partitions(fs, index_path, dir, entries)?
+    } else {
+        probed_partitions(fs, index_path, dir)?
     };
+    let (partitions, stamps): (Vec<_>, Vec<_>) = opened
+        .into_iter()
+        .map(|(path, size, stamp)| ((path, size), stamp))
+        .unzip();
+    let mut ckpt = Checkpoint::from_sllm(index_path.to_path_buf(), index, partitions)?;
+    for (shard, stamp) in ckpt.shards.iter_mut().zip(stamps) {
+        shard.stamp = stamp;
+    }
+    Ok(ckpt)
+}
+
+/// A partition: its path, size and stamp.
+type Measured = (PathBuf, u64, Option<Stamp>);
+
+/// Open `path` for its size and stamp.
+fn measure(fs: &dyn Fs, path: PathBuf) -> Result<Measured, Error> {
+    match fs.open(&path) {
+        Ok(file) => measured(path, &*file),
+        Err(source) => Err(Error::Io { file: path, source }),
+    }
+}
+
+fn measured(path: PathBuf, file: &dyn FileAt) -> Result<Measured, Error> {
+    let stamp = file.stamp();
+    let size = file.size();
+    match (stamp, size) {
+        (Ok(stamp), Ok(size)) => Ok((path, size, stamp)),
+        (Err(source), _) | (_, Err(source)) => Err(Error::Io { file: path, source }),
+    }
+}
+
+/// The `tensor.data_<n>` files among a directory's `entries`, numbered
+/// from 0 without a gap, opened.
+fn listed_partitions(
+    fs: &dyn Fs,
+    index_path: &Path,
+    dir: &Path,
+    entries: Vec<PathBuf>,
+) -> Result<Vec<Measured>, Error> {
     let mut numbered: Vec<(u64, PathBuf)> = entries
         .into_iter()
         .filter_map(|p| {
@@ -694,22 +738,63 @@ fn open_sllm(
             });
         }
     }
-    let mut partitions = Vec::with_capacity(numbered.len());
-    let mut stamps = Vec::with_capacity(numbered.len());
-    for (_, path) in numbered {
-        let io = |source| Error::Io {
-            file: path.clone(),
-            source,
-        };
-        let file = fs.open(&path).map_err(io)?;
-        stamps.push(file.stamp().map_err(io)?);
-        partitions.push((path.clone(), file.size().map_err(io)?));
+    numbered
+        .into_iter()
+        .map(|(_, path)| measure(fs, path))
+        .collect()
+}
+
+/// The most partitions looked for where a directory cannot be listed: a
+/// server that answers every name must not make opening endless (at
+/// ServerlessLLM's 10 GiB a partition, 640 TiB).
+const MAX_PROBED_PARTITIONS: u64 = 1 << 16;
+
+/// The partitions beside an index in a directory that cannot be listed:
+/// `tensor.data_0`, `tensor.data_1`, ... opened in turn until one is not
+/// found; then the next number is tried too, so that a gap is the same
+/// error as where the directory is listed (a gap of one number: a listing
+/// sees any later partition, this the next one only).
+///
+/// A refusal counts as not found: a bucket that may not be listed answers
+/// 403 for a key that does not exist. A partition that exists but is
+/// refused therefore ends the partitions, and the records in it or past
+/// it are reported as past the partitions; none is read from elsewhere.
+fn probed_partitions(fs: &dyn Fs, index_path: &Path, dir: &Path) -> Result<Vec<Measured>, Error> {
+    let absent = |e: &io::Error| {
+        matches!(
+            e.kind(),
+            io::ErrorKind::NotFound | io::ErrorKind::PermissionDenied
+        )
+    };
+    let name = |i: u64| dir.join(format!("{SLLM_PARTITION_PREFIX}{i}"));
+    let mut found = Vec::new();
+    for i in 0..MAX_PROBED_PARTITIONS {
+        let path = name(i);
+        match fs.open(&path) {
+            Ok(file) => found.push(measured(path, &*file)?),
+            Err(e) if absent(&e) => {
+                let next = name(i + 1);
+                return match fs.open(&next) {
+                    Ok(_) => Err(Error::Sllm {
+                        file: index_path.to_path_buf(),
+                        source: SllmError::PartitionGap {
+                            missing: path,
+                            found: next,
+                        },
+                    }),
+                    Err(e) if absent(&e) => Ok(found),
+                    Err(source) => Err(Error::Io { file: next, source }),
+                };
+            }
+            Err(source) => return Err(Error::Io { file: path, source }),
+        }
     }
-    let mut ckpt = Checkpoint::from_sllm(index_path.to_path_buf(), index, partitions)?;
-    for (shard, stamp) in ckpt.shards.iter_mut().zip(stamps) {
-        shard.stamp = stamp;
-    }
-    Ok(ckpt)
+    Err(Error::Sllm {
+        file: index_path.to_path_buf(),
+        source: SllmError::TooManyPartitions {
+            limit: MAX_PROBED_PARTITIONS,
+        },
+    })
 }
 
 fn open_index(fs: &dyn Fs, index_path: &Path) -> Result<Checkpoint, Error> {

@@ -442,6 +442,12 @@ pub enum SllmError {
         /// A later partition that exists.
         found: PathBuf,
     },
+    /// Where the directory cannot be listed, more partitions answered
+    /// than are looked for.
+    TooManyPartitions {
+        /// How many are looked for.
+        limit: u64,
+    },
     /// The partitions' sizes add up to more than 64 bits.
     PartitionsTooLarge {
         /// The partition at which the sum overflowed.
@@ -560,6 +566,10 @@ impl fmt::Display for SllmError {
                 "partition {} is missing, but {} exists",
                 missing.display(),
                 found.display()
+            ),
+            TooManyPartitions { limit } => write!(
+                f,
+                "more than {limit} partitions answer, found by opening them in turn (the directory cannot be listed)"
             ),
             PartitionsTooLarge { partition } => write!(
                 f,

@@ -122,6 +122,14 @@ pub trait Fs: Sync {
     fn is_dir(&self, path: &Path) -> io::Result<bool>;
     /// The paths of the entries of directory `path`, in any order.
     fn list_dir(&self, path: &Path) -> io::Result<Vec<PathBuf>>;
+    /// Whether directory `dir` can be listed. Where it cannot (HTTP has no
+    /// listing), a ServerlessLLM index's partitions are found by opening
+    /// `tensor.data_0`, `tensor.data_1`, ... beside it in turn, until one
+    /// is not found.
+    fn can_list(&self, dir: &Path) -> bool {
+        let _ = dir;
+        true
+    }
 }
 
 /// The operating system's file system, through `std::fs`.

@@ -7,7 +7,9 @@
 use std::path::{Path, PathBuf};
 
 use proptest::prelude::*;
-use weightlift_format::{Checkpoint, Dtype, Error, SllmError, SllmIndex, torch_name};
+use weightlift_format::{
+    Checkpoint, Dtype, Error, FileAt, Fs, SllmError, SllmIndex, Source, StdFs, torch_name,
+};
 
 /// A fresh directory under cargo's target directory, removed afterwards.
 struct Scratch(PathBuf);
@@ -284,6 +286,119 @@ fn an_index_without_partitions_or_safetensors_names_the_missing_partition() {
     std::fs::write(dir.0.join("tensor_index.json"), b"{}").unwrap();
     let ckpt = Checkpoint::open(&dir.0).unwrap();
     assert!(ckpt.is_empty() && ckpt.is_sllm());
+}
+
+/// The local file system as a server without listings sees it; with
+/// `true`, a missing file is refused (403), as by a bucket that may not
+/// be listed.
+struct Unlisted(bool);
+
+impl Fs for Unlisted {
+    fn open(&self, path: &Path) -> std::io::Result<Box<dyn FileAt + '_>> {
+        match StdFs.open(path) {
+            Err(e) if self.0 && e.kind() == std::io::ErrorKind::NotFound => {
+                Err(std::io::ErrorKind::PermissionDenied.into())
+            }
+            r => r,
+        }
+    }
+    fn is_dir(&self, path: &Path) -> std::io::Result<bool> {
+        StdFs.is_dir(path)
+    }
+    fn list_dir(&self, _: &Path) -> std::io::Result<Vec<PathBuf>> {
+        panic!("an Fs that cannot list is never asked to")
+    }
+    fn can_list(&self, _: &Path) -> bool {
+        false
+    }
+}
+
+#[test]
+fn without_a_listing_partitions_are_found_in_turn_with_the_same_errors() {
+    let dir = Scratch::new("probe");
+    let index = dir.0.join("tensor_index.json");
+    let unlisted = || Checkpoint::open_in(&Unlisted(false), &Source::Path(index.clone()));
+    let refusing = || Checkpoint::open_in(&Unlisted(true), &Source::Path(index.clone()));
+    let specs = vec![
+        spec("a", Dtype::U8, &[4000]),
+        spec("b", Dtype::U8, &[4000]),
+        spec("c", Dtype::U8, &[4000]),
+    ];
+    let contents = write(&dir.0, &specs, 4096);
+    for ckpt in [unlisted().unwrap(), refusing().unwrap()] {
+        assert_eq!(ckpt.shards().len(), 3);
+        check_contents(&ckpt, &specs, &contents);
+    }
+    // A gap of one number, the last partition missing, and none at all:
+    // what a listing gives.
+    for gone in [&[1][..], &[2], &[0, 1, 2], &[0]] {
+        write(&dir.0, &specs, 4096);
+        for i in gone {
+            std::fs::remove_file(dir.0.join(format!("tensor.data_{i}"))).unwrap();
+        }
+        let (Err(Error::Sllm { source: l, .. }), Err(Error::Sllm { source: r, .. })) =
+            (Checkpoint::open(&index), unlisted())
+        else {
+            panic!("{gone:?}: both must be errors")
+        };
+        assert_eq!(format!("{l:?}"), format!("{r:?}"), "{gone:?}");
+        let Err(Error::Sllm { source: r, .. }) = refusing() else {
+            panic!("{gone:?}: must be an error")
+        };
+        assert_eq!(format!("{l:?}"), format!("{r:?}"), "{gone:?} (refused)");
+    }
+}
+
+/// A server that answers every name with a small object.
+struct Endless;
+
+struct Small;
+
+impl FileAt for Small {
+    fn size(&self) -> std::io::Result<u64> {
+        Ok(8)
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+        let n = buf.len().min(8usize.saturating_sub(offset as usize));
+        buf[..n].fill(0);
+        Ok(n)
+    }
+}
+
+impl Fs for Endless {
+    fn open(&self, path: &Path) -> std::io::Result<Box<dyn FileAt + '_>> {
+        if path.ends_with("tensor_index.json") {
+            return StdFs.open(path);
+        }
+        Ok(Box::new(Small))
+    }
+    fn is_dir(&self, _: &Path) -> std::io::Result<bool> {
+        Ok(false)
+    }
+    fn list_dir(&self, _: &Path) -> std::io::Result<Vec<PathBuf>> {
+        unreachable!()
+    }
+    fn can_list(&self, _: &Path) -> bool {
+        false
+    }
+}
+
+#[test]
+fn a_server_answering_every_partition_name_is_bounded() {
+    let dir = Scratch::new("endless");
+    let index = dir.0.join("tensor_index.json");
+    std::fs::write(&index, br#"{"w": [0, 4, [4], [1], "torch.uint8"]}"#).unwrap();
+    let e = Checkpoint::open_in(&Endless, &Source::Path(index)).unwrap_err();
+    assert!(
+        matches!(
+            &e,
+            Error::Sllm {
+                source: SllmError::TooManyPartitions { .. },
+                ..
+            }
+        ),
+        "{e}"
+    );
 }
 
 /// Parse `json` as an index, expecting an error.

@@ -7,7 +7,7 @@ use crate::Error;
 
 /// The variables [`LoadOptions::with_env`] reads: each with the setting it
 /// overrides and what that is.
-pub const ENV_VARS: [(&str, &str, &str); 7] = [
+pub const ENV_VARS: [(&str, &str, &str); 8] = [
     (
         "WEIGHTLIFT_BACKEND",
         "backends",
@@ -42,6 +42,11 @@ pub const ENV_VARS: [(&str, &str, &str); 7] = [
         "WEIGHTLIFT_FILL_THREADS",
         "fill_threads",
         "threads copying mapped files into a device load's staging",
+    ),
+    (
+        "WEIGHTLIFT_CACHE_DIR",
+        "cache_dir",
+        "a directory keeping local copies of remote shards, read instead of the remote objects while they are unchanged",
     ),
 ];
 
@@ -108,6 +113,11 @@ pub struct LoadOptions {
     pub engine: EngineOptions,
     /// How a device load stages its bytes.
     pub staging: StagingOptions,
+    /// Where local copies of remote shards are kept
+    /// ([`weightlift_remote::Cache`]): opening a remote checkpoint fetches
+    /// each shard not held there whole into it, and loads read the copies.
+    /// `None`: remote shards are read remotely.
+    pub cache_dir: Option<std::path::PathBuf>,
 }
 
 impl LoadOptions {
@@ -133,6 +143,9 @@ impl LoadOptions {
                 reason: "not a comma-separated list of backend or policy names",
             })?;
             self.engine.backends = Some(list);
+        }
+        if let Some(v) = var("WEIGHTLIFT_CACHE_DIR").filter(|v| !v.is_empty()) {
+            self.cache_dir = Some(v.into());
         }
         let e = &mut self.engine;
         let s = &mut self.staging;

@@ -9,14 +9,19 @@
 //! ([`weightlift_io::EngineOptions::remote`]), so every load, session or
 //! group made with those options reads them by ranges, into the same
 //! destinations and staging as local files, refusing another version.
+//! With [`LoadOptions::cache_dir`], each shard is first copied whole into
+//! that directory (unless a copy of the version opened is there already)
+//! and loads read the copy.
 
+use std::fs::File;
 use std::io;
-use std::path::Path;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use weightlift_format::{Checkpoint, Source};
 use weightlift_io::{RangeRead, RemoteFiles};
-use weightlift_remote::{Client, Limits, Object, RemoteFs};
+use weightlift_remote::{Cache, Client, Limits, Object, RemoteFs};
 
 use crate::{Error, LoadOptions};
 
@@ -37,6 +42,38 @@ impl RangeRead for Shard {
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
         Ok(self.0.read_at(buf, offset)?)
+    }
+}
+
+/// A local copy of an object ([`Cache`]), named as the object is.
+#[derive(Debug)]
+struct Copy {
+    path: PathBuf,
+    size: u64,
+    file: File,
+}
+
+impl RangeRead for Copy {
+    fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        let want = (buf.len() as u64).min(self.size.saturating_sub(offset)) as usize;
+        let mut at = 0;
+        while at < want {
+            match self.file.read_at(&mut buf[at..want], offset + at as u64) {
+                Ok(0) => break,
+                Ok(n) => at += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(at)
     }
 }
 
@@ -80,7 +117,7 @@ pub fn open_remote<P: AsRef<Path>>(
         many => Source::Files(many.iter().map(|p| p.as_ref().to_path_buf()).collect()),
     };
     let ckpt = Checkpoint::open_in(&fs, &source)?;
-    let mut files: Vec<Arc<dyn RangeRead>> = Vec::with_capacity(ckpt.shards().len());
+    let mut objects = Vec::with_capacity(ckpt.shards().len());
     for s in ckpt.shards() {
         let Some(object) = fs.object(s.path()) else {
             return Err(Error::Remote(weightlift_remote::Error::Location {
@@ -88,8 +125,33 @@ pub fn open_remote<P: AsRef<Path>>(
                 reason: "a shard was not opened through the remote file system",
             }));
         };
-        files.push(Arc::new(Shard(object)));
+        objects.push(object);
     }
+    let copies = match &options.cache_dir {
+        Some(dir) => {
+            // Each thread holds one chunk: within the host staging budget.
+            let threads = options
+                .engine
+                .queue_depth
+                .min(options.engine.ring_bytes / Cache::FETCH_CHUNK as usize)
+                .max(1);
+            Cache::new(dir)
+                .fill(&objects, threads)
+                .map_err(Error::Remote)?
+        }
+        None => objects.iter().map(|_| None).collect(),
+    };
+    let files = objects.into_iter().zip(copies).map(|(object, copy)| {
+        let file: Arc<dyn RangeRead> = match copy {
+            Some(file) => Arc::new(Copy {
+                path: object.path().to_path_buf(),
+                size: object.size(),
+                file,
+            }),
+            None => Arc::new(Shard(object)),
+        };
+        file
+    });
     options.engine.remote = Some(RemoteFiles::new(files));
     Ok(ckpt)
 }

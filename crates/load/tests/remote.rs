@@ -1,8 +1,11 @@
 //! Remote checkpoints over HTTP, against a server on loopback that this
-//! test runs itself: byte-equal loads of a file and of shards with an
-//! index, and faults (a 503 storm, connections reset mid-body, stalls, a
-//! lying Content-Length, an ignored Range, an object replaced mid-load),
-//! each a successful retry or a clear error, never wrong bytes or a hang.
+//! test runs itself: byte-equal loads of a file, of shards with an index,
+//! and of a ServerlessLLM checkpoint by its `tensor_index.json`; both
+//! hostile corpora (tests/corpus) giving the errors a local open gives; and
+//! faults (a 503 storm, connections reset mid-body, stalls, a lying
+//! Content-Length and an ignored Range on header and data reads, an object
+//! replaced mid-load), each a successful retry or a clear error, never
+//! wrong bytes or a hang.
 
 mod common;
 
@@ -16,10 +19,10 @@ use std::time::{Duration, Instant};
 use common::{load_host, load_staged, scratch, write_shard};
 use weightlift::LoadOptions;
 use weightlift::remote::open_remote;
-use weightlift_format::Checkpoint;
+use weightlift_format::{Checkpoint, Source};
 use weightlift_io::EngineOptions;
 use weightlift_plan::Selection;
-use weightlift_remote::{Client, Limits};
+use weightlift_remote::{Client, Limits, RemoteFs};
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Fault {
@@ -155,6 +158,14 @@ fn serve(conn: TcpStream, state: &Mutex<State>) {
             Some((a, b))
         });
         let (status, start, end) = match range {
+            // An empty object, or a range past its end, as servers answer.
+            Some((a, _)) if fault != Fault::IgnoreRange && a >= size => {
+                let _ = write!(
+                    w,
+                    "HTTP/1.1 416 Range Not Satisfiable\r\ncontent-range: bytes */{size}\r\ncontent-length: 0\r\n\r\n"
+                );
+                continue;
+            }
             Some((a, b)) if fault != Fault::IgnoreRange && a <= b => {
                 ("206 Partial Content", a, b + 1)
             }
@@ -232,8 +243,16 @@ fn one_file(tag: &str) -> (PathBuf, Vec<u8>, common::Scratch) {
 }
 
 fn open(urls: &[String]) -> Result<(Arc<Checkpoint>, LoadOptions), weightlift::Error> {
+    open_cached(urls, None)
+}
+
+fn open_cached(
+    urls: &[String],
+    cache_dir: Option<&std::path::Path>,
+) -> Result<(Arc<Checkpoint>, LoadOptions), weightlift::Error> {
     let mut options = LoadOptions {
         engine: engine(),
+        cache_dir: cache_dir.map(|d| d.to_path_buf()),
         ..LoadOptions::default()
     };
     let ckpt = open_remote(urls, &mut options, Arc::new(Client::new(limits())))?;
@@ -391,4 +410,366 @@ fn a_missing_object_names_its_url_and_status() {
     let e = open(&[server.url("nope.safetensors")]).unwrap_err();
     let e = weightlift_io::chain(&e);
     assert!(e.contains("nope.safetensors") && e.contains("404"), "{e}");
+}
+
+#[test]
+fn a_lying_content_length_on_the_header_read_is_an_error_at_open() {
+    let (_, bytes, _dir) = one_file("remote-lie-open");
+    let server = Server::start(
+        HashMap::from([("model.safetensors".to_owned(), bytes)]),
+        Fault::Lie,
+        0,
+    );
+    let e = weightlift_io::chain(&open(&[server.url("model.safetensors")]).unwrap_err());
+    assert!(
+        e.contains("announced") && e.contains("model.safetensors"),
+        "{e}"
+    );
+}
+
+#[test]
+fn an_ignored_range_on_the_header_read_is_an_error_at_open_or_the_whole_small_object() {
+    let (_, bytes, _dir) = one_file("remote-ignore-open");
+    let server = Server::start(
+        HashMap::from([("model.safetensors".to_owned(), bytes)]),
+        Fault::IgnoreRange,
+        0,
+    );
+    let e = weightlift_io::chain(&open(&[server.url("model.safetensors")]).unwrap_err());
+    assert!(
+        e.contains("ignores Range") && e.contains("model.safetensors"),
+        "{e}"
+    );
+    // An object no longer than the first range comes whole: that is all of
+    // it, and it loads.
+    let dir = scratch("remote-ignore-small");
+    let path = dir.0.join("small.safetensors");
+    let small = write_shard(&path, "s.", &[10, 0, 3000], 3);
+    let server = Server::start(
+        HashMap::from([("small.safetensors".to_owned(), small)]),
+        Fault::IgnoreRange,
+        0,
+    );
+    let (ckpt, options) = open(&[server.url("small.safetensors")]).unwrap();
+    assert_eq!(
+        load_host(&ckpt, &Selection::All, &options.engine).unwrap(),
+        expected(&path)
+    );
+}
+
+/// Write `tensors` (name, bytes) in ServerlessLLM's layout into `dir`: each
+/// record padded to 8 bytes, a new partition before a record that would
+/// pass `limit`, each partition padded to 4096 bytes; the index as
+/// `[offset, size, [len], [1], "torch.uint8"]`. Returns the files' bytes
+/// by name.
+fn write_sllm(
+    dir: &std::path::Path,
+    tensors: &[(String, Vec<u8>)],
+    limit: usize,
+) -> HashMap<String, Vec<u8>> {
+    let mut parts: Vec<Vec<u8>> = Vec::new();
+    let mut closed = 0usize;
+    let mut index = serde_json::Map::new();
+    for (name, data) in tensors {
+        if parts.is_empty() || parts.last().unwrap().len() + data.len() > limit {
+            if let Some(last) = parts.last_mut() {
+                last.resize(last.len().next_multiple_of(4096), 0);
+                closed += last.len();
+            }
+            parts.push(Vec::new());
+        }
+        let last = parts.last_mut().unwrap();
+        let offset = closed + last.len();
+        last.extend_from_slice(data);
+        last.resize(last.len().next_multiple_of(8), 0);
+        index.insert(
+            name.clone(),
+            serde_json::json!([offset, data.len(), [data.len()], [1], "torch.uint8"]),
+        );
+    }
+    if let Some(last) = parts.last_mut() {
+        last.resize(last.len().next_multiple_of(4096), 0);
+    }
+    let mut files = HashMap::new();
+    for (i, p) in parts.into_iter().enumerate() {
+        std::fs::write(dir.join(format!("tensor.data_{i}")), &p).unwrap();
+        files.insert(format!("tensor.data_{i}"), p);
+    }
+    let index = serde_json::Value::Object(index).to_string().into_bytes();
+    std::fs::write(dir.join("tensor_index.json"), &index).unwrap();
+    files.insert("tensor_index.json".to_owned(), index);
+    files
+}
+
+#[test]
+fn a_serverlessllm_checkpoint_loads_by_its_index_url() {
+    let dir = scratch("remote-sllm");
+    let tensors: Vec<(String, Vec<u8>)> = SIZES
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| {
+            let bytes = (0..n).map(|j| (j * 7 + i as u64) as u8).collect();
+            (format!("s.{i}"), bytes)
+        })
+        .collect();
+    let files = write_sllm(&dir.0, &tensors, 128 << 10);
+    assert!(files.len() >= 4, "several partitions: {:?}", files.keys());
+    let want = expected(&dir.0);
+    let server = Server::start(
+        files
+            .into_iter()
+            .map(|(k, v)| (format!("sl/{k}"), v))
+            .collect(),
+        Fault::None,
+        0,
+    );
+    let (ckpt, options) = open(&[server.url("sl/tensor_index.json")]).unwrap();
+    assert!(ckpt.is_sllm());
+    assert_eq!(
+        ckpt.shards().len(),
+        Checkpoint::open(&dir.0).unwrap().shards().len()
+    );
+    assert_eq!(
+        load_host(&ckpt, &Selection::All, &options.engine).unwrap(),
+        want
+    );
+    assert_eq!(
+        load_staged(&ckpt, &Selection::All, &options.engine, 3).unwrap(),
+        want
+    );
+    let mut session = weightlift::Session::<weightlift::Host>::new(
+        ckpt.clone(),
+        &Selection::All,
+        options.clone(),
+    )
+    .unwrap();
+    let t = session.get("s.2", &mut || true).unwrap();
+    assert_eq!(t.bytes(), &want["s.2"][..]);
+    let part = session.get_range("s.3", 100..70_000).unwrap();
+    assert_eq!(part.bytes(), &want["s.3"][100..70_000]);
+}
+
+/// `text` with `from` written as `to`, so that messages about a local path
+/// and about a URL compare.
+fn neutral(text: &str, from: &str) -> String {
+    text.replace(from, "<at>")
+}
+
+#[test]
+fn the_serverlessllm_corpus_over_http_gives_the_errors_a_local_open_gives() {
+    let root = scratch("remote-sllm-corpus");
+    let mut files = HashMap::new();
+    let entries = weightlift_tests::sllm_corpus::entries();
+    for e in &entries {
+        let at = root.0.join(e.name);
+        e.write(&at).unwrap();
+        for f in std::fs::read_dir(&at).unwrap() {
+            let f = f.unwrap();
+            let name = f.file_name().into_string().unwrap();
+            files.insert(
+                format!("{}/{name}", e.name),
+                std::fs::read(f.path()).unwrap(),
+            );
+        }
+    }
+    let server = Server::start(files, Fault::None, 0);
+    let fs = RemoteFs::new(Arc::new(Client::new(limits())));
+    for e in &entries {
+        let at = root.0.join(e.name);
+        let url = server.url(e.name);
+        let local = Checkpoint::open(at.join("tensor_index.json"));
+        let remote = Checkpoint::open_in(
+            &fs,
+            &Source::Path(PathBuf::from(format!("{url}/tensor_index.json"))),
+        );
+        assert!(
+            e.expect.matches(&remote, std::path::Path::new(&url)),
+            "{}: {:?}",
+            e.name,
+            remote.as_ref().map(|c| c.len())
+        );
+        match (local, remote) {
+            (Ok(l), Ok(r)) => assert_eq!(l.len(), r.len(), "{}", e.name),
+            (Err(l), Err(r)) => assert_eq!(
+                neutral(&weightlift_io::chain(&l), at.to_str().unwrap()),
+                neutral(&weightlift_io::chain(&r), &url),
+                "{}",
+                e.name
+            ),
+            (l, r) => panic!("{}: local {:?}, remote {:?}", e.name, l.err(), r.err()),
+        }
+    }
+}
+
+#[test]
+fn the_safetensors_corpus_over_http_gives_the_errors_a_local_open_gives() {
+    let root = scratch("remote-corpus");
+    let mut files = HashMap::new();
+    let entries = weightlift_tests::corpus::entries();
+    for e in &entries {
+        std::fs::write(root.0.join(e.file_name()), &e.bytes).unwrap();
+        files.insert(e.file_name(), e.bytes.clone());
+    }
+    for fault in [Fault::None, Fault::IgnoreRange] {
+        let server = Server::start(files.clone(), fault, 0);
+        let fs = RemoteFs::new(Arc::new(Client::new(limits())));
+        for e in &entries {
+            let (path, url) = (root.0.join(e.file_name()), server.url(&e.file_name()));
+            let local = Checkpoint::open(&path);
+            let remote = Checkpoint::open_in(&fs, &Source::Path(PathBuf::from(&url)));
+            if fault == Fault::IgnoreRange && e.bytes.len() as u64 > weightlift_remote::FIRST_RANGE
+            {
+                // Longer than the first range: the whole object is refused.
+                let r = weightlift_io::chain(&remote.unwrap_err());
+                assert!(r.contains("ignores Range") && r.contains(&url), "{r}");
+                continue;
+            }
+            match (local, remote) {
+                (Ok(l), Ok(r)) => assert_eq!(l.len(), r.len(), "{}", e.name),
+                (Err(l), Err(r)) => assert_eq!(
+                    neutral(&weightlift_io::chain(&l), path.to_str().unwrap()),
+                    neutral(&weightlift_io::chain(&r), &url),
+                    "{} ({fault:?})",
+                    e.name
+                ),
+                (l, r) => panic!(
+                    "{} ({fault:?}): local {:?}, remote {:?}",
+                    e.name,
+                    l.err(),
+                    r.err()
+                ),
+            }
+        }
+    }
+}
+
+/// The cache directory's file names, sorted.
+fn listing(dir: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|r| {
+            r.map(|e| e.unwrap().file_name().into_string().unwrap())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+#[test]
+fn a_cache_keeps_whole_shards_that_later_loads_read_until_the_object_changes() {
+    let (path, bytes, dir) = one_file("remote-cache");
+    let want = expected(&path);
+    let cache = dir.0.join("cache");
+    let server = Server::start(
+        HashMap::from([("m/model.safetensors".to_owned(), bytes.clone())]),
+        Fault::None,
+        0,
+    );
+    let url = server.url("m/model.safetensors");
+    let gets = || server.state.lock().unwrap().gets;
+    let load = |ckpt: &Arc<Checkpoint>, options: &LoadOptions| {
+        load_host(ckpt, &Selection::All, &options.engine).unwrap()
+    };
+
+    // The first open fetches the object whole; the load reads the copy.
+    let (ckpt, options) = open_cached(std::slice::from_ref(&url), Some(&cache)).unwrap();
+    let fetched = gets();
+    assert!(fetched > 1, "the object was fetched");
+    assert_eq!(load(&ckpt, &options), want);
+    assert_eq!(gets(), fetched, "the load read the local copy");
+    let names = listing(&cache);
+    assert_eq!(names.len(), 2, "{names:?}");
+    let copy = cache.join(&names[0]);
+    assert!(names[0].ends_with("-model.safetensors") && names[1].ends_with(".meta"));
+    assert_eq!(std::fs::read(&copy).unwrap(), bytes);
+    let meta = std::fs::read_to_string(cache.join(&names[1])).unwrap();
+    assert!(meta.contains(&format!("url={url}\n")) && meta.contains("etag=\"v1\"\n"));
+    assert!(meta.contains(&format!("size={}\n", bytes.len())));
+
+    // The next open asks only for the header (to check the version).
+    let (ckpt, options) = open_cached(std::slice::from_ref(&url), Some(&cache)).unwrap();
+    assert_eq!(gets(), fetched + 1);
+    assert_eq!(load(&ckpt, &options), want);
+    assert_eq!(gets(), fetched + 1);
+
+    // A copy cut short, or a record that does not match, is not used.
+    for damage in ["truncate", "meta"] {
+        match damage {
+            "truncate" => std::fs::File::options()
+                .write(true)
+                .open(&copy)
+                .unwrap()
+                .set_len(1000)
+                .unwrap(),
+            _ => std::fs::write(cache.join(&names[1]), "url=elsewhere\n").unwrap(),
+        }
+        let before = gets();
+        let (ckpt, options) = open_cached(std::slice::from_ref(&url), Some(&cache)).unwrap();
+        assert!(gets() > before + 1, "{damage}: fetched again");
+        assert_eq!(load(&ckpt, &options), want, "{damage}");
+        assert_eq!(std::fs::read(&copy).unwrap(), bytes, "{damage}");
+        assert_eq!(listing(&cache), names, "{damage}");
+    }
+
+    // The object replaced: its new version is fetched, the old copy goes.
+    let other = dir.0.join("other.safetensors");
+    let new_bytes = write_shard(&other, "t.", SIZES, 8);
+    {
+        let mut st = server.state.lock().unwrap();
+        let entry = st.files.get_mut("m/model.safetensors").unwrap();
+        *entry = (new_bytes.clone(), entry.1 + 1);
+    }
+    let (ckpt, options) = open_cached(std::slice::from_ref(&url), Some(&cache)).unwrap();
+    assert_eq!(load(&ckpt, &options), expected(&other));
+    let now = listing(&cache);
+    assert_eq!(now.len(), 2, "{now:?}");
+    assert!(!now.contains(&names[0]), "the old copy is removed: {now:?}");
+    assert_eq!(std::fs::read(cache.join(&now[0])).unwrap(), new_bytes);
+}
+
+#[test]
+fn a_fetch_into_the_cache_that_fails_leaves_nothing_behind() {
+    let (_, bytes, dir) = one_file("remote-cache-fail");
+    let cache = dir.0.join("cache");
+    let server = Server::start(
+        HashMap::from([("model.safetensors".to_owned(), bytes)]),
+        Fault::Storm(usize::MAX),
+        1,
+    );
+    let e = open_cached(&[server.url("model.safetensors")], Some(&cache)).unwrap_err();
+    let e = weightlift_io::chain(&e);
+    assert!(e.contains("model.safetensors") && e.contains("503"), "{e}");
+    assert_eq!(listing(&cache), Vec::<String>::new());
+}
+
+#[test]
+fn a_serverlessllm_checkpoint_is_cached_partition_by_partition() {
+    let dir = scratch("remote-sllm-cache");
+    let tensors: Vec<(String, Vec<u8>)> = SIZES
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| (format!("s.{i}"), vec![i as u8 + 1; n as usize]))
+        .collect();
+    let files = write_sllm(&dir.0, &tensors, 128 << 10);
+    let partitions = files.len() - 1;
+    let want = expected(&dir.0);
+    let server = Server::start(
+        files
+            .into_iter()
+            .map(|(k, v)| (format!("sl/{k}"), v))
+            .collect(),
+        Fault::None,
+        0,
+    );
+    let cache = dir.0.join("cache");
+    for round in 0..2 {
+        let (ckpt, options) =
+            open_cached(&[server.url("sl/tensor_index.json")], Some(&cache)).unwrap();
+        assert_eq!(
+            load_host(&ckpt, &Selection::All, &options.engine).unwrap(),
+            want,
+            "round {round}"
+        );
+        assert_eq!(listing(&cache).len(), 2 * partitions, "round {round}");
+    }
 }

@@ -246,9 +246,10 @@ impl PySession {
     /// left None comes from its `WEIGHTLIFT_*` variable, else its default.
     /// With `device` (`cuda:N`, `hip:N`) and `alloc` (as for `upload`),
     /// the handle loads onto that device. With `map` false, host tensors
-    /// are never views of a mapped file.
+    /// are never views of a mapped file. `cache_dir` keeps local copies of
+    /// a remote checkpoint's shards (else `WEIGHTLIFT_CACHE_DIR`).
     #[new]
-    #[pyo3(signature = (sources, backends=None, buffer_size=None, pinned_bytes=None, fill_threads=None, device=None, alloc=None, map=true))]
+    #[pyo3(signature = (sources, backends=None, buffer_size=None, pinned_bytes=None, fill_threads=None, device=None, alloc=None, map=true, cache_dir=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -260,6 +261,7 @@ impl PySession {
         device: Option<String>,
         alloc: Option<Py<PyAny>>,
         map: bool,
+        cache_dir: Option<PathBuf>,
     ) -> PyResult<Self> {
         let load_err = |e: LoadError| errors::from_load(py, e);
         let mut options = LoadOptions::from_env().map_err(load_err)?;
@@ -277,6 +279,9 @@ impl PySession {
             options.staging.fill_threads = n;
         }
         options.engine.map = map;
+        if cache_dir.is_some() {
+            options.cache_dir = cache_dir;
+        }
         options.check().map_err(load_err)?;
         // Local paths, or s3:// and http(s):// locations (whose objects
         // go into the options, for every load of this handle).

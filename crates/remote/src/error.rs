@@ -58,6 +58,13 @@ pub enum Error {
         /// The client's error.
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// A local copy could not be written or read ([`crate::Cache`]).
+    Cache {
+        /// The file in the cache.
+        path: std::path::PathBuf,
+        /// The operating system's error.
+        source: io::Error,
+    },
     /// Transient failures went on past the time allowed for retries.
     GaveUp {
         /// The URL asked.
@@ -93,6 +100,9 @@ impl fmt::Display for Error {
             ),
             Error::BadResponse { url, what } => write!(f, "{url}: {what}"),
             Error::Transport { url, .. } => write!(f, "{url}: request failed"),
+            Error::Cache { path, .. } => {
+                write!(f, "{}: keeping a local copy failed", path.display())
+            }
             Error::GaveUp {
                 url,
                 attempts,
@@ -111,6 +121,7 @@ impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             Error::Transport { source, .. } => Some(&**source),
+            Error::Cache { source, .. } => Some(source),
             Error::GaveUp { last, .. } => Some(&**last),
             _ => None,
         }

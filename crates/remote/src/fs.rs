@@ -17,7 +17,9 @@ use crate::{Error, Location, Object};
 ///
 /// An `s3://` location is a directory when its key is empty, ends in `/`,
 /// or is a prefix of other keys (listed with `ListObjectsV2`); HTTP has no
-/// listing, so an `http(s)://` location must name a file or an index.
+/// listing, so an `http(s)://` location must name a file or an index (a
+/// ServerlessLLM `tensor_index.json` finds its partitions by asking for
+/// `tensor.data_0`, `tensor.data_1`, ... in turn; see [`Fs::can_list`]).
 #[derive(Debug)]
 pub struct RemoteFs {
     client: Arc<Client>,
@@ -199,6 +201,12 @@ impl Fs for RemoteFs {
                 Ok(!self.list(&bucket, &format!("{key}/"), Some(1))?.is_empty())
             }
         }
+    }
+
+    fn can_list(&self, dir: &Path) -> bool {
+        // HTTP has no listing: a ServerlessLLM index's partitions are
+        // found by asking for each in turn.
+        !matches!(Location::from_path(dir), Ok(Location::Http(_)))
     }
 
     fn list_dir(&self, path: &Path) -> io::Result<Vec<PathBuf>> {

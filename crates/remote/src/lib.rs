@@ -18,6 +18,9 @@
 //! - [`RemoteFs`]: the format crate's [`weightlift_format::Fs`] over
 //!   remote locations, so checkpoints (a file, an index with shards beside
 //!   it, an S3 prefix of shards) open through `Checkpoint::open_in`.
+//! - [`Cache`]: local copies of objects, each named by its URL and
+//!   version, written whole under a temporary name and then renamed, so a
+//!   partial or stale copy is never used.
 //!
 //! ```no_run
 //! use std::sync::Arc;
@@ -32,6 +35,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod cache;
 mod client;
 mod config;
 mod error;
@@ -40,6 +44,7 @@ mod location;
 mod object;
 mod sigv4;
 
+pub use cache::Cache;
 pub use client::{Client, FIRST_RANGE, SharedClient, Version};
 pub use config::{Credentials, Limits, S3Config};
 pub use error::Error;

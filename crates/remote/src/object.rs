@@ -48,6 +48,18 @@ impl Object {
                         ));
                     }
                 },
+                // Any byte of a range from 0 exists unless the object is
+                // empty: servers answer 416, with `Content-Range: bytes
+                // */0` (HTTP) or without it (S3).
+                416 => match r.content_range.as_deref().map(str::trim) {
+                    None | Some("bytes */0") => 0,
+                    Some(other) => {
+                        return Err(bad(
+                            &url,
+                            &format!("refused a range from 0 with a Content-Range of {other:?}"),
+                        ));
+                    }
+                },
                 s => {
                     return Err(Error::Status {
                         url: url.clone(),
@@ -58,7 +70,10 @@ impl Object {
             };
             let want = size.min(FIRST_RANGE) as usize;
             let mut prefix = vec![0u8; want];
-            read_body(&url, &mut r, &mut prefix)?;
+            if r.status != 416 {
+                // (A 416's body is the server's explanation, not the object.)
+                read_body(&url, &mut r, &mut prefix)?;
+            }
             let version = Version {
                 size,
                 etag: r.etag.clone(),

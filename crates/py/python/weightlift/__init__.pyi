@@ -120,6 +120,7 @@ class SafeOpen:
         mmap: bool = True,
         shard: Shard = None,
         dtype: DtypeArg = None,
+        cache_dir: Optional[Union[str, "os.PathLike[str]"]] = None,
     ) -> None: ...
     @property
     def backend(self) -> Optional[str]: ...
@@ -153,6 +154,7 @@ def safe_open(
     mmap: bool = True,
     shard: Shard = None,
     dtype: DtypeArg = None,
+    cache_dir: Optional[Union[str, "os.PathLike[str]"]] = None,
 ) -> SafeOpen: ...
 def load_file(
     filename: Sources,
@@ -167,6 +169,7 @@ def load_file(
     process_group: Any = None,
     shard: Shard = None,
     dtype: DtypeArg = None,
+    cache_dir: Optional[Union[str, "os.PathLike[str]"]] = None,
 ) -> Dict[str, Any]: ...
 def load(path: Sources, device: Device = "cpu", **options: Any) -> Dict[str, Any]:
     """load_file's: `options` are its keyword arguments."""
@@ -187,4 +190,5 @@ def load_into(
     process_group: Any = None,
     shard: Shard = None,
     dtype: DtypeArg = None,
+    cache_dir: Optional[Union[str, "os.PathLike[str]"]] = None,
 ) -> IncompatibleKeys: ...

@@ -327,6 +327,7 @@ class SafeOpen:
         mmap: bool = True,
         shard: Any = None,
         dtype: Any = None,
+        cache_dir: Any = None,
     ) -> None:
         self._group: Optional[_group.Group] = None
         self._dtype: Any = None
@@ -337,7 +338,9 @@ class SafeOpen:
             self._group = _group.Group(process_group)
         error: Optional[BaseException] = None
         try:
-            self._open(filenames, framework, device, backend, buffer_size, pinned_bytes, fill_threads, mmap, shard)
+            self._open(
+                filenames, framework, device, backend, buffer_size, pinned_bytes, fill_threads, mmap, shard, cache_dir
+            )
             self._dtype = _cast_dtype(dtype)
             if self._dtype is not None and self._framework != "pt":
                 raise SettingError(f"dtype= converts torch tensors; framework={framework!r} does not make them")
@@ -368,6 +371,7 @@ class SafeOpen:
         fill_threads: Optional[int],
         mmap: bool,
         shard: Any,
+        cache_dir: Any = None,
     ) -> None:
         """Check the arguments and open the checkpoint."""
         self._framework = check_framework(framework)
@@ -381,17 +385,19 @@ class SafeOpen:
         self._shard = _shard_rule(shard)
         gpu = self._device
         args = (_sources(filenames), _backend_names(backend), buffer_size, pinned_bytes, fill_threads)
+        cache = None if cache_dir is None else os.fsdecode(cache_dir)
         if self._group is None:
             self._session = _weightlift._Session(
                 *args,
                 gpu.name if isinstance(gpu, _Gpu) else None,
                 _allocator(gpu) if isinstance(gpu, _Gpu) else None,
                 _flag("mmap", mmap),
+                cache,
             )
         else:
             # The group reads into host memory and exchanges; tensors are
             # then put where `device` says.
-            self._session = _weightlift._Session(*args, None, None, _flag("mmap", mmap))
+            self._session = _weightlift._Session(*args, None, None, _flag("mmap", mmap), cache)
 
     def __enter__(self) -> "SafeOpen":
         return self
@@ -667,6 +673,7 @@ def safe_open(
     mmap: bool = True,
     shard: Any = None,
     dtype: Any = None,
+    cache_dir: Any = None,
 ) -> SafeOpen:
     """Open a checkpoint for loading, as safetensors' and InstantTensor's
     `safe_open` do.
@@ -737,6 +744,15 @@ def safe_open(
             Each conversion holds the tensor in both dtypes for a moment:
             one tensor's worth of extra memory at a time. framework="pt"
             only. None: tensors keep the checkpoint's dtypes.
+        cache_dir: for an s3:// or http(s):// checkpoint, a directory
+            keeping local copies of its shards (default: the
+            WEIGHTLIFT_CACHE_DIR variable, else none). Opening fetches each
+            shard not held there whole into it (one file per URL and
+            version, written under a temporary name and renamed when
+            whole), and loads read the copies. Each open still asks the
+            server for every shard's header, ETag and size: a copy of
+            another version, or one cut short, is never used. Local
+            checkpoints ignore it.
     """
     return SafeOpen(
         filenames,
@@ -753,6 +769,7 @@ def safe_open(
         mmap=mmap,
         shard=shard,
         dtype=dtype,
+        cache_dir=cache_dir,
     )
 
 
@@ -769,6 +786,7 @@ def load_file(
     process_group: Any = None,
     shard: Any = None,
     dtype: Any = None,
+    cache_dir: Any = None,
 ) -> Dict[str, Any]:
     """Load every tensor of a checkpoint into a dict of torch tensors, as
     `safetensors.torch.load_file` does. `filename` may also be a list of
@@ -789,6 +807,7 @@ def load_file(
         fill_threads=fill_threads,
         mmap=mmap,
         dtype=dtype,
+        cache_dir=cache_dir,
     ) as f:
         return f.get_tensors()
 
@@ -821,6 +840,7 @@ def load_into(
     process_group: Any = None,
     shard: Any = None,
     dtype: Any = None,
+    cache_dir: Any = None,
 ) -> IncompatibleKeys:
     """Copy a checkpoint's tensors into preallocated tensors, as each
     completes, and return the names found on one side only.
@@ -847,7 +867,7 @@ def load_into(
             tensor lands in device memory of its own and is converted into
             its target there, one tensor's worth of extra device memory at
             a time. None: every target has its tensor's dtype.
-        backend, progress, pinned_bytes, fill_threads: as for safe_open.
+        backend, progress, pinned_bytes, fill_threads, cache_dir: as for safe_open.
         process_group, shard: as for safe_open: every rank of the group
             calls load_into with its own target, the group reads each byte
             once, and with shard= a rank's target holds its part (of the
@@ -876,9 +896,17 @@ def load_into(
             progress=progress,
             pinned_bytes=pinned_bytes,
             fill_threads=fill_threads,
+            cache_dir=cache_dir,
         )
     with safe_open(
-        filenames, "pt", "cpu", backend=backend, progress=progress, pinned_bytes=pinned_bytes, fill_threads=fill_threads
+        filenames,
+        "pt",
+        "cpu",
+        backend=backend,
+        progress=progress,
+        pinned_bytes=pinned_bytes,
+        fill_threads=fill_threads,
+        cache_dir=cache_dir,
     ) as f:
         common, missing, unexpected = _match_targets(f, dests, strict)
         f._session.select(common)
