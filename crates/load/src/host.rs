@@ -370,23 +370,58 @@ pub(crate) fn check_unchanged(ckpt: &Checkpoint, files: &[ReadFile]) -> Result<(
 }
 
 /// Pieces still to land, per tensor of the checkpoint.
+///
+/// Names sharing one record ([`Checkpoint::alias_of`]) count as one group,
+/// kept under its first name: the group lands when its last piece does,
+/// on one thread, which hands out the copies of the later names before
+/// the view of the first. Were they counted apart, two threads could land
+/// them, and the first name's view reach the caller (who may write it)
+/// while a later name's copy is still being made from the same bytes.
 struct PieceCounts {
     left: Vec<AtomicU32>,
+    planned: Vec<bool>,
 }
 
 impl PieceCounts {
     fn new(ckpt: &Checkpoint, plan: &ReadPlan) -> Self {
         let left: Vec<AtomicU32> = (0..ckpt.len()).map(|_| AtomicU32::new(0)).collect();
         for p in plan.all_pieces() {
-            left[p.tensor.index()].fetch_add(1, Ordering::Relaxed);
+            left[group_of(ckpt, p.tensor).index()].fetch_add(1, Ordering::Relaxed);
         }
-        Self { left }
+        let mut planned = vec![false; ckpt.len()];
+        for &id in plan.tensors() {
+            planned[id.index()] = true;
+        }
+        Self { left, planned }
     }
 
-    /// Count one piece of `id` as landed; `true` when it was the last.
-    fn land(&self, id: TensorId) -> bool {
-        self.left[id.index()].fetch_sub(1, Ordering::AcqRel) == 1
+    /// Count one piece of `id` as landed. When it was its group's last,
+    /// the group's selected tensors, each to be handed out in this order
+    /// (later names, copied, before the first name's view).
+    fn land(&self, ckpt: &Checkpoint, id: TensorId) -> Vec<TensorId> {
+        let first = group_of(ckpt, id);
+        if self.left[first.index()].fetch_sub(1, Ordering::AcqRel) != 1 {
+            return Vec::new();
+        }
+        let mut group = vec![first];
+        let mut next = first.index() + 1;
+        while next < ckpt.len() && ckpt.alias_of(TensorId(next as u32)).is_some() {
+            group.push(TensorId(next as u32));
+            next += 1;
+        }
+        group.retain(|t| self.planned[t.index()]);
+        group.reverse();
+        group
     }
+}
+
+/// The first of the names sharing `id`'s record (`id` itself when it has
+/// no alias).
+fn group_of(ckpt: &Checkpoint, mut id: TensorId) -> TensorId {
+    while let Some(prev) = ckpt.alias_of(id) {
+        id = prev;
+    }
+    id
 }
 
 /// Name the tensor whose bytes the error's read covered, where one is known.
@@ -478,13 +513,13 @@ fn start_in_place(job: Job) -> Result<Vec<JoinHandle<()>>, Error> {
                 &dst,
                 |i| {
                     for p in plan.pieces(&plan.extents()[i]) {
-                        if counts.land(p.tensor) {
-                            let (r, offset) = start[p.tensor.index()];
+                        for id in counts.land(&ckpt, p.tensor) {
+                            let (r, offset) = start[id.index()];
                             let t = HostTensor {
-                                id: p.tensor,
+                                id,
                                 memory: regions[r as usize].clone(),
                                 offset,
-                                len: ckpt.tensor(p.tensor).len() as usize,
+                                len: ckpt.tensor(id).len() as usize,
                             };
                             if tx.send(unaliased(&ckpt, t)).is_err() {
                                 return Err(weightlift_io::Error::Cancelled);
@@ -604,12 +639,12 @@ impl Mapped {
                 return;
             }
             for p in self.job.plan.pieces(e) {
-                if self.job.counts.land(p.tensor) {
-                    let t = self.job.ckpt.tensor(p.tensor);
+                for id in self.job.counts.land(&self.job.ckpt, p.tensor) {
+                    let t = self.job.ckpt.tensor(id);
                     let sent = tx.send(unaliased(
                         &self.job.ckpt,
                         HostTensor {
-                            id: p.tensor,
+                            id,
                             memory: self.maps[t.file.index()].clone(),
                             offset: t.range.start as usize,
                             len: t.len() as usize,

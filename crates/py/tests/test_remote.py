@@ -506,3 +506,19 @@ def test_cache_dir_from_the_environment_and_a_replaced_object(s3, checkpoint, tm
     (cache / now[0]).write_bytes(second.read_bytes()[:100])
     h.assert_same_dict(weightlift.load_file(url), st_load_file(str(second)), "after truncation")
     assert (cache / now[0]).read_bytes() == second.read_bytes()
+
+
+
+def test_a_local_path_with_multibyte_characters_is_not_taken_for_a_url(tmp_path, monkeypatch):
+    """Telling a location from a local path compares its first bytes with
+    "s3://", "http://" and "https://"; a local path whose fifth, seventh or
+    eighth byte falls inside a character (a relative path into a directory
+    named in Chinese) must load, not panic."""
+    d = tmp_path / "模型"
+    d.mkdir()
+    t = {"w": torch.arange(6, dtype=torch.float32)}
+    save_file(t, str(d / "model.safetensors"))
+    monkeypatch.chdir(tmp_path)
+    for path in ("模型/model.safetensors", "模型"):
+        got = weightlift.load_file(path)
+        assert torch.equal(got["w"], t["w"]), path

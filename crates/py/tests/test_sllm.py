@@ -130,6 +130,32 @@ def test_tied_names_are_separate_tensors(sllm, h):
         h.assert_same_tensor(got["model.embed_tokens.weight"], expected["model.embed_tokens.weight"], str(backend))
 
 
+def test_a_tied_name_is_whole_before_the_first_is_handed_out(tmp_path):
+    """The first of two names for one record is handed out as a view of the
+    bytes read, the later one as a copy of them. The copy must be made
+    before the view reaches the caller: a caller writing the first tensor
+    as soon as it arrives (tensors() yields as each lands) must not change
+    the second. Large enough that the copy takes a while, and spanning
+    several extents, so that with MMAP's threads the two names' last
+    pieces can land on different threads."""
+    w = torch.arange(8 << 20, dtype=torch.float32)
+    d = tmp_path / "m"
+    d.mkdir()
+    raw = w.numpy().tobytes()
+    (d / "tensor.data_0").write_bytes(raw)
+    entry = [0, len(raw), [w.numel()], [1], "torch.float32"]
+    (d / "tensor_index.json").write_text(json.dumps({"a": entry, "tied": entry}))
+    for backend in (None, "MMAP"):
+        for attempt in range(4):
+            got = {}
+            with weightlift.safe_open(d, backend=backend) as f:
+                for name, t in f.tensors():
+                    if name == "a":
+                        t.fill_(-1.0)
+                    got[name] = t
+            assert torch.equal(got["tied"], w), f"{backend}, attempt {attempt}: the copy saw the first name's writes"
+
+
 def test_load_into(sllm, h):
     d, _, expected = sllm
     targets = {k: torch.zeros_like(v) for k, v in expected.items()}

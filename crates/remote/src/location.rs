@@ -20,7 +20,13 @@ pub enum Location {
 
 /// Whether `s` names a remote location (`s3://`, `http://`, `https://`).
 pub fn is_remote(s: &str) -> bool {
-    let lower = |p: &str| s.len() >= p.len() && s[..p.len()].eq_ignore_ascii_case(p);
+    // Bytes, not `&s[..n]`: a local path's n-th byte may fall inside a
+    // character (`模型/model.safetensors`), where slicing the `str` panics.
+    let lower = |p: &str| {
+        s.as_bytes()
+            .get(..p.len())
+            .is_some_and(|b| b.eq_ignore_ascii_case(p.as_bytes()))
+    };
     lower("s3://") || lower("http://") || lower("https://")
 }
 
@@ -36,7 +42,8 @@ impl Location {
             location: s.to_owned(),
             reason,
         };
-        if s.len() > 5 && s[..5].eq_ignore_ascii_case("s3://") {
+        if s.len() > 5 && s.as_bytes()[..5].eq_ignore_ascii_case(b"s3://") {
+            // "s3://" is ASCII, so byte 5 starts a character.
             let rest = &s[5..];
             let (bucket, key) = rest.split_once('/').unwrap_or((rest, ""));
             if bucket.is_empty() {
