@@ -56,6 +56,9 @@ REPS=${WL_REPS:-2}
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/weightlift-device.XXXXXX")
+# However the run ends, the generated checkpoints (16 GiB of /dev/shm by
+# default) go with it.
+trap 'rm -rf "$SHM_DIR" "$DISK_DIR"' EXIT
 exec > >(tee -a "$OUT/run.log") 2>&1
 
 XTASK=$BUNDLE/bin/xtask
@@ -268,7 +271,6 @@ for s in $STAGES; do
     esac
 done
 pack
-rm -rf "$SHM_DIR" "$DISK_DIR"
 echo
 cat "$OUT/summary.md"
 # Let tee write the last lines to run.log before leaving.

@@ -745,9 +745,10 @@ fn listed_partitions(
 }
 
 /// The most partitions looked for where a directory cannot be listed: a
-/// server that answers every name must not make opening endless (at
-/// ServerlessLLM's 10 GiB a partition, 640 TiB).
-const MAX_PROBED_PARTITIONS: u64 = 1 << 16;
+/// server that answers every name must not make opening long, nor hold
+/// the opening range of every name it answers (at ServerlessLLM's 10 GiB a
+/// partition, 10 TiB; the largest open models are near 1.5 TiB).
+const MAX_PROBED_PARTITIONS: u64 = 1 << 10;
 
 /// The partitions beside an index in a directory that cannot be listed:
 /// `tensor.data_0`, `tensor.data_1`, ... opened in turn until one is not

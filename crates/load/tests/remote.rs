@@ -33,6 +33,9 @@ enum Fault {
     Reset(usize),
     /// Headers, then silence, for this many GETs.
     Stall(usize),
+    /// Headers, then one byte every 100 ms, each read well within the
+    /// stall timeout, for this many GETs.
+    Trickle(usize),
     /// A Content-Length 100 bytes longer than what is sent.
     Lie,
     /// 200 and the whole object, whatever the Range.
@@ -109,7 +112,9 @@ fn serve(conn: TcpStream, state: &Mutex<State>) {
             let faulted = st.gets > st.skip;
             let mut fault = if faulted { st.fault } else { Fault::None };
             match &mut st.fault {
-                Fault::Storm(n) | Fault::Reset(n) | Fault::Stall(n) if faulted => {
+                Fault::Storm(n) | Fault::Reset(n) | Fault::Stall(n) | Fault::Trickle(n)
+                    if faulted =>
+                {
                     if *n == 0 {
                         fault = Fault::None;
                     } else {
@@ -195,6 +200,15 @@ fn serve(conn: TcpStream, state: &Mutex<State>) {
             }
             Fault::Stall(_) => {
                 std::thread::sleep(Duration::from_secs(5));
+                return;
+            }
+            Fault::Trickle(_) => {
+                for b in body {
+                    if w.write_all(&[*b]).and_then(|()| w.flush()).is_err() {
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
                 return;
             }
             Fault::Lie => {
@@ -373,6 +387,18 @@ fn a_server_that_never_answers_fails_within_the_bound() {
     assert!(e.contains("tensor"), "{e}");
     // Retries stop starting after 4 s; one more stall at most, per reader.
     assert!(took < Duration::from_secs(10), "took {took:?}");
+}
+
+#[test]
+fn a_server_that_trickles_is_cut_off_within_the_bound() {
+    // Each byte comes well within the stall timeout; the body as a whole
+    // would take hours.
+    let (got, _, took) = faulted("remote-trickle", Fault::Trickle(usize::MAX));
+    let e = got.unwrap_err();
+    assert!(e.contains("gave up after"), "{e}");
+    assert!(e.contains("cut off"), "{e}");
+    assert!(e.contains("model.safetensors"), "{e}");
+    assert!(took < Duration::from_secs(15), "took {took:?}");
 }
 
 #[test]

@@ -63,7 +63,7 @@ impl RemoteFs {
             key: String::new(),
         };
         let url = root.to_string();
-        loop {
+        for _ in 0..MAX_LIST_PAGES {
             let mut query = vec![
                 ("delimiter".to_owned(), "%2F".to_owned()),
                 ("list-type".to_owned(), "2".to_owned()),
@@ -103,8 +103,17 @@ impl RemoteFs {
                 return Ok(keys);
             }
         }
+        Err(Error::BadResponse {
+            url: format!("{url}{prefix}"),
+            what: format!("its listing did not end after {MAX_LIST_PAGES} pages"),
+        })
     }
 }
+
+/// The most pages of one listing: a checkpoint's directory holds a few
+/// thousand keys at most (a page holds up to 1,000), and an endpoint that
+/// always answers with another continuation must not make opening endless.
+const MAX_LIST_PAGES: usize = 1_000;
 
 use std::io::Read as _;
 

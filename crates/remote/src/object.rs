@@ -3,9 +3,10 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use crate::client::{Client, FIRST_RANGE, Reply, Version};
-use crate::{Error, Location};
+use crate::{Error, Limits, Location};
 
 /// One object, its version taken at open; every later range must be of
 /// that version (`If-Match` on its ETag, and the response's ETag, size and
@@ -72,7 +73,7 @@ impl Object {
             let mut prefix = vec![0u8; want];
             if r.status != 416 {
                 // (A 416's body is the server's explanation, not the object.)
-                read_body(&url, &mut r, &mut prefix)?;
+                read_body(&url, &mut r, &mut prefix, client.limits())?;
             }
             let version = Version {
                 size,
@@ -195,12 +196,22 @@ impl Object {
                 });
             }
         }
-        read_body(url, &mut r, buf)
+        read_body(url, &mut r, buf, self.client.limits())
     }
 }
 
-/// Fill `buf` from the body, which must hold exactly that many bytes.
-fn read_body(url: &str, r: &mut Reply, buf: &mut [u8]) -> Result<(), Error> {
+/// The slowest a body may arrive, on average: a server trickling bytes
+/// (each read within the stall timeout, the whole never done) is cut off
+/// once a body has taken the stall timeout plus its length at this rate.
+const SLOWEST_BYTES_PER_SEC: f64 = (1 << 20) as f64;
+
+/// Fill `buf` from the body, which must hold exactly that many bytes,
+/// within the stall timeout of `limits` plus its length at
+/// [`SLOWEST_BYTES_PER_SEC`] (a dropped connection, retried, after that).
+fn read_body(url: &str, r: &mut Reply, buf: &mut [u8], limits: &Limits) -> Result<(), Error> {
+    let start = Instant::now();
+    let allowed =
+        limits.read_timeout + Duration::from_secs_f64(buf.len() as f64 / SLOWEST_BYTES_PER_SEC);
     if let Some(n) = r.content_length
         && n != buf.len() as u64
     {
@@ -223,7 +234,21 @@ fn read_body(url: &str, r: &mut Reply, buf: &mut [u8]) -> Result<(), Error> {
                     source: format!("the body ended after {at} of {} bytes", buf.len()).into(),
                 });
             }
-            Ok(n) => at += n,
+            Ok(n) => {
+                at += n;
+                if at < buf.len() && start.elapsed() > allowed {
+                    return Err(Error::Transport {
+                        url: url.to_owned(),
+                        source: format!(
+                            "{at} of {} bytes in {:.0?}: slower than {} KiB/s, cut off",
+                            buf.len(),
+                            start.elapsed(),
+                            SLOWEST_BYTES_PER_SEC as u64 >> 10
+                        )
+                        .into(),
+                    });
+                }
+            }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => {
                 return Err(Error::Transport {
