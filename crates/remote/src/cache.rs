@@ -52,8 +52,10 @@ impl Cache {
             return None;
         }
         let url = object.location().to_string();
+        // The same bucket and key through two endpoints are two objects.
+        let from = object.request_url();
         let record = format!(
-            "url={url}\netag={}\nlast-modified={}\nsize={}\n",
+            "url={url}\nfrom={from}\netag={}\nlast-modified={}\nsize={}\n",
             etag.unwrap_or(""),
             v.last_modified.as_deref().unwrap_or(""),
             v.size
@@ -68,7 +70,7 @@ impl Cache {
             .collect::<String>();
         let name = format!(
             "{}-{}-{base}",
-            digest(url.as_bytes()),
+            digest(from.as_bytes()),
             digest(record.as_bytes())
         );
         Some((self.dir.join(name), record))

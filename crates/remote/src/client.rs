@@ -106,6 +106,13 @@ impl Client {
         }
     }
 
+    /// The URL a request for `loc` goes to: for S3, with the endpoint and
+    /// addressing style in force (`loc` itself where they cannot be read).
+    pub(crate) fn resolved(&self, loc: &Location) -> String {
+        self.target(loc)
+            .map_or_else(|_| loc.to_string(), |(url, _)| url)
+    }
+
     /// The URL, host and URI-encoded path of a request for `loc`.
     fn target(&self, loc: &Location) -> Result<(String, Option<(String, String)>), Error> {
         match loc {

@@ -117,6 +117,11 @@ impl Object {
         self.version.size
     }
 
+    /// The URL its requests go to (for S3, through the endpoint in force).
+    pub(crate) fn request_url(&self) -> String {
+        self.client.resolved(&self.location)
+    }
+
     /// Read into `buf` from `offset`: all of it, or fewer bytes only where
     /// the object ends. Transient failures are retried within the client's
     /// limits.
