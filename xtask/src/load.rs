@@ -30,9 +30,8 @@ pub(crate) enum Loader {
     /// `remote`).
     Server,
     /// weightlift reading a remote checkpoint with these settings
-    /// (`WEIGHTLIFT_SLOT_SIZE`, the range, and `WEIGHTLIFT_QUEUE_DEPTH`,
-    /// the requests in flight), through the wheel (`python`) or the Rust
-    /// API.
+    /// (`WEIGHTLIFT_REMOTE_RANGE` and `WEIGHTLIFT_REMOTE_IN_FLIGHT`),
+    /// through the wheel (`python`) or the Rust API.
     RemoteWith {
         range: usize,
         depth: usize,
@@ -249,8 +248,8 @@ pub(crate) fn run_once(loader: &Loader, target: &Target<'_>, digest: bool) -> Re
         }
     };
     if let Loader::RemoteWith { range, depth, .. } = loader {
-        cmd.env("WEIGHTLIFT_SLOT_SIZE", range.to_string())
-            .env("WEIGHTLIFT_QUEUE_DEPTH", depth.to_string());
+        cmd.env("WEIGHTLIFT_REMOTE_RANGE", range.to_string())
+            .env("WEIGHTLIFT_REMOTE_IN_FLIGHT", depth.to_string());
     }
     cmd.envs(target.env.iter().map(|(k, v)| (k, v)));
     // The choice must come from the loader's own default, not the caller's environment.
