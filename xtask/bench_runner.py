@@ -452,7 +452,7 @@ def cmd_versions(_a):
 
     out = {}
     for name in ("torch", "safetensors", "weightlift", "fastsafetensors",
-                 "runai-model-streamer", "instanttensor", "matplotlib"):
+                 "runai-model-streamer", "runai-model-streamer-s3", "instanttensor", "matplotlib", "moto"):
         try:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
