@@ -32,6 +32,12 @@ Commands (the Rust side depends on them; each prints one JSON line, last):
       -> {"output": OUT.png}
   versions
       -> {package: installed version or null}
+  serve --kind s3|http --root DIR [FILE ...]
+      a server on 127.0.0.1 for remote loads: s3 is moto's S3 server with
+      FILEs (paths under DIR) uploaded to the bucket `bench` under the same
+      relative keys; http serves DIR with single byte ranges, ETags and
+      If-Match. Prints {"endpoint": URL} once ready, then serves until its
+      standard input closes (the bench holds it open for the run)
 
 A loader that cannot run here (not installed, needs a GPU, device not
 supported) prints {"unavailable": "why"} and exits with status 3; any other
@@ -174,7 +180,11 @@ def fastsafetensors(a):
 
 
 def runai(a):
+    if any(f.startswith(("http://", "https://")) for f in a.files):
+        raise Unavailable("Run:ai streamer: reads local files and s3://, gs:// and az:// objects, not HTTP URLs")
     rms = _require("runai_model_streamer", "runai-model-streamer")
+    if any(f.startswith("s3://") for f in a.files):
+        _require("runai_model_streamer_s3", "runai-model-streamer-s3")
     import inspect
 
     # From 0.17, stream_files(owned=True) (the default) hands every host tensor
@@ -442,12 +452,127 @@ def cmd_versions(_a):
 
     out = {}
     for name in ("torch", "safetensors", "weightlift", "fastsafetensors",
-                 "runai-model-streamer", "instanttensor", "matplotlib"):
+                 "runai-model-streamer", "runai-model-streamer-s3", "instanttensor", "matplotlib", "moto"):
         try:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             out[name] = None
     return out
+
+
+def _range_server(root, bucket=None):
+    """A threaded HTTP/1.1 server of the files under `root`: GET and HEAD,
+    one byte range per request (206 with Content-Range), a strong ETag and
+    Last-Modified, If-Match answered with 412; bodies sent with sendfile, so
+    the server costs little CPU next to the loaders on a small machine."""
+    import email.utils
+    import http.server
+
+    root = os.path.realpath(root)
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args):
+            pass
+
+        def _file(self):
+            target = self.path
+            if target.startswith(("http://", "https://")):
+                # The absolute form (RFC 9112, 3.2.2), which the AWS CRT sends.
+                target = "/" + target.split("://", 1)[1].partition("/")[2]
+            rel = target.split("?", 1)[0].lstrip("/")
+            if bucket is not None:
+                # S3 path-style addressing: /BUCKET/KEY.
+                head, _, rel = rel.partition("/")
+                if head != bucket:
+                    return None, None
+            path = os.path.realpath(os.path.join(root, rel))
+            if not path.startswith(root + os.sep) or not os.path.isfile(path):
+                return None, None
+            return path, os.stat(path)
+
+        def _answer(self, body):
+            path, st = self._file()
+            if path is None:
+                self.send_error(404)
+                return
+            size = st.st_size
+            etag = f'"{st.st_size:x}-{st.st_mtime_ns:x}"'
+            if self.headers.get("If-Match") not in (None, etag, "*"):
+                self.send_error(412)
+                return
+            start, end = 0, size - 1
+            rng = self.headers.get("Range")
+            m = re.fullmatch(r"bytes=(\d+)-(\d*)", rng or "")
+            if rng and m:
+                start = int(m.group(1))
+                end = min(int(m.group(2)), size - 1) if m.group(2) else size - 1
+                if start >= size or end < start:
+                    self.send_response(416)
+                    self.send_header("Content-Range", f"bytes */{size}")
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                self.send_response(206)
+                self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
+            else:
+                self.send_response(200)
+            self.send_header("Content-Length", str(end - start + 1))
+            self.send_header("ETag", etag)
+            self.send_header("Last-Modified", email.utils.formatdate(st.st_mtime, usegmt=True))
+            self.send_header("Accept-Ranges", "bytes")
+            self.end_headers()
+            if body and end >= start:
+                with open(path, "rb") as f:
+                    self.wfile.flush()
+                    self.connection.sendfile(f, start, end - start + 1)
+
+        def do_GET(self):
+            self._answer(True)
+
+        def do_HEAD(self):
+            self._answer(False)
+
+    class Server(http.server.ThreadingHTTPServer):
+        daemon_threads = True
+        request_queue_size = 128
+
+    return Server(("127.0.0.1", 0), Handler)
+
+
+def cmd_serve(a):
+    """Serve until standard input closes; the endpoint is printed first."""
+    if a.kind in ("http", "s3-range"):
+        server = _range_server(a.root, "bench" if a.kind == "s3-range" else None)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        endpoint = f"http://127.0.0.1:{server.server_address[1]}"
+    else:
+        import socket
+
+        moto_server = _require("moto.server", "moto[server]")
+        boto3 = _require("boto3", "boto3")
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        import logging
+
+        # A log line per request would cost the server time the loads wait for.
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)
+        server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+        server.start()
+        endpoint = f"http://127.0.0.1:{port}"
+        client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                              aws_access_key_id="bench", aws_secret_access_key="bench")
+        client.create_bucket(Bucket="bench")
+        for f in a.files:
+            key = os.path.relpath(f, a.root)
+            if key.startswith(".."):
+                raise ValueError(f"{f} is not under {a.root}")
+            client.upload_file(f, "bench", key)
+    print(json.dumps({"endpoint": endpoint}), flush=True)
+    sys.stdin.read()
+    return None
 
 
 def _tensor_parallel(name):
@@ -576,6 +701,10 @@ def _parser():
     chart.add_argument("--input", required=True)
     chart.add_argument("--output", required=True)
     sub.add_parser("versions", help="installed versions of torch, the loaders and matplotlib")
+    serve = sub.add_parser("serve", help="an S3 (moto) or HTTP range server on loopback, until stdin closes")
+    serve.add_argument("--kind", required=True, choices=["s3", "s3-range", "http"])
+    serve.add_argument("--root", required=True, help="the directory served (http) or uploaded from (s3)")
+    serve.add_argument("files", nargs="*", help="s3: the files to upload, under --root")
     return p
 
 
@@ -585,13 +714,14 @@ def main():
     if a.command == "load" and a.backend and a.loader != "weightlift":
         p.error("--backend is for --loader weightlift only")
     command = {"load": cmd_load, "h2d": cmd_h2d, "group": cmd_group, "group-rank": cmd_group_rank,
-               "chart": cmd_chart, "versions": cmd_versions}[a.command]
+               "chart": cmd_chart, "versions": cmd_versions, "serve": cmd_serve}[a.command]
     try:
         result = command(a)
     except Unavailable as e:
         print(json.dumps({"unavailable": str(e)}), flush=True)
         sys.exit(UNAVAILABLE)
-    print(json.dumps(result), flush=True)
+    if result is not None:
+        print(json.dumps(result), flush=True)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,10 @@ pub(crate) const DEFAULT_SIZE: u64 = 3 << 30;
 /// Size of the checkpoint `--quick` generates.
 const QUICK_SIZE: u64 = 256 << 20;
 
+/// Size of the checkpoint `--remote` generates when `--size` is not given:
+/// loopback servers written in Python serve it in seconds, not minutes.
+const REMOTE_SIZE: u64 = 1 << 30;
+
 pub(crate) fn run(args: &mut Args) -> Result<()> {
     let command = std::iter::once("cargo xtask bench".to_string())
         .chain(std::env::args().skip(2))
@@ -55,9 +59,8 @@ pub(crate) fn run(args: &mut Args) -> Result<()> {
     }
     let quick = args.flag("--quick");
     let model = args.value("--model")?.map(PathBuf::from);
-    let size = args
-        .size("--size")?
-        .unwrap_or(if quick { QUICK_SIZE } else { DEFAULT_SIZE });
+    let size_arg = args.size("--size")?;
+    let size = size_arg.unwrap_or(if quick { QUICK_SIZE } else { DEFAULT_SIZE });
     let tensors = args.number("--tensors")?;
     let reps = args.number("--reps")?.unwrap_or(if quick { 2 } else { 3 }) as usize;
     let device = device(args.value("--device")?.as_deref().unwrap_or("cpu"))?;
@@ -84,6 +87,19 @@ pub(crate) fn run(args: &mut Args) -> Result<()> {
         .size("--max-extent")?
         .unwrap_or(Geometry::DEFAULT_MAX_EXTENT);
     let shares = args.number("--shares")?.unwrap_or(8).max(1) as u32;
+    let remote_kind = args
+        .value("--remote")?
+        .map(|k| crate::remote::Kind::parse(&k))
+        .transpose()?;
+    let remote_settings = args
+        .value("--remote-settings")?
+        .map(|list| {
+            list.split(',')
+                .map(crate::remote::Config::parse)
+                .collect::<Result<Vec<_>>>()
+        })
+        .transpose()
+        .context("--remote-settings RANGE:DEPTH[,...]")?;
     args.finish()?;
     ensure!(reps > 0, "--reps 0: nothing would be measured");
     ensure!(
@@ -99,13 +115,48 @@ pub(crate) fn run(args: &mut Args) -> Result<()> {
         "--verify compares the tensors the Python loaders return: drop --no-python"
     );
 
+    let geometry = Geometry::new(alignment, max_extent).context("invalid read geometry")?;
+    if remote_kind.is_some()
+        || model
+            .as_deref()
+            .is_some_and(weightlift::remote::is_remote_path)
+    {
+        return run_remote(RemoteBench {
+            kind: remote_kind,
+            model: model.map(|m| m.to_string_lossy().into_owned()),
+            fixture: Fixture::new(
+                size_arg.unwrap_or(if quick { QUICK_SIZE } else { REMOTE_SIZE }),
+                tensors,
+            ),
+            reps,
+            device,
+            peers,
+            verify,
+            python,
+            installed,
+            no_python,
+            out,
+            geometry,
+            shares,
+            settings: remote_settings.unwrap_or_default(),
+            command,
+        });
+    }
+    ensure!(
+        remote_settings.is_none(),
+        "--remote-settings: for remote checkpoints (--remote, or --model s3://... or http://...)"
+    );
     let path = match model {
         Some(p) => p,
         None => cached_fixture(Fixture::new(size, tensors))?,
     };
-    let geometry = Geometry::new(alignment, max_extent).context("invalid read geometry")?;
     println!("weightlift bench: {}\n", path.display());
-    let (ckpt, preamble) = open_and_plan(&path, &geometry, reps.max(5), shares)?;
+    let (ckpt, preamble) = open_and_plan(
+        || Checkpoint::open(&path).with_context(|| format!("opening {}", path.display())),
+        &geometry,
+        reps.max(5),
+        shares,
+    )?;
     for line in &preamble {
         println!("{line}");
     }
@@ -210,6 +261,8 @@ pub(crate) fn run(args: &mut Args) -> Result<()> {
         device: &device,
         python: py.as_deref(),
         raw: raw.clone(),
+        server: Vec::new(),
+        env: Vec::new(),
     };
     let warm_limit = if on_host(&device) {
         Limit::new(
@@ -240,6 +293,7 @@ pub(crate) fn run(args: &mut Args) -> Result<()> {
     for s in &mut sections {
         s.limit = match s.state {
             Cache::Warm => Some(warm_limit.clone()),
+            Cache::Remote => None,
             Cache::Cold => s
                 .rows
                 .iter()
@@ -256,7 +310,7 @@ pub(crate) fn run(args: &mut Args) -> Result<()> {
                 }),
         };
     }
-    let verified = verify.then(|| verify_digests(&sections));
+    let verified = verify.then(|| verify_digests(&sections, None));
     let report = Report {
         command,
         checkpoint: format!(
@@ -385,7 +439,7 @@ fn peers(arg: Option<&str>) -> Result<Vec<&'static str>> {
 /// planning its reads `reps` times; the checkpoint and the lines that say
 /// how long each took.
 fn open_and_plan(
-    path: &Path,
+    mut open: impl FnMut() -> Result<Checkpoint>,
     geometry: &Geometry,
     reps: usize,
     shares: u32,
@@ -395,7 +449,7 @@ fn open_and_plan(
     let mut last = None;
     for _ in 0..reps {
         let t = Instant::now();
-        let ckpt = Checkpoint::open(path).with_context(|| format!("opening {}", path.display()))?;
+        let ckpt = open()?;
         open_times.push(t.elapsed());
         let t = Instant::now();
         let p = plan(&ckpt, &Selection::All, geometry)?;
@@ -616,7 +670,10 @@ fn measure(
                 }
                 let digest = verify && rep == 0;
                 match load::run_once(&row.loader, target, digest)? {
-                    Outcome::Ran(run) if row.loader != Loader::Raw && run.bytes != payload => {
+                    Outcome::Ran(run)
+                        if !matches!(row.loader, Loader::Raw | Loader::Server)
+                            && run.bytes != payload =>
+                    {
                         row.stopped = Some(Outcome::Failed(format!(
                             "loaded {} bytes of {payload}",
                             run.bytes
@@ -640,16 +697,23 @@ fn measure(
 /// returned: each loader's first run in each state hashes its tensors
 /// (names, dtypes, shapes, bytes); the baseline's hash is the reference.
 /// What was compared, or which loaders disagree or did not hash.
-fn verify_digests(sections: &[Section]) -> Result<String, String> {
-    let reference = sections
-        .iter()
-        .flat_map(|s| &s.rows)
-        .filter(|r| r.loader.is_baseline())
-        .find_map(|r| r.runs.iter().find_map(|run| run.digest.clone()))
-        .ok_or("safetensors load_file did not run, so there is nothing to compare with")?;
+fn verify_digests(sections: &[Section], given: Option<&str>) -> Result<String, String> {
+    let reference = match given {
+        Some(d) => d.to_string(),
+        None => sections
+            .iter()
+            .flat_map(|s| &s.rows)
+            .filter(|r| r.loader.is_baseline())
+            .find_map(|r| r.runs.iter().find_map(|run| run.digest.clone()))
+            .ok_or("safetensors load_file did not run, so there is nothing to compare with")?,
+    };
     let (mut same, mut differ, mut unhashed) = (Vec::new(), Vec::new(), Vec::new());
     for s in sections {
-        for r in s.rows.iter().filter(|r| r.loader != Loader::Raw) {
+        for r in s
+            .rows
+            .iter()
+            .filter(|r| !matches!(r.loader, Loader::Raw | Loader::Server))
+        {
             let who = format!("{} ({})", r.loader.name(), s.state.name());
             match r.runs.iter().find_map(|run| run.digest.as_deref()) {
                 Some(d) if d == reference => same.push(who),
@@ -739,4 +803,318 @@ pub(crate) fn human(bytes: u64) -> String {
     } else {
         format!("{v:.2} {}", UNITS[u])
     }
+}
+
+/// A benchmark of a remote checkpoint (`--remote`, or `--model s3://...`
+/// or `http(s)://...`).
+struct RemoteBench {
+    /// The loopback server to start (with a generated checkpoint).
+    kind: Option<crate::remote::Kind>,
+    /// A remote checkpoint already served.
+    model: Option<String>,
+    fixture: Fixture,
+    reps: usize,
+    device: String,
+    peers: Vec<&'static str>,
+    verify: bool,
+    python: Option<PathBuf>,
+    installed: bool,
+    no_python: bool,
+    out: Option<PathBuf>,
+    geometry: Geometry,
+    shares: u32,
+    /// weightlift's rows with these settings (range × requests in
+    /// flight), beside its defaults.
+    settings: Vec<crate::remote::Config>,
+    command: String,
+}
+
+/// Load a remote checkpoint through weightlift's remote path, beside the
+/// Run:ai streamer (S3 only) and the server's limit, in one state: a
+/// remote object has no local page-cache state to set up. `--verify`
+/// compares every load with safetensors' read of a local copy (the
+/// generated checkpoint the server serves, or the objects downloaded once,
+/// untimed), since safetensors reads local files only.
+fn run_remote(b: RemoteBench) -> Result<()> {
+    use crate::remote;
+    ensure!(
+        !(b.kind.is_some() && b.model.is_some()),
+        "--remote serves a generated checkpoint; --model names one already served: give one of them"
+    );
+    ensure!(
+        !(b.no_python && b.device != "cpu"),
+        "--device {} loads through the wheel: drop --no-python",
+        b.device
+    );
+    ensure!(
+        !(b.no_python && b.verify),
+        "--verify compares the tensors the Python loaders return: drop --no-python"
+    );
+    let py = if b.no_python {
+        None
+    } else {
+        Some(
+            crate::py::bench_python(b.python.clone(), &b.peers, b.installed).context(
+                "setting up the Python loaders (--no-python measures the Rust API alone)",
+            )?,
+        )
+    };
+    let mut env = Vec::new();
+    let mut server = None;
+    let mut preamble = Vec::new();
+    let (model, generated) = match b.kind {
+        Some(kind) => {
+            let index = cached_fixture(b.fixture)?;
+            // The server runs in the bench's Python even with --no-python.
+            let server_py = match &py {
+                Some(p) => p.clone(),
+                None => crate::py::python(b.python.clone())?,
+            };
+            let (s, url) = remote::serve(&server_py, kind, &index)?;
+            if kind != remote::Kind::Http {
+                env = remote::s3_env(&s.endpoint);
+            }
+            preamble.push(format!(
+                "server:     {} ({}), serving {}",
+                s.what,
+                s.endpoint,
+                index.parent().unwrap_or(&index).display()
+            ));
+            server = Some(s);
+            (url, Some(index))
+        }
+        None => (b.model.clone().expect("a remote model"), None),
+    };
+    println!("weightlift bench: {model}\n");
+    let mut shards = Vec::new();
+    let (ckpt, lines) = open_and_plan(
+        || {
+            let (c, s) = remote::open(&model, &env)?;
+            shards = s;
+            Ok(c)
+        },
+        &b.geometry,
+        b.reps.max(5),
+        b.shares,
+    )?;
+    preamble.extend(lines);
+    preamble.push(
+        "a remote object has no local cold or warm state (any caching is the server's): one state, `remote`; nothing local is evicted"
+            .into(),
+    );
+    for line in &preamble {
+        println!("{line}");
+    }
+    let files: Vec<PathBuf> = ckpt
+        .shards()
+        .iter()
+        .map(|s| s.path().to_path_buf())
+        .collect();
+    let model_path = PathBuf::from(&model);
+    let s3 = model.starts_with("s3://");
+
+    // The reference for --verify: safetensors reading a local copy, untimed.
+    let reference = if b.verify {
+        ensure!(
+            !ckpt.is_sllm(),
+            "--verify compares with safetensors, which cannot read the ServerlessLLM checkpoint {model}"
+        );
+        let local: Vec<PathBuf> = match &generated {
+            Some(index) => Checkpoint::open(index)?
+                .shards()
+                .iter()
+                .map(|s| s.path().to_path_buf())
+                .collect(),
+            None => {
+                let dir = crate::root().join("target/weightlift-bench/remote-copy");
+                let _ = std::fs::remove_dir_all(&dir);
+                eprintln!(
+                    "downloading the shards into {} (untimed, for --verify)",
+                    dir.display()
+                );
+                remote::download(&shards, &dir)?
+            }
+        };
+        let copy = Target {
+            model: &local[0],
+            files: &local,
+            device: "cpu",
+            python: py.as_deref(),
+            raw: Vec::new(),
+            server: Vec::new(),
+            env: Vec::new(),
+        };
+        let baseline = Loader::Python {
+            runner: "safetensors_load_file",
+            backend: None,
+        };
+        match load::run_once(&baseline, &copy, true)? {
+            Outcome::Ran(run) => Some(run.digest.context("safetensors printed no digest")?),
+            other => bail!(
+                "safetensors on the local copy: {}",
+                other.why().unwrap_or_default()
+            ),
+        }
+    } else {
+        None
+    };
+
+    // The server's limit: a sweep of range sizes and connections with a
+    // plain client, whose three best read everything in every repetition.
+    let (targets, plain) = remote::targets(&shards, &env);
+    let limit = ckpt.total_bytes().min(1 << 30);
+    println!(
+        "\nserver limit: {} configurations, up to {} each, {}",
+        remote::sweep_configs().len(),
+        human(limit),
+        if plain {
+            "a plain HTTP/1.1 client"
+        } else {
+            "weightlift's client (the server refused unsigned requests)"
+        }
+    );
+    let swept = remote::sweep(&targets, limit)?;
+    preamble.push(format!(
+        "server limit sweep (ranged GETs, range × connections, up to {} each; GB/s): {}",
+        human(limit),
+        swept
+            .iter()
+            .map(|(c, g)| format!("{c}: {g:.2}"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    ));
+    println!("{}", preamble.last().expect("just pushed"));
+    let best: Vec<remote::Config> = swept.iter().take(3).map(|(c, _)| *c).collect();
+
+    let mut loaders = vec![Loader::Server];
+    loaders.push(match py {
+        Some(_) => Loader::Python {
+            runner: "weightlift",
+            backend: None,
+        },
+        None => Loader::Rust(None),
+    });
+    loaders.extend(b.settings.iter().map(|c| Loader::RemoteWith {
+        range: c.range,
+        depth: c.conns,
+        python: py.is_some(),
+    }));
+    if py.is_some() && !ckpt.is_sllm() && b.peers.contains(&"runai") {
+        loaders.push(Loader::Python {
+            runner: "runai",
+            backend: None,
+        });
+    }
+    if py.is_some() {
+        preamble.push(format!(
+            "safetensors reads local files only: no row{}",
+            if reference.is_some() {
+                "; its read of a local copy is --verify's reference"
+            } else {
+                ""
+            }
+        ));
+    }
+    if !s3 && py.is_some() {
+        preamble.push("the Run:ai streamer reads s3://, gs:// and az:// objects, not HTTP URLs: its row says so".into());
+    }
+    let target = Target {
+        model: &model_path,
+        files: &files,
+        device: &b.device,
+        python: py.as_deref(),
+        raw: Vec::new(),
+        server: best.clone(),
+        env: env.clone(),
+    };
+    let mut sections = measure(
+        &target,
+        &loaders,
+        &[Cache::Remote],
+        b.reps,
+        Duration::ZERO,
+        reference.is_some(),
+        ckpt.total_bytes(),
+    )?;
+    drop(server);
+    for s in &mut sections {
+        s.limit = s
+            .rows
+            .iter()
+            .find(|r| r.loader == Loader::Server)
+            .and_then(|r| Some((r.rates()?, r.runs.iter().map(Run::gbps).collect())))
+            .map(|(stats, rates)| Limit {
+                name: "server limit".into(),
+                what: format!(
+                    "what the server delivers: a sweep of ranged GETs of the same objects with {} (ranges of 1, 4, 8 and 16 MiB over 4, 8, 16 and 32 connections, each request waiting for its whole body), whose three best ({}) each read every object whole in every repetition, interleaved with the loads; the fastest of the three counts (its bytes include the headers the loads read too)",
+                    if plain {
+                        "a plain HTTP/1.1 client (keep-alive connections over std's TcpStream, no TLS, no signing)"
+                    } else {
+                        "weightlift-remote's client without the loader"
+                    },
+                    best.iter().map(|c| c.to_string()).collect::<Vec<_>>().join("; ")
+                ),
+                rates,
+                stats,
+            });
+    }
+    let verified = reference.as_deref().map(|r| {
+        verify_digests(&sections, Some(r))
+            .map(|s| format!("{s} (the reference: safetensors load_file of a local copy)"))
+    });
+    let report = Report {
+        command: b.command,
+        checkpoint: format!(
+            "{model} ({} tensors in {} shards, {})",
+            ckpt.len(),
+            ckpt.shards().len(),
+            human(ckpt.total_bytes())
+        ),
+        name: checkpoint_name(&model_path),
+        device: b.device.clone(),
+        payload: ckpt.total_bytes(),
+        reps: b.reps,
+        sections,
+        preamble,
+        verify: verified.as_ref().map(|v| match v {
+            Ok(s) | Err(s) => s.clone(),
+        }),
+        machine: report::machine(
+            generated.as_deref().unwrap_or(Path::new(".")),
+            py.as_deref(),
+        ),
+    };
+    println!("\n{}", report.tables());
+    if let Some(v) = &report.verify {
+        println!("verify: {v}");
+    }
+    let out = b.out.unwrap_or_else(|| {
+        default_out(match b.kind {
+            Some(remote::Kind::S3) => "-s3-moto",
+            Some(remote::Kind::S3Range) => "-s3",
+            Some(remote::Kind::Http) => "-http",
+            None => "-remote",
+        })
+    });
+    for line in report.write(&out, py.as_deref())? {
+        println!("wrote {line}");
+    }
+    let failed: Vec<String> = report
+        .sections
+        .iter()
+        .flat_map(|s| &s.rows)
+        .filter(|r| {
+            r.loader.is_weightlift()
+                && matches!(
+                    r.stopped,
+                    Some(Outcome::Failed(_)) | Some(Outcome::Unavailable(_))
+                )
+        })
+        .map(|r| r.loader.name())
+        .collect();
+    ensure!(failed.is_empty(), "failed: {}", failed.join(", "));
+    if let Some(Err(e)) = verified {
+        bail!("verify: {e}");
+    }
+    Ok(())
 }

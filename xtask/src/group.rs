@@ -110,6 +110,8 @@ pub(crate) fn run(b: GroupBench) -> Result<()> {
         device: &b.device,
         python: Some(&py),
         raw: Vec::new(),
+        server: Vec::new(),
+        env: Vec::new(),
     };
     let ways = [Way::Alone, Way::All, Way::TensorParallel];
     let mut text = String::new();

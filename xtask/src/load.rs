@@ -25,6 +25,18 @@ pub(crate) enum Loader {
     /// weightlift through the Rust API into host memory (`None`: the
     /// automatic choice).
     Rust(Option<Backend>),
+    /// A remote server's limit: its objects read by many ranged GETs in
+    /// parallel, as the best configurations of the sweep found (see
+    /// `remote`).
+    Server,
+    /// weightlift reading a remote checkpoint with these settings
+    /// (`WEIGHTLIFT_REMOTE_RANGE` and `WEIGHTLIFT_REMOTE_IN_FLIGHT`),
+    /// through the wheel (`python`) or the Rust API.
+    RemoteWith {
+        range: usize,
+        depth: usize,
+        python: bool,
+    },
     /// A loader of `bench_runner.py`, by the name it knows it by; `backend`
     /// only for weightlift.
     Python {
@@ -57,6 +69,16 @@ impl Loader {
             Loader::Raw => "storage ceiling (limit)".into(),
             Loader::Rust(None) => "weightlift auto (Rust)".into(),
             Loader::Rust(Some(b)) => format!("weightlift {b} (Rust)"),
+            Loader::Server => "server limit (parallel ranged GETs)".into(),
+            Loader::RemoteWith {
+                range,
+                depth,
+                python,
+            } => format!(
+                "weightlift {} MiB × {depth}{}",
+                range >> 20,
+                if *python { "" } else { " (Rust)" }
+            ),
             Loader::Python {
                 runner: "weightlift",
                 backend,
@@ -87,6 +109,7 @@ impl Loader {
         matches!(
             self,
             Loader::Rust(_)
+                | Loader::RemoteWith { .. }
                 | Loader::Python {
                     runner: "weightlift",
                     ..
@@ -166,6 +189,10 @@ pub(crate) struct Target<'a> {
     /// How the storage-ceiling row reads: the sweep's best configurations,
     /// each in turn, the fastest counting.
     pub raw: Vec<crate::ceiling::Config>,
+    /// How the server-limit row reads, likewise.
+    pub server: Vec<crate::remote::Config>,
+    /// Set for every load (a loopback S3 server's endpoint and keys).
+    pub env: Vec<(String, String)>,
 }
 
 /// The script every Python loader runs in.
@@ -180,7 +207,11 @@ const UNAVAILABLE: i32 = 3;
 /// tensor, taken after the clock stopped.
 pub(crate) fn run_once(loader: &Loader, target: &Target<'_>, digest: bool) -> Result<Outcome> {
     let mut cmd = match loader {
-        Loader::Python { runner, backend } => {
+        Loader::Python { .. } | Loader::RemoteWith { python: true, .. } => {
+            let (runner, backend) = match loader {
+                Loader::Python { runner, backend } => (*runner, *backend),
+                _ => ("weightlift", None),
+            };
             let python = target.python.context("a Python loader without a Python")?;
             let mut c = Command::new(python);
             c.arg(self::runner())
@@ -194,11 +225,13 @@ pub(crate) fn run_once(loader: &Loader, target: &Target<'_>, digest: bool) -> Re
             c.arg("--model").arg(target.model).args(target.files);
             c
         }
-        Loader::Raw | Loader::Rust(_) => {
+        Loader::Raw | Loader::Rust(_) | Loader::Server | Loader::RemoteWith { .. } => {
+            // (A RemoteWith through the wheel was taken above.)
             let mut c = Command::new(std::env::current_exe()?);
             let name = match loader {
                 Loader::Rust(Some(b)) => b.name().to_string(),
-                Loader::Rust(None) => "auto".to_string(),
+                Loader::Rust(None) | Loader::RemoteWith { .. } => "auto".to_string(),
+                Loader::Server => "server".to_string(),
                 _ => "raw".to_string(),
             };
             c.args(["load-once", "--loader", &name, "--model"])
@@ -207,9 +240,18 @@ pub(crate) fn run_once(loader: &Loader, target: &Target<'_>, digest: bool) -> Re
                 let configs: Vec<String> = target.raw.iter().map(|c| c.arg()).collect();
                 c.args(["--raw", &configs.join(",")]);
             }
+            if let Loader::Server = loader {
+                let configs: Vec<String> = target.server.iter().map(|c| c.arg()).collect();
+                c.args(["--server", &configs.join(",")]);
+            }
             c
         }
     };
+    if let Loader::RemoteWith { range, depth, .. } = loader {
+        cmd.env("WEIGHTLIFT_REMOTE_RANGE", range.to_string())
+            .env("WEIGHTLIFT_REMOTE_IN_FLIGHT", depth.to_string());
+    }
+    cmd.envs(target.env.iter().map(|(k, v)| (k, v)));
     // The choice must come from the loader's own default, not the caller's environment.
     cmd.env_remove("WEIGHTLIFT_BACKEND");
     let out = output_within(&mut cmd, RUN_TIMEOUT)
@@ -319,8 +361,43 @@ pub(crate) fn load_once(args: &mut Args) -> Result<()> {
     let model = args.value("--model")?.context("--model is required")?;
     let loader = args.value("--loader")?.unwrap_or_else(|| "auto".into());
     let raw = args.value("--raw")?;
+    let server = args.value("--server")?;
     args.finish()?;
-    let ckpt = Arc::new(Checkpoint::open(&model)?);
+    if loader == "server" {
+        let configs = server
+            .as_deref()
+            .context("--loader server needs --server RANGE:CONNS[,...]")?
+            .split(',')
+            .map(crate::remote::Config::parse)
+            .collect::<Result<Vec<_>>>()?;
+        let (_, shards) = crate::remote::open(&model, &[])?;
+        let (targets, _) = crate::remote::targets(&shards, &[]);
+        // The fastest configuration of this repetition counts.
+        let mut best: Option<(u64, Duration, crate::remote::Config)> = None;
+        for &config in &configs {
+            let (bytes, d) = crate::remote::read(&targets, config, u64::MAX)?;
+            if best.as_ref().is_none_or(|b| d < b.1) {
+                best = Some((bytes, d, config));
+            }
+        }
+        let (bytes, d, config) = best.context("--server named no configuration")?;
+        let run = Run {
+            seconds: d.as_secs_f64(),
+            bytes,
+            tensors: None,
+            backend: config.to_string(),
+            peak_rss: peak_rss(),
+            base_rss: None,
+            peak_gpu: None,
+            digest: None,
+        };
+        println!("{}", serde_json::to_string(&run)?);
+        return Ok(());
+    }
+    let mut opts = LoadOptions::from_env()?;
+    // Local paths open as `Checkpoint::open` does, remote ones through
+    // weightlift's remote path (whose objects go into the options).
+    let ckpt = Arc::new(weightlift::open_checkpoint(&[&model], &mut opts)?);
     let run = match loader.as_str() {
         "raw" => {
             let files: Vec<PathBuf> = ckpt
@@ -364,7 +441,6 @@ pub(crate) fn load_once(args: &mut Args) -> Result<()> {
             } else {
                 Some(Backend::parse_list(name)?)
             };
-            let mut opts = LoadOptions::from_env()?;
             opts.engine.backends = backends;
             load_and_touch(&ckpt, &opts)?
         }
@@ -457,6 +533,8 @@ pub(crate) fn memcpy_rates(reps: usize) -> Vec<f64> {
 pub(crate) enum Cache {
     Cold,
     Warm,
+    /// A remote checkpoint: no local page-cache state applies.
+    Remote,
 }
 
 impl Cache {
@@ -464,14 +542,19 @@ impl Cache {
         match self {
             Cache::Cold => "cold",
             Cache::Warm => "warm",
+            Cache::Remote => "remote",
         }
     }
 }
 
 /// Prepare the page cache for one run.
 pub(crate) fn prepare(files: &[PathBuf], cache_state: Cache) -> Result<()> {
+    if cache_state == Cache::Remote {
+        return Ok(());
+    }
     for f in files {
         match cache_state {
+            Cache::Remote => {}
             Cache::Cold => {
                 cache::evict(f)?;
                 let r = cache::residency(f)?;

@@ -16,6 +16,7 @@ mod fuzz;
 mod group;
 mod load;
 mod py;
+mod remote;
 mod report;
 
 use std::path::{Path, PathBuf};
@@ -41,7 +42,24 @@ commands:
                           limits measured in the same run; print the table and
                           write summary.md, raw.jsonl and chart.png
       --model PATH        a .safetensors file, a directory, or an index.json
-                          (default: a generated Llama-shaped checkpoint)
+                          (default: a generated Llama-shaped checkpoint);
+                          or s3://bucket/key-or-prefix or an http(s):// URL,
+                          loaded through weightlift's remote path in one
+                          state (no cold/warm), next to the Run:ai streamer
+                          (S3) and the server's limit (parallel ranged GETs)
+      --remote s3|s3-range|http
+                          instead: start a server on 127.0.0.1 (moto's S3
+                          server; s3-range, the HTTP range server answering
+                          S3 path-style GETs, signatures not checked, as
+                          fast as http where moto is not; or an HTTP range
+                          server) holding the
+                          generated checkpoint (default 1GiB) and bench it
+                          as --model s3://... or http://... would; --verify
+                          compares with safetensors on the local copy
+      --remote-settings LIST
+                          remote only: also time weightlift (Rust API) with
+                          these range sizes and requests in flight, such as
+                          8MiB:8,16MiB:16
       --size SIZE         size of the generated checkpoint (default 3GiB)
       --tensors N         generate a mixture-of-experts-shaped checkpoint of N
                           tiny tensors instead (one shard per 2,500 tensors)

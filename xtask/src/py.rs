@@ -151,6 +151,12 @@ pub(crate) fn pytest(py: &Path) -> Result<()> {
 const BENCH_EXTRAS: &[(&str, &str, &str)] = &[
     ("fastsafetensors", "fastsafetensors", "fastsafetensors"),
     ("runai", "runai_model_streamer", "runai-model-streamer"),
+    // Its S3 reader, a package of its own.
+    (
+        "runai",
+        "runai_model_streamer_s3",
+        "runai-model-streamer-s3",
+    ),
     ("instanttensor", "instanttensor", "instanttensor"),
 ];
 

@@ -143,6 +143,8 @@ impl Section {
                 Cache::Cold => "Cold (every file evicted and confirmed cold before each load)",
                 Cache::Warm =>
                     "Warm (every file read into the page cache and confirmed resident before each load)",
+                Cache::Remote =>
+                    "Remote (ranged reads from the server; a remote object has no cold or warm state here, so one state)",
             },
             human(payload),
         );

@@ -7,7 +7,7 @@ use crate::Error;
 
 /// The variables [`LoadOptions::with_env`] reads: each with the setting it
 /// overrides and what that is.
-pub const ENV_VARS: [(&str, &str, &str); 8] = [
+pub const ENV_VARS: [(&str, &str, &str); 10] = [
     (
         "WEIGHTLIFT_BACKEND",
         "backends",
@@ -22,6 +22,16 @@ pub const ENV_VARS: [(&str, &str, &str); 8] = [
         "WEIGHTLIFT_SLOT_SIZE",
         "slot_size",
         "largest read, in bytes",
+    ),
+    (
+        "WEIGHTLIFT_REMOTE_RANGE",
+        "remote_range",
+        "bytes per ranged read of a remote (s3://, http://) file",
+    ),
+    (
+        "WEIGHTLIFT_REMOTE_IN_FLIGHT",
+        "remote_in_flight",
+        "ranged reads of remote files in flight",
     ),
     (
         "WEIGHTLIFT_RING_BYTES",
@@ -152,6 +162,8 @@ impl LoadOptions {
         for (name, field) in [
             ("WEIGHTLIFT_QUEUE_DEPTH", &mut e.queue_depth),
             ("WEIGHTLIFT_SLOT_SIZE", &mut e.slot_size),
+            ("WEIGHTLIFT_REMOTE_RANGE", &mut e.remote_range),
+            ("WEIGHTLIFT_REMOTE_IN_FLIGHT", &mut e.remote_in_flight),
             ("WEIGHTLIFT_RING_BYTES", &mut e.ring_bytes),
             ("WEIGHTLIFT_THREADS", &mut e.threads),
             ("WEIGHTLIFT_PINNED_BYTES", &mut s.pinned_bytes),

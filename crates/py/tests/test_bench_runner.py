@@ -62,3 +62,63 @@ def test_chart(tmp_path):
     rc, out, err = _run("chart", "--input", tmp_path / "spec.json", "--output", tmp_path / "c.png")
     assert rc == 0, err
     assert (tmp_path / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _serve(*args):
+    """Start `serve`; its process and the endpoint it printed."""
+    p = subprocess.Popen([sys.executable, str(RUNNER), "serve", *map(str, args)],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    line = p.stdout.readline()
+    assert line.startswith("{"), line
+    return p, json.loads(line)["endpoint"]
+
+
+def test_http_server_serves_ranges(tmp_path):
+    """The bench's HTTP server: single ranges, ETag and If-Match, 416 past
+    the end, nothing outside its root, and weightlift loads from it."""
+    import urllib.error
+    import urllib.request
+
+    import torch
+    from safetensors.torch import save_file
+
+    want = {"a": torch.arange(1000, dtype=torch.float32), "b": torch.ones(3, 5, dtype=torch.bfloat16)}
+    (tmp_path / "srv" / "m").mkdir(parents=True)
+    save_file(want, str(tmp_path / "srv" / "m" / "model.safetensors"))
+    (tmp_path / "secret").write_text("not served")
+    data = (tmp_path / "srv" / "m" / "model.safetensors").read_bytes()
+    p, endpoint = _serve("--kind", "http", "--root", tmp_path / "srv")
+    url = f"{endpoint}/m/model.safetensors"
+
+    def get(headers, u=url):
+        try:
+            with urllib.request.urlopen(urllib.request.Request(u, headers=headers)) as r:
+                return r.status, dict(r.headers), r.read()
+        except urllib.error.HTTPError as e:
+            return e.code, dict(e.headers), b""
+
+    try:
+        status, headers, body = get({"Range": "bytes=10-109"})
+        assert status == 206 and body == data[10:110]
+        assert headers["Content-Range"] == f"bytes 10-109/{len(data)}"
+        etag = headers["ETag"]
+        assert get({"Range": "bytes=5-", "If-Match": etag})[2] == data[5:]
+        assert get({"Range": "bytes=0-3", "If-Match": '"other"'})[0] == 412
+        assert get({"Range": f"bytes={len(data)}-"})[0] == 416
+        assert get({})[2] == data
+        assert get({}, f"{endpoint}/../secret")[0] == 404
+        assert get({}, f"{endpoint}/m/none.safetensors")[0] == 404
+        import weightlift
+
+        got = weightlift.load_file(url)
+        assert sorted(got) == sorted(want) and all(torch.equal(got[k], want[k]) for k in want)
+    finally:
+        p.stdin.close()
+        assert p.wait(timeout=30) == 0
+
+
+def test_runai_refuses_http(store):
+    ckpt = store.get("sharded_index")
+    rc, out, _ = _run("load", "--loader", "runai", "--device", "cpu", "--model", "http://127.0.0.1:9/m.safetensors",
+                      "http://127.0.0.1:9/m.safetensors")
+    assert rc == 3 and "not HTTP" in out["unavailable"], out

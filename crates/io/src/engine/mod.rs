@@ -99,13 +99,16 @@ impl Engine {
                 }],
             })?;
         let alignment = 4096;
-        if !(options.slot_size as u64).is_multiple_of(alignment) {
-            return Err(Error::Setting {
-                name: "slot_size",
-                value: options.slot_size as u64,
-                reason: "must be a multiple of 4096",
-            });
-        }
+        // Remote reads have settings of their own: their ranges and
+        // requests in flight are what the engine reads with from here on
+        // (its geometry, its ring's slots, its threads).
+        let mut options = options.clone();
+        options.slot_size = options
+            .remote_range
+            .min(options.ring_bytes / 4096 * 4096)
+            .max(4096);
+        options.queue_depth = options.remote_in_flight;
+        check_options(&options)?;
         Ok(Self {
             chosen: Chosen {
                 backend: Backend::Remote,
@@ -114,7 +117,7 @@ impl Engine {
                 residence: None,
             },
             remote: files,
-            options: options.clone(),
+            options,
             alignment,
         })
     }
