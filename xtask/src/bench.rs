@@ -209,14 +209,12 @@ pub(crate) fn run(args: &mut Args) -> Result<()> {
             human(limit)
         );
         let swept = crate::ceiling::sweep(&files, limit)?;
-        preamble.push(format!(
-            "storage ceiling sweep (cold, up to {} each; GB/s): {}",
-            human(limit),
-            swept
-                .iter()
-                .map(|(c, g)| format!("{c}: {g:.2}"))
-                .collect::<Vec<_>>()
-                .join("; ")
+        preamble.push(sweep_line(
+            &format!(
+                "storage ceiling sweep (cold, up to {} each; GB/s)",
+                human(limit)
+            ),
+            &swept,
         ));
         println!("{}", preamble.last().expect("just pushed"));
         // Its three best, timed again reading everything in every
@@ -363,6 +361,13 @@ pub(crate) fn run(args: &mut Args) -> Result<()> {
         bail!("verify: {e}");
     }
     Ok(())
+}
+
+/// A sweep of ways to read for the report: `what`, then each way with its
+/// GB/s, best first.
+fn sweep_line<C: std::fmt::Display>(what: &str, swept: &[(C, f64)]) -> String {
+    let ways: Vec<String> = swept.iter().map(|(c, g)| format!("{c}: {g:.2}")).collect();
+    format!("{what}: {}", ways.join("; "))
 }
 
 /// The name of a checkpoint's file, or of its directory for an index.
@@ -974,14 +979,12 @@ fn run_remote(b: RemoteBench) -> Result<()> {
         }
     );
     let swept = remote::sweep(&targets, limit)?;
-    preamble.push(format!(
-        "server limit sweep (ranged GETs, range × connections, up to {} each; GB/s): {}",
-        human(limit),
-        swept
-            .iter()
-            .map(|(c, g)| format!("{c}: {g:.2}"))
-            .collect::<Vec<_>>()
-            .join("; ")
+    preamble.push(sweep_line(
+        &format!(
+            "server limit sweep (ranged GETs, range × connections, up to {} each; GB/s)",
+            human(limit)
+        ),
+        &swept,
     ));
     println!("{}", preamble.last().expect("just pushed"));
     let best: Vec<remote::Config> = swept.iter().take(3).map(|(c, _)| *c).collect();

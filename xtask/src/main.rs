@@ -259,22 +259,7 @@ fn gpu_test(python: Option<PathBuf>) -> Result<()> {
     )?;
     let python = py::python(python)?;
     py::install_wheel(&python, py::Wheel::Release)?;
-    step(
-        "pytest -m gpu crates/py/tests (WEIGHTLIFT_REQUIRE_GPU=1)",
-        std::process::Command::new(&python)
-            .current_dir(root().join("crates/py"))
-            .args([
-                "-m",
-                "pytest",
-                "-q",
-                "-p",
-                "no:cacheprovider",
-                "-m",
-                "gpu",
-                "tests",
-            ])
-            .env(REQUIRE, "1"),
-    )
+    py::pytest_with(&python, &["-m", "gpu", "tests"], Some(REQUIRE))
 }
 
 fn test() -> Result<()> {

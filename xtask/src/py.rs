@@ -139,12 +139,22 @@ pub(crate) fn build_wheel(py: &Path, wheel: Wheel) -> Result<PathBuf> {
 
 /// Run the Python test suite (`crates/py/tests`) with `py`.
 pub(crate) fn pytest(py: &Path) -> Result<()> {
-    step(
-        "pytest crates/py/tests",
-        Command::new(py)
-            .current_dir(root().join("crates/py"))
-            .args(["-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"]),
-    )
+    pytest_with(py, &["tests"], None)
+}
+
+/// Run pytest with `py` in `crates/py` on `args`, with `required` set to
+/// `1` (a test that would skip for want of it fails instead).
+pub(crate) fn pytest_with(py: &Path, args: &[&str], required: Option<&str>) -> Result<()> {
+    let mut what = format!("pytest {}", args.join(" "));
+    let mut cmd = Command::new(py);
+    cmd.current_dir(root().join("crates/py"))
+        .args(["-m", "pytest", "-q", "-p", "no:cacheprovider"])
+        .args(args);
+    if let Some(var) = required {
+        what += &format!(" ({var}=1)");
+        cmd.env(var, "1");
+    }
+    step(&what, &mut cmd)
 }
 
 /// The peers' packages: (peer, module, pip name).
@@ -283,18 +293,9 @@ pub(crate) fn integrations() -> Result<()> {
         "vLLM and its torch are a large download",
     )?;
     install_wheel(&py, Wheel::Release)?;
-    step(
-        "pytest crates/py/tests/test_vllm.py (WEIGHTLIFT_REQUIRE_VLLM=1)",
-        Command::new(&py)
-            .current_dir(root().join("crates/py"))
-            .args([
-                "-m",
-                "pytest",
-                "-q",
-                "-p",
-                "no:cacheprovider",
-                "tests/test_vllm.py",
-            ])
-            .env("WEIGHTLIFT_REQUIRE_VLLM", "1"),
+    pytest_with(
+        &py,
+        &["tests/test_vllm.py"],
+        Some("WEIGHTLIFT_REQUIRE_VLLM"),
     )
 }
