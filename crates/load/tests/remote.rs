@@ -237,10 +237,14 @@ fn limits() -> Limits {
     }
 }
 
+/// Small reads, so that a load of these small files takes many GETs (the
+/// faults start part-way through it).
 fn engine() -> EngineOptions {
     EngineOptions {
         queue_depth: 4,
         slot_size: 64 << 10,
+        remote_range: 64 << 10,
+        remote_in_flight: 4,
         ring_bytes: 256 << 10,
         ..EngineOptions::default()
     }
