@@ -646,38 +646,8 @@ fn read_alone(
     let len = (range.end - range.start) as usize;
     let start = t.range.start + range.start;
     let named = |e: Error| e.about(ckpt, id);
-    if let Some(file) = remote.and_then(|r| r.get(ckpt.shard(t.file).path())) {
-        let region = Region::anonymous(len).map_err(|source| {
-            named(Error::Io(weightlift_io::Error::Map {
-                file: None,
-                len,
-                source,
-            }))
-        })?;
-        if len > 0 {
-            // SAFETY: the region was just created and is not shared yet.
-            let dst = unsafe { std::slice::from_raw_parts_mut(region.as_ptr(), len) };
-            let n = file.read_at(dst, start).map_err(|source| {
-                named(Error::Io(weightlift_io::Error::Read {
-                    file: file.path().to_path_buf(),
-                    offset: start,
-                    len,
-                    source,
-                }))
-            })?;
-            if n < len {
-                return Err(named(Error::Io(weightlift_io::Error::Truncated {
-                    file: file.path().to_path_buf(),
-                    at: start + n as u64,
-                    size: file.size(),
-                })));
-            }
-        }
-        // SAFETY: the region holds the bytes just read, and nothing else
-        // has it.
-        return Ok(unsafe { HostTensor::new(id, Arc::new(region), 0, len) });
-    }
-    if files.is_none() {
+    let remote = remote.and_then(|r| r.get(ckpt.shard(t.file).path()));
+    if remote.is_none() && files.is_none() {
         let opened = ckpt
             .shards()
             .iter()
@@ -687,7 +657,6 @@ fn read_alone(
         check_unchanged(ckpt, &opened).map_err(named)?;
         *files = Some(opened);
     }
-    let file = &files.as_ref().expect("opened above")[t.file.index()];
     let region = Region::anonymous(len).map_err(|source| {
         named(Error::Io(weightlift_io::Error::Map {
             file: None,
@@ -699,13 +668,30 @@ fn read_alone(
         // SAFETY: the region was just created and is not shared yet, so
         // this is the only reference to its bytes.
         let dst = unsafe { std::slice::from_raw_parts_mut(region.as_ptr(), len) };
-        let n = file.read_at(dst, start).map_err(|e| named(e.into()))?;
-        file.check_unchanged(start).map_err(|e| named(e.into()))?;
+        let (n, path, size) = match remote {
+            Some(file) => {
+                let n = file.read_at(dst, start).map_err(|source| {
+                    named(Error::Io(weightlift_io::Error::Read {
+                        file: file.path().to_path_buf(),
+                        offset: start,
+                        len,
+                        source,
+                    }))
+                })?;
+                (n, file.path(), file.size())
+            }
+            None => {
+                let file = &files.as_ref().expect("opened above")[t.file.index()];
+                let n = file.read_at(dst, start).map_err(|e| named(e.into()))?;
+                file.check_unchanged(start).map_err(|e| named(e.into()))?;
+                (n, file.path(), file.size())
+            }
+        };
         if n < len {
             return Err(named(Error::Io(weightlift_io::Error::Truncated {
-                file: file.path().to_path_buf(),
+                file: path.to_path_buf(),
                 at: start + n as u64,
-                size: file.size(),
+                size,
             })));
         }
     }
