@@ -329,14 +329,8 @@ pub(crate) fn run(args: &mut Args) -> Result<()> {
         }),
         machine: report::machine(&path, py.as_deref()),
     };
-    println!("\n{}", report.tables());
-    if let Some(v) = &report.verify {
-        println!("verify: {v}");
-    }
     let out = out.unwrap_or_else(|| default_out(if quick { "-quick" } else { "" }));
-    for line in report.write(&out, py.as_deref())? {
-        println!("wrote {line}");
-    }
+    report.publish(&out, py.as_deref())?;
     // weightlift must run on the host: there, "cannot run" is a failure
     // too (a wheel that does not import, say), except for a backend named
     // explicitly that this machine refuses.
@@ -1087,10 +1081,6 @@ fn run_remote(b: RemoteBench) -> Result<()> {
             py.as_deref(),
         ),
     };
-    println!("\n{}", report.tables());
-    if let Some(v) = &report.verify {
-        println!("verify: {v}");
-    }
     let out = b.out.unwrap_or_else(|| {
         default_out(match b.kind {
             Some(remote::Kind::S3) => "-s3-moto",
@@ -1099,9 +1089,7 @@ fn run_remote(b: RemoteBench) -> Result<()> {
             None => "-remote",
         })
     });
-    for line in report.write(&out, py.as_deref())? {
-        println!("wrote {line}");
-    }
+    report.publish(&out, py.as_deref())?;
     let failed: Vec<String> = report
         .sections
         .iter()

@@ -244,6 +244,19 @@ impl Report {
             .join("\n")
     }
 
+    /// Print the tables and the verification, then [`Report::write`] into
+    /// `dir`, naming each file written.
+    pub(crate) fn publish(&self, dir: &Path, python: Option<&Path>) -> Result<()> {
+        println!("\n{}", self.tables());
+        if let Some(v) = &self.verify {
+            println!("verify: {v}");
+        }
+        for line in self.write(dir, python)? {
+            println!("wrote {line}");
+        }
+        Ok(())
+    }
+
     /// Write `summary.md`, `raw.jsonl` and (when matplotlib is there)
     /// `chart.png` into `dir`; returns what was written and why a chart is
     /// missing, if it is.
